@@ -1,0 +1,1 @@
+"""One module per `anomalyd` subcommand: `add_parser(subparsers)` declares it, `run(args)` does it."""

@@ -1,0 +1,69 @@
+"""`anomalyd evaluate`: precision/recall/F1/FAR/MAR (as SKAB defines them) on labelled CSVs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from daemon import plots
+from daemon.commands.common import add_data_options, formatter, read_frames
+from daemon.detection import FileResult, evaluate_frames
+from daemon.scoring import Scorer
+
+EPILOG = """\
+Scoring is streaming-causal: a window's score belongs to its last row; rows before the first
+full window of each file count as predicted normal. Counts are summed over all files.
+  F1  = TP / (TP + (FP + FN) / 2)      FAR = FP / (FP + TN) * 100 (% of normal points flagged)
+  MAR = FN / (FN + TP) * 100 (% of anomalous points missed)
+  event recall = share of labelled segments with at least one flagged point
+
+examples:
+  anomalyd evaluate --model models/demo --data faults.csv
+  anomalyd evaluate --model models/demo --data a.csv --data b.csv --json > metrics.json
+  anomalyd evaluate --model models/demo --data faults.csv --plot eval.png
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="measure detection quality on labelled CSVs", formatter_class=formatter,
+                       description="Evaluate a model bundle on labelled data.", epilog=EPILOG)
+    p.add_argument("--model", required=True, type=Path, metavar="DIR", help="model bundle directory")
+    p.add_argument("--data", required=True, action="append", metavar="CSV", help="labelled CSV (repeatable)")
+    p.add_argument("--threshold", type=float, help="override the bundle's threshold")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--plot", type=Path, metavar="PNG",
+                   help="score vs threshold plot (one file per input as PNG-<name>.png when several)")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="(default: %(default)s)")
+    add_data_options(p)
+    p.set_defaults(run=run)
+
+
+def _plot(result: FileResult, threshold: float, path: Path, features: list[str]) -> None:
+    f = result.frame
+    plots.score_timeline(f.timestamps, result.row_scores(), threshold, path, flags=result.predicted,
+                         labels=f.labels, sensors=f.values, sensor_names=features, title=f"{f.source}")
+
+
+def run(args: argparse.Namespace) -> int:
+    scorer = Scorer.load(args.model, args.runtime)
+    frames = read_frames(args.data, args, scorer.features)
+    pooled, results = evaluate_frames(scorer, frames, args.threshold)
+    if args.plot:
+        for result in results:
+            path = args.plot if len(results) == 1 else args.plot.with_name(
+                f"{args.plot.stem}-{Path(result.frame.source).stem}{args.plot.suffix}")
+            _plot(result, pooled.threshold, path, scorer.features)
+    figures = pooled.to_dict()
+    if args.json:
+        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in figures.items()}))
+        return 0
+    print(f"model {scorer.bundle.name}, threshold {pooled.threshold:.6g}, {pooled.points} points "
+          f"in {len(results)} file(s)")
+    for key, label, unit in (("precision", "precision", ""), ("recall", "recall", ""), ("f1", "F1", ""),
+                             ("far", "FAR", " %"), ("mar", "MAR", " %"), ("event_recall", "event recall", ""),
+                             ("false_alarms_per_hour", "false alarms/h", "")):
+        print(f"  {label:15s} {figures[key]:.4f}{unit}")
+    print(f"  confusion       TP {figures['tp']}  FP {figures['fp']}  TN {figures['tn']}  FN {figures['fn']}")
+    return 0

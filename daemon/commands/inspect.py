@@ -1,0 +1,43 @@
+"""`anomalyd inspect`: what is in a bundle, for humans."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from daemon.bundle import load_bundle
+from daemon.commands.common import formatter
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="summarise a model bundle", formatter_class=formatter,
+                       description="Validate a model bundle and print what it contains.",
+                       epilog="example:\n  anomalyd inspect --model models/demo\n")
+    p.add_argument("--model", required=True, type=Path, metavar="DIR", help="model bundle directory")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    b = load_bundle(args.model)
+    t = b.training
+    lines = [
+        f"bundle        {b.path}",
+        f"name          {b.name} (version {b.version}, created {b.created or 'unknown'})",
+        f"architecture  {b.arch} {b.arch_params}",
+        f"window        {b.window} samples, stride {b.stride}",
+        f"features      {', '.join(b.features)}",
+        f"scaler        {b.scaler.kind}",
+        f"score         {b.score.error} per feature, mean over features"
+        + (" (normalised per feature)" if b.score.feature_scale else ""),
+        f"threshold     {b.threshold.value:.6g} ({b.threshold.method} {b.threshold.params}, scale {b.threshold.scale})",
+    ]
+    if t:
+        lines += [
+            f"trained on    {', '.join(t.get('data', []))}",
+            f"rows          {t.get('rows_train')} train, {t.get('rows_validation')} validation",
+            f"epochs        {t.get('epochs_run')} (best {t.get('best_epoch')}), {t.get('seconds')} s",
+            f"val scores    mean {t.get('validation_score_mean', float('nan')):.4g}, "
+            f"std {t.get('validation_score_std', float('nan')):.4g}",
+        ]
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,84 @@
+"""Inference runtimes: turn a bundle's weights into a function `[B, W, F] float32 -> same`.
+
+Kept apart from scoring so the daemon can run on ONNX Runtime without importing torch
+(~1 s and ~220 MB saved on an edge box); imports happen inside the loaders for that reason.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from daemon.bundle import Bundle
+from daemon.errors import BundleError
+
+Backend = Callable[[np.ndarray], np.ndarray]
+RUNTIMES = ("torch", "onnx")
+
+
+def load_backend(bundle: Bundle, runtime: str = "torch", threads: int = 1) -> Backend:
+    if runtime == "torch":
+        return torch_backend(load_torch_model(bundle), threads)
+    if runtime == "onnx":
+        return _onnx_backend(bundle, threads)
+    raise ValueError(f"runtime {runtime!r} unknown (use one of: {', '.join(RUNTIMES)})")
+
+
+def load_torch_model(bundle: Bundle):
+    """Build the bundle's architecture and load its safetensors weights (strictly)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from daemon.models import build_model
+
+    try:
+        model = build_model(bundle.arch, bundle.window, len(bundle.features), bundle.arch_params)
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"{bundle.path}/bundle.json: field 'architecture': {exc}") from None
+    try:
+        state = load_file(str(bundle.weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(f"{bundle.weights_path}: cannot read weights ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise BundleError(f"{bundle.weights_path}: weights do not fit architecture {bundle.arch!r} ({first})") from None
+    model.eval()
+    return model
+
+
+def torch_backend(model, threads: int) -> Backend:
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(batch)).numpy()
+
+    return run
+
+
+def _onnx_backend(bundle: Bundle, threads: int) -> Backend:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BundleError("runtime 'onnx' needs the onnxruntime package (pip install 'anomalyd[onnx]')") from None
+    path = bundle.onnx_path
+    if not path.is_file():
+        raise BundleError(f"{path}: missing (export it with: anomalyd export-onnx --model {bundle.path})")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+        raise BundleError(f"{path}: cannot load ONNX model ({str(exc).splitlines()[0]})") from None
+    name = session.get_inputs()[0].name
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: batch})[0]
+
+    return run

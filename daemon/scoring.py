@@ -1,0 +1,100 @@
+"""The one scoring path. `Scorer` = bundle (features, window, scaler, score definition,
+threshold) + an inference runtime. The daemon's worker, `anomalyd score` and
+`anomalyd evaluate` all call `score_windows`, so training, offline evaluation and live
+serving cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from daemon.bundle import Bundle, ScoreSpec, load_bundle
+from daemon.frames import Frame
+from daemon.runtime import Backend, load_backend
+from daemon.windowing import window_ends, windows
+
+BATCH = 512
+
+
+@dataclass
+class WindowScores:
+    scores: np.ndarray  # float32 [B]
+    feature_errors: np.ndarray  # float32 [B, F], the per-sensor contributions
+
+
+@dataclass
+class FrameScores(WindowScores):
+    ends: np.ndarray  # int64 [B]: row index in the frame where each window ends
+    timestamps: np.ndarray  # float64 [B]: the data time a score belongs to
+
+
+def feature_errors(scaled: np.ndarray, reconstruction: np.ndarray, error: str) -> np.ndarray:
+    """Per-feature reconstruction error over the window, `[B, W, F] -> [B, F]`."""
+    diff = reconstruction - scaled
+    return (np.abs(diff) if error == "mae" else diff * diff).mean(axis=1)
+
+
+def combine(errors: np.ndarray, spec: ScoreSpec) -> np.ndarray:
+    """Window score from per-feature errors: mean over (optionally normalised) features."""
+    if spec.feature_scale is not None:
+        errors = errors / np.asarray(spec.feature_scale, dtype=np.float32)
+    return errors.mean(axis=1)
+
+
+class Scorer:
+    def __init__(self, bundle: Bundle, backend: Backend) -> None:
+        self.bundle = bundle
+        self.backend = backend
+
+    @classmethod
+    def load(cls, path: str | Path, runtime: str = "torch", threads: int = 1) -> Scorer:
+        bundle = load_bundle(path)
+        return cls(bundle, load_backend(bundle, runtime, threads))
+
+    @property
+    def features(self) -> list[str]:
+        return self.bundle.features
+
+    @property
+    def window(self) -> int:
+        return self.bundle.window
+
+    @property
+    def threshold(self) -> float:
+        return self.bundle.threshold.value
+
+    def score_windows(self, raw: np.ndarray) -> WindowScores:
+        """Score raw (unscaled) windows `[B, window, features]` in the bundle's feature order.
+
+        Per-feature errors are reported unnormalised, in scaled units, so an operator can compare
+        them against the training-time errors in bundle.json."""
+        if raw.ndim != 3 or raw.shape[1:] != (self.window, len(self.features)):
+            raise ValueError(f"windows must have shape [batch, {self.window}, {len(self.features)}], got {raw.shape}")
+        errors = np.empty((len(raw), len(self.features)), dtype=np.float32)
+        for start in range(0, len(raw), BATCH):
+            scaled = np.ascontiguousarray(self.bundle.scaler.transform(raw[start:start + BATCH]))
+            errors[start:start + BATCH] = feature_errors(scaled, self.backend(scaled), self.bundle.score.error)
+        return WindowScores(combine(errors, self.bundle.score), errors)
+
+    def score_frame(self, frame: Frame, stride: int | None = None) -> FrameScores:
+        """Score every window of one run; frame columns must already be in model order."""
+        stride = stride or self.bundle.stride
+        ends = window_ends(len(frame), self.window, stride)
+        result = self.score_windows(windows(frame.values, self.window, stride))
+        return FrameScores(result.scores, result.feature_errors, ends, frame.timestamps[ends])
+
+
+def row_flags(n_rows: int, ends: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Per-row 0/1 predictions from per-window flags, as the daemon would have known them:
+    a row takes the flag of the latest window ending at or before it (rows before the first
+    window are normal). With stride 1 that is exactly the window ending on the row."""
+    out = np.zeros(n_rows, dtype=np.int8)
+    if len(ends) == 0:
+        return out
+    latest = np.searchsorted(ends, np.arange(n_rows), side="right") - 1
+    known = latest >= 0
+    out[known] = flags[latest[known]]
+    return out

@@ -1,0 +1,114 @@
+"""A bundle loads back to identical scores; a damaged one is one clear line and exit 2."""
+
+import json
+
+import numpy as np
+import pytest
+
+from daemon.bundle import load_bundle
+from daemon.cli import main
+from daemon.errors import BundleError
+from daemon.frames import load_csv
+from daemon.scoring import Scorer
+from daemon.training import TrainConfig, save, train
+from datafiles import faults_csv, normal_csv, train_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bundle")
+    return train_bundle(tmp, normal_csv(tmp))
+
+
+def test_loaded_bundle_scores_exactly_like_the_trained_model(tmp_path):
+    frame = load_csv(normal_csv(tmp_path, rows=600))
+    result = train([frame], TrainConfig(arch="lstm", window=16, epochs=2, seed=3))
+    windows = np.random.default_rng(0).normal(size=(5, 16, len(frame.features))).astype(np.float32)
+    from daemon.runtime import torch_backend
+    before = Scorer(result.bundle, torch_backend(result.model, 1)).score_windows(windows)
+    save(result, tmp_path / "m")
+    after = Scorer.load(tmp_path / "m").score_windows(windows)
+    np.testing.assert_array_equal(before.scores, after.scores)
+    np.testing.assert_array_equal(before.feature_errors, after.feature_errors)
+
+
+def test_same_seed_gives_the_same_bundle(tmp_path):
+    data = normal_csv(tmp_path, rows=800)
+    a, b = (train_bundle(tmp_path / name, data) for name in ("a", "b"))
+    ja, jb = (json.loads((d / "bundle.json").read_text()) for d in (a, b))
+    assert ja["weights"]["sha256"] == jb["weights"]["sha256"]
+    assert ja["threshold"] == jb["threshold"]
+
+
+def test_bundle_records_what_scoring_needs(bundle_dir):
+    b = load_bundle(bundle_dir)
+    assert b.features == ["vibration", "current", "pressure", "flow", "temperature"]
+    assert (b.window, b.stride, b.arch) == (20, 1, "mlp")
+    assert b.threshold.method == "quantile" and b.threshold.params == {"q": 0.99}
+    assert b.training["rows_train"] > 0 and b.training["loss_validation"]
+    assert (bundle_dir / "training_loss.png").stat().st_size > 0
+    assert (bundle_dir / "score_histogram.png").stat().st_size > 0
+
+
+def _damaged(bundle_dir, tmp_path, edit):
+    import shutil
+    copy = tmp_path / "damaged"
+    shutil.copytree(bundle_dir, copy)
+    edit(copy)
+    return copy
+
+
+def _set(field, value):
+    def edit(d):
+        data = json.loads((d / "bundle.json").read_text())
+        node = data
+        *parents, leaf = field.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+        (d / "bundle.json").write_text(json.dumps(data))
+    return edit
+
+
+def _delete(field):
+    def edit(d):
+        data = json.loads((d / "bundle.json").read_text())
+        del data[field]
+        (d / "bundle.json").write_text(json.dumps(data))
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: (d / "bundle.json").write_text((d / "bundle.json").read_text()[:100]), r"bundle\.json: not valid JSON"),
+    (lambda d: (d / "bundle.json").write_bytes(b"\x00\xff garbage"), r"bundle\.json: not valid JSON"),
+    (lambda d: (d / "bundle.json").unlink(), r"bundle\.json: missing"),
+    (_set("window", "sixty"), r"bundle\.json: field 'window': expected int, got str"),
+    (_set("scaler.offset", [0.0, 1.0]), r"field 'scaler\.offset': must be 5 finite numbers"),
+    (_set("scaler.scale", [1, 1, 0, 1, 1]), r"field 'scaler\.scale'"),
+    (_set("score.error", "rmse"), r"field 'score\.error': must be one of"),
+    (_set("format_version", 99), r"field 'format_version': version 99 is not supported"),
+    (_set("threshold.value", "high"), r"field 'threshold'"),
+    (_set("architecture.params", {"hidden": 7, "bogus": 1}), r"field 'architecture': .*bogus"),
+    (_set("architecture.params", {"hidden": 7}), r"model\.safetensors: weights do not fit architecture"),
+    (_delete("features"), r"field 'features' is missing"),
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:500]),
+     r"model\.safetensors: checksum does not match"),
+    (lambda d: (d / "model.safetensors").unlink(), r"model\.safetensors: weights file missing"),
+])
+def test_damaged_bundle_is_one_line_naming_file_and_field(bundle_dir, tmp_path, capsys, edit, message):
+    damaged = _damaged(bundle_dir, tmp_path, edit)
+    with pytest.raises(BundleError, match=message):
+        Scorer.load(damaged)
+    data = faults_csv(tmp_path, rows=300)
+    assert main(["score", "--model", str(damaged), "--data", str(data), "--out", str(tmp_path / "s.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0]
+
+
+def test_garbage_weights_with_matching_checksum_are_reported(bundle_dir, tmp_path):
+    def edit(d):
+        (d / "model.safetensors").write_bytes(b"not a safetensors file at all")
+        from daemon.bundle import sha256_of
+        _set("weights.sha256", sha256_of(d / "model.safetensors"))(d)
+    with pytest.raises(BundleError, match=r"model\.safetensors: cannot read weights"):
+        Scorer.load(_damaged(bundle_dir, tmp_path, edit))

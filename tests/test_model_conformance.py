@@ -1,0 +1,71 @@
+"""Every architecture honours the same contract (river-style conformance suite)."""
+
+import pytest
+import torch
+
+from daemon.models import ARCHITECTURES, build_model, default_params
+
+WINDOW, FEATURES = 24, 5
+
+
+@pytest.fixture(params=sorted(ARCHITECTURES))
+def arch(request):
+    return request.param
+
+
+def test_output_has_the_input_shape(arch):
+    model = build_model(arch, WINDOW, FEATURES).eval()
+    for batch in (1, 7):
+        assert model(torch.randn(batch, WINDOW, FEATURES)).shape == (batch, WINDOW, FEATURES)
+
+
+def test_same_seed_same_weights_same_output(arch):
+    x = torch.randn(3, WINDOW, FEATURES)
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        outputs.append(build_model(arch, WINDOW, FEATURES).eval()(x))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
+def test_state_dict_round_trip_reproduces_output(arch, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = build_model(arch, WINDOW, FEATURES).eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    clone = build_model(arch, WINDOW, FEATURES).eval()
+    clone.load_state_dict(load_file(str(tmp_path / "w.safetensors")))
+    x = torch.randn(2, WINDOW, FEATURES)
+    torch.testing.assert_close(model(x), clone(x), rtol=0, atol=0)
+
+
+def test_gradient_reaches_every_parameter(arch):
+    model = build_model(arch, WINDOW, FEATURES).train()
+    x = torch.randn(4, WINDOW, FEATURES)
+    z = model.encode(x)
+    (torch.mean((model.decode(z) - x) ** 2) + model.penalty(z)).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_window_lengths_that_do_not_divide_evenly_are_reconstructed_whole(arch):
+    model = build_model(arch, 61, 3).eval()
+    assert model(torch.randn(2, 61, 3)).shape == (2, 61, 3)
+
+
+def test_unknown_hyperparameter_is_named(arch):
+    with pytest.raises(ValueError, match="unknown parameter.*bogus"):
+        build_model(arch, WINDOW, FEATURES, {"bogus": 1})
+    assert default_params(arch)
+
+
+def test_only_sparse_has_a_penalty():
+    x = torch.randn(2, WINDOW, FEATURES)
+    for arch in ARCHITECTURES:
+        model = build_model(arch, WINDOW, FEATURES)
+        assert (model.penalty(model.encode(x)).item() > 0) == (arch == "sparse")
+
+
+def test_kl_sparsity_is_available():
+    model = build_model("sparse", WINDOW, FEATURES, {"sparsity": "kl"})
+    assert model.penalty(model.encode(torch.randn(4, WINDOW, FEATURES))).item() > 0
