@@ -10,7 +10,7 @@ import sys
 from daemon import __version__
 from daemon.errors import UserError
 
-COMMANDS = ("train", "score", "evaluate", "inspect")
+COMMANDS = ("train", "score", "evaluate", "inspect", "generate", "replay")
 
 DESCRIPTION = """\
 Streaming anomaly detection for industrial sensors.

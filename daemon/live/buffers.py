@@ -1,0 +1,113 @@
+"""Per-device ring buffers that turn a stream of readings into model windows.
+
+Windows follow `daemon.windowing` exactly: the first window ends at a device's `window`-th
+sample, then one every `stride` samples, so live scores line up with offline evaluation.
+
+Each device owns a preallocated float32 array of `2 * window` rows. Sample `i` is written at
+row `i % window` and again at `i % window + window`, so the latest `window` samples are always
+one contiguous slice; emitting a window is a single copy, never a concatenation.
+
+Gap rule: when `sample_period` is set and a reading arrives more than
+`gap_factor * sample_period` seconds (data time) after the device's previous one, the device's
+window restarts from that reading. A window spanning the gap would glue two unrelated stretches
+of signal together and score as an anomaly that is only a network outage.
+
+Threading: `push` runs on the MQTT network thread; `evict_idle` may be called from any thread
+(a housekeeping timer). A lock guards the device table; uncontended it costs well under a
+microsecond per push. `push` itself sweeps idle devices about every `idle_evict_seconds / 4`
+(arrival time), so silent devices free their slots even if nobody calls `evict_idle`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from daemon.live.events import Reading, WindowJob
+from daemon.live.metrics import Metrics
+from daemon.live.payload import Rejected
+
+
+@dataclass
+class _Device:
+    ring: np.ndarray  # float32 [2 * window, features]
+    pos: int = 0  # row of the next write, in [0, window)
+    until_emit: int = 0  # samples still needed before the next window
+    last_ts: float = float("-inf")  # data time of the previous reading
+    last_seen: float = 0.0  # arrival time of the previous reading, for idle eviction
+
+
+class DeviceBuffers:
+    def __init__(self, window: int, stride: int, n_features: int, sample_period: float | None,
+                 gap_factor: float, max_devices: int, idle_evict_seconds: float, metrics: Metrics,
+                 on_evict: Callable[[str], None] | None = None) -> None:
+        """`on_evict(device)` lets per-device state elsewhere (alert hysteresis) forget a device
+        together with its buffer."""
+        if window < 1 or stride < 1 or n_features < 1:
+            raise ValueError(f"window, stride and n_features must be >= 1, got {window}, {stride}, {n_features}")
+        self.window = window
+        self.stride = stride
+        self.n_features = n_features
+        self.max_gap = None if sample_period is None else gap_factor * sample_period
+        self.max_devices = max_devices
+        self.idle_evict_seconds = idle_evict_seconds
+        self._metrics = metrics
+        self._on_evict = on_evict
+        self._devices: dict[str, _Device] = {}
+        self._lock = threading.Lock()
+        self._sweep_every = idle_evict_seconds / 4
+        self._next_sweep: float | None = None
+        metrics.read_at_scrape(metrics.devices, self.__len__)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def push(self, reading: Reading) -> WindowJob | Rejected | None:
+        """Append one reading; return a window when this reading completes one."""
+        if self._next_sweep is None or reading.received >= self._next_sweep:
+            self._next_sweep = reading.received + self._sweep_every
+            self.evict_idle(reading.received)
+        with self._lock:
+            dev = self._devices.get(reading.device)
+            if dev is None:
+                if len(self._devices) >= self.max_devices:
+                    return Rejected("too_many_devices", f"device {reading.device}: {self.max_devices} devices already")
+                dev = self._devices[reading.device] = _Device(
+                    np.empty((2 * self.window, self.n_features), dtype=np.float32), until_emit=self.window)
+            elif reading.ts <= dev.last_ts:
+                if reading.ts == dev.last_ts:
+                    return Rejected("duplicate", f"device {reading.device}: ts {reading.ts} repeated")
+                return Rejected("out_of_order", f"device {reading.device}: ts {reading.ts} < previous {dev.last_ts}")
+            elif self.max_gap is not None and reading.ts - dev.last_ts > self.max_gap:
+                dev.until_emit = self.window
+                self._metrics.window_restarts.inc()
+            dev.last_ts = reading.ts
+            dev.last_seen = reading.received
+            pos = dev.pos
+            dev.ring[pos] = reading.values
+            dev.ring[pos + self.window] = reading.values
+            dev.pos = pos + 1 if pos + 1 < self.window else 0
+            dev.until_emit -= 1
+            if dev.until_emit:
+                return None
+            dev.until_emit = self.stride
+            return WindowJob(reading.device, reading.ts, dev.ring[pos + 1:pos + 1 + self.window].copy(),
+                             reading.received)
+
+    def evict_idle(self, now: float) -> int:
+        """Drop devices whose last reading arrived more than `idle_evict_seconds` before `now`
+        (arrival time, epoch seconds). Returns how many were dropped."""
+        cutoff = now - self.idle_evict_seconds
+        with self._lock:
+            idle = [device for device, dev in self._devices.items() if dev.last_seen < cutoff]
+            for device in idle:
+                del self._devices[device]
+        if idle:
+            self._metrics.devices_evicted.inc(len(idle))
+            if self._on_evict is not None:
+                for device in idle:
+                    self._on_evict(device)
+        return len(idle)

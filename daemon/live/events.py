@@ -1,0 +1,43 @@
+"""The data passed between the live stages. Plain dataclasses, so every stage can be
+unit-tested with hand-made values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One validated sample of one device, features in the model's order."""
+
+    device: str
+    ts: float  # data time, epoch seconds
+    values: np.ndarray  # float32 [features]
+    received: float  # wall-clock epoch seconds when the message arrived
+
+
+@dataclass
+class WindowJob:
+    """A full window ready to score, copied out of the device's ring buffer."""
+
+    device: str
+    ts_end: float  # data time of the window's last sample
+    window: np.ndarray  # float32 [window, features], raw (unscaled)
+    received: float  # arrival time of the last sample, for publish-to-sink latency
+
+
+@dataclass
+class ScoreEvent:
+    """What the sinks write: one scored window of one device."""
+
+    device: str
+    model: str  # bundle name, written as the `model` tag
+    ts: float  # data time of the window's last sample
+    score: float
+    threshold: float
+    anomaly: bool  # raw flag: score > threshold
+    alert: bool  # debounced state after hysteresis
+    feature_errors: dict[str, float]  # feature name -> error, written as err_<feature>
+    received: float  # arrival time of the last sample

@@ -1,0 +1,97 @@
+"""Prometheus metrics of the live service. Every name lives here, so deploy/ dashboards and
+alert rules can be checked against this module instead of a copied list.
+
+The registry is injected (a fresh one per test); values that are a state rather than an
+event count (queue depth, devices, spool size, seconds since the last message) are read at
+scrape time through callbacks instead of being pushed by a thread.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "anomalyd_"
+
+# Bounded label values: every `result` a message can end with.
+MESSAGE_RESULTS = (
+    "ok",
+    "invalid_json",  # not UTF-8 JSON, or not a JSON object
+    "invalid_value",  # a feature value that is not a number (string, bool, null, list...)
+    "non_finite",  # NaN or +-inf
+    "missing_feature",  # a feature the model needs is absent
+    "bad_timestamp",  # `ts` present but unparseable
+    "bad_topic",  # topic does not match the configured shape
+    "bad_device_id",  # device id fails validation
+    "oversized",  # payload larger than limits.max_payload_bytes
+    "too_many_devices",  # a new device beyond limits.max_devices
+    "unknown_device",  # device has no model in a per-device model map
+    "duplicate",  # same timestamp as the device's previous reading
+    "out_of_order",  # older than the device's previous reading
+    "internal_error",  # a bug: the callback caught an unexpected exception
+)
+DROP_REASONS = (
+    "queue_full",  # the worker fell behind; the oldest windows went first
+    "model_mismatch",  # queued for a model that a reload replaced with another window shape
+    "scoring_error",  # the model raised; a bug, logged with its traceback
+)
+SINK_RESULTS = ("written", "retried", "spooled", "dropped")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(PREFIX + "messages_total", "MQTT messages received, by result.", ["result"], registry=r)
+        for result in MESSAGE_RESULTS:
+            self.messages.labels(result=result)
+        self.window_restarts = Counter(PREFIX + "window_restarts_total",
+                                       "Device windows restarted because of a gap longer than the gap policy allows.",
+                                       registry=r)
+        self.devices_evicted = Counter(PREFIX + "devices_evicted_total", "Idle devices evicted.", registry=r)
+        self.windows_scored = Counter(PREFIX + "windows_scored_total", "Windows scored by the model.", registry=r)
+        self.windows_dropped = Counter(PREFIX + "windows_dropped_total",
+                                       "Windows lost before reaching the sink, by reason.", ["reason"], registry=r)
+        for reason in DROP_REASONS:
+            self.windows_dropped.labels(reason=reason)
+        self.anomalous_windows = Counter(PREFIX + "anomalous_windows_total",
+                                         "Scored windows whose score exceeded the threshold.", registry=r)
+        self.alerts_raised = Counter(PREFIX + "alerts_raised_total",
+                                     "Transitions of a device into alert (after hysteresis).", registry=r)
+        self.inference_seconds = Histogram(PREFIX + "inference_seconds",
+                                           "Time of one batched forward pass, scaling and scoring included.",
+                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(PREFIX + "batch_windows", "Windows per forward pass.",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.publish_to_sink_seconds = Histogram(PREFIX + "publish_to_sink_seconds",
+                                                 "From arrival of a window's last reading to the sink write.",
+                                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.sink_points = Counter(PREFIX + "sink_points_total", "Points handled by the InfluxDB sink, by result.",
+                                   ["result"], registry=r)
+        for result in SINK_RESULTS:
+            self.sink_points.labels(result=result)
+        self.mqtt_connected = Gauge(PREFIX + "mqtt_connected", "1 while connected to the MQTT broker.", registry=r)
+        self.mqtt_reconnects = Counter(PREFIX + "mqtt_connects_total", "Successful MQTT (re)connections.", registry=r)
+        self.config_reloads = Counter(PREFIX + "config_reloads_total", "SIGHUP reloads, by result.", ["result"],
+                                      registry=r)
+        for result in ("ok", "failed"):
+            self.config_reloads.labels(result=result)
+        self.model_info = Gauge(PREFIX + "model_info", "The loaded model bundle (value is always 1).",
+                                ["name", "version", "architecture", "runtime"], registry=r)
+        self.queue_depth = Gauge(PREFIX + "queue_windows", "Windows waiting for the worker.", registry=r)
+        self.devices = Gauge(PREFIX + "devices", "Devices with a live ring buffer.", registry=r)
+        self.alerts_active = Gauge(PREFIX + "alerts_active", "Devices currently in alert.", registry=r)
+        self.spool_bytes = Gauge(PREFIX + "sink_spool_bytes", "Bytes waiting in the sink's disk spool.", registry=r)
+        self.last_message_age = Gauge(PREFIX + "last_message_age_seconds",
+                                      "Seconds since the last valid reading (NaN before the first).", registry=r)
+
+    def set_model(self, name: str, version: str, architecture: str, runtime: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name=name, version=version, architecture=architecture, runtime=runtime).set(1)
+
+    @staticmethod
+    def read_at_scrape(gauge: Gauge, source: Callable[[], float]) -> None:
+        """Bind a state gauge to a callback evaluated on each scrape."""
+        gauge.set_function(source)

@@ -1,0 +1,183 @@
+"""MQTT input: paho client lifecycle, and the per-message path parse -> buffer -> queue.
+
+Everything here runs on paho's network thread, which also answers keepalives: a callback that
+blocks gets the connection dropped by the broker, and an exception that escapes a callback
+ends the thread silently. So the message path never blocks (the queue drops oldest instead),
+and every callback is wrapped: unexpected exceptions are counted as
+messages_total{result="internal_error"} and logged, rate-limited.
+
+Subscriptions are made in on_connect, so they are restored after every reconnect, including
+to a broker that restarted without persistence. MQTT 3.1.1 is used so that
+`persistent_session` maps onto clean_session=False with a fixed client id: QoS>=1 messages
+published while the daemon is away are then queued by the broker (mosquitto keeps at most
+`max_queued_messages` per client, default 1000; raise it on the broker).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+
+from daemon.live.buffers import DeviceBuffers
+from daemon.live.config import MqttConfig
+from daemon.live.metrics import MESSAGE_RESULTS, Metrics
+from daemon.live.payload import PayloadParser, Rejected
+from daemon.live.ratelimit import RateLimitedLog
+from daemon.live.worker import WindowQueue
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes, float], object]  # (topic, payload, arrival epoch seconds)
+
+
+class MessagePipeline:
+    """parse -> ring buffer -> window queue for one message, counting its result. Broker-free,
+    so it is tested and benchmarked without MQTT."""
+
+    def __init__(self, parser: PayloadParser, buffers: DeviceBuffers, queue: WindowQueue, metrics: Metrics) -> None:
+        self._parser = parser
+        self._buffers = buffers
+        self._queue = queue
+        self._results = {result: metrics.messages.labels(result=result) for result in MESSAGE_RESULTS}
+        self._ok = self._results["ok"]
+        self._rejects = RateLimitedLog(log)
+        self.last_ok: float | None = None  # arrival time of the last accepted reading
+        metrics.read_at_scrape(metrics.last_message_age, self._last_message_age)
+
+    def __call__(self, topic: str, payload: bytes, now: float) -> str:
+        """Handle one message; returns its result label."""
+        reading = self._parser.parse(topic, payload, now)
+        if type(reading) is Rejected:
+            return self._reject(reading)
+        job = self._buffers.push(reading)
+        if job is not None:
+            if type(job) is Rejected:
+                return self._reject(job)
+            self._queue.put(job)
+        self._ok.inc()
+        self.last_ok = now
+        return "ok"
+
+    def _reject(self, rejected: Rejected) -> str:
+        self._results[rejected.reason].inc()
+        self._rejects.warning(rejected.reason, "message rejected (%s): %s", rejected.reason, rejected.detail)
+        return rejected.reason
+
+    def _last_message_age(self) -> float:
+        return math.nan if self.last_ok is None else max(0.0, time.time() - self.last_ok)
+
+
+class MqttIngest:
+    """One paho client subscribed to `settings.topic`, feeding `handler` from its network thread."""
+
+    def __init__(self, settings: MqttConfig, handler: MessageHandler, metrics: Metrics) -> None:
+        self.settings = settings
+        self._handler = handler
+        self._metrics = metrics
+        self._internal_errors = metrics.messages.labels(result="internal_error")
+        self._log = RateLimitedLog(log, interval=30.0)
+        self._connected = False
+        self._subscribed = False
+        self._sub_mid: int | None = None
+        self._stopping = False
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id,
+                             clean_session=not settings.persistent_session, protocol=mqtt.MQTTv311)
+        if settings.username is not None:
+            client.username_pw_set(settings.username, settings.password)
+        tls = settings.tls
+        if tls.active:
+            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file)
+        client.reconnect_delay_set(1, 30)
+        client.on_connect = self._guard(self._on_connect)
+        client.on_connect_fail = self._guard(self._on_connect_fail)
+        client.on_disconnect = self._guard(self._on_disconnect)
+        client.on_subscribe = self._guard(self._on_subscribe)
+        client.on_message = self._guard(self._on_message)
+        self._client = client
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected and the broker granted the subscription (what /healthz should check)."""
+        return self._connected and self._subscribed
+
+    def swap_handler(self, handler: MessageHandler) -> None:
+        """Route messages to `handler` from the next one on (config/model reload)."""
+        self._handler = handler
+
+    def start(self) -> None:
+        """Connect in the background; paho retries with 1..30 s backoff until stopped."""
+        s = self.settings
+        log.info("connecting to mqtt://%s:%d as %r (persistent session: %s)", s.host, s.port, s.client_id,
+                 s.persistent_session)
+        self._client.connect_async(s.host, s.port, s.keepalive)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect cleanly and end the network thread."""
+        self._stopping = True
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._set_connected(False)
+
+    # ---- paho callbacks (network thread) -------------------------------------------------
+
+    def _guard(self, callback: Callable[..., None]) -> Callable[..., None]:
+        def guarded(*args: object) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:  # an escaping exception would end paho's network thread
+                self._internal_errors.inc()
+                self._log.error("internal:" + callback.__name__, "bug in MQTT callback %s: %r",
+                                callback.__name__, exc, exc_info=True)
+        return guarded
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self._handler(msg.topic, msg.payload, time.time())
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                    reason_code: mqtt.ReasonCode, properties: object) -> None:
+        if reason_code.is_failure:
+            self._log.warning("connect", "broker %s:%d refused the connection: %s", self.settings.host,
+                              self.settings.port, reason_code)
+            return
+        self._set_connected(True)
+        self._metrics.mqtt_reconnects.inc()
+        log.info("connected to %s:%d (session present: %s); subscribing to %r qos %d", self.settings.host,
+                 self.settings.port, flags.session_present, self.settings.topic, self.settings.qos)
+        self._subscribed = False
+        _, self._sub_mid = client.subscribe(self.settings.topic, self.settings.qos)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        self._log.warning("connect", "cannot reach MQTT broker %s:%d; retrying", self.settings.host,
+                          self.settings.port)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
+                      reason_codes: list[mqtt.ReasonCode], properties: object) -> None:
+        if mid != self._sub_mid:
+            return
+        failed = [rc for rc in reason_codes if rc.is_failure]
+        self._subscribed = not failed
+        if failed:
+            log.error("broker refused subscription to %r: %s (check the broker ACL)", self.settings.topic, failed[0])
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
+                       reason_code: mqtt.ReasonCode, properties: object) -> None:
+        self._set_connected(False)
+        if not self._stopping:
+            self._log.warning("disconnect", "disconnected from MQTT broker %s:%d (%s); reconnecting",
+                              self.settings.host, self.settings.port, reason_code)
+
+    def _set_connected(self, connected: bool) -> None:
+        self._connected = connected
+        if not connected:
+            self._subscribed = False
+        self._metrics.mqtt_connected.set(1 if connected else 0)

@@ -1,0 +1,156 @@
+"""Turn one MQTT message into a `Reading` or a `Rejected` with a bounded reason.
+
+This runs on the paho network thread for every message (tens of thousands a second), so it
+is one `json.loads` and a tight loop over the model's features: the topic is matched by
+splitting on "/", numbers are recognised by exact type, and the only regex is one device-id
+check per message.
+
+Wire format: topic `sensors/<device>/data` (configurable), payload
+`{"ts": <epoch seconds or RFC 3339>, "<feature>": <number>, ...}`. A missing `ts` means the
+arrival time; extra fields are ignored; booleans are not numbers.
+
+Clock rule: a device clock may lag (late data is accepted, the ring buffer orders it), but
+a timestamp before 1970 or more than `max_future_seconds` ahead of this host's clock is
+rejected as `bad_timestamp`. One device with a clock set to 2099 would otherwise poison its
+own window ordering (every later, correct reading would look out of order) and the sink's
+time axis.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from daemon.live.events import Reading
+
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MISSING = object()
+# Epoch seconds this large are almost certainly milliseconds (year 33658 in seconds).
+_MILLIS_HINT = 1e12
+_EPOCH_LIMIT = 1e18  # far beyond any clock, but large enough to recognise milliseconds
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Why a message (or a reading) was refused. `reason` is one of metrics.MESSAGE_RESULTS,
+    `detail` is for the log line and may quote the offending input."""
+
+    reason: str
+    detail: str
+
+
+def topic_problem(pattern: str, device_level: int) -> str | None:
+    """Why `pattern` (an MQTT subscription filter) cannot carry a device id at
+    `device_level`, or None if it can. Shared with config validation."""
+    levels = pattern.split("/")
+    for i, level in enumerate(levels):
+        if ("+" in level and level != "+") or ("#" in level and level != "#"):
+            return f"{pattern!r}: a wildcard must fill a whole topic level"
+        if level == "#" and i != len(levels) - 1:
+            return f"{pattern!r}: '#' must be the last topic level"
+    if device_level < 0:
+        return f"device level must be >= 0, got {device_level}"
+    if device_level >= len(levels):
+        if levels[-1] == "#":
+            return None
+        return f"{pattern!r} has {len(levels)} levels, so there is no level {device_level} for the device id"
+    if levels[device_level] not in ("+", "#"):
+        return f"level {device_level} of {pattern!r} is {levels[device_level]!r}, not a wildcard ('+' or '#')"
+    return None
+
+
+def _parse_timestamp(value: object, now: float, max_future_seconds: float) -> float | str:
+    """Epoch seconds from a JSON `ts`, or the reason it is unusable."""
+    kind = type(value)
+    if kind is int or kind is float:
+        if not 0 <= value < _EPOCH_LIMIT:  # NaN, inf, negatives and ints too big for a float all fail
+            return f"ts {value!r:.40} is not epoch seconds since 1970"
+        ts = float(value)
+    elif kind is str:
+        text = value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return f"ts {value[:40]!r} is not RFC 3339"
+        if parsed.tzinfo is None:
+            return f"ts {value[:40]!r} has no UTC offset (RFC 3339 needs 'Z' or '+hh:mm')"
+        ts = parsed.timestamp()
+        if ts < 0:
+            return f"ts {value[:40]!r} is before 1970"
+    else:
+        return f"ts must be epoch seconds or an RFC 3339 string, got {kind.__name__}"
+    if ts > now + max_future_seconds:
+        hint = " (milliseconds? ts must be in seconds)" if ts > _MILLIS_HINT else ""
+        return f"ts {ts:.3f} is {ts - now:.0f}s in the future (limit {max_future_seconds:g}s){hint}"
+    return ts
+
+
+class PayloadParser:
+    """Validates topic and payload against the model's features, in model order."""
+
+    def __init__(self, features: list[str], topic: str = "sensors/+/data", device_level: int = 1,
+                 max_payload_bytes: int = 65536, max_future_seconds: float = 300.0) -> None:
+        problem = topic_problem(topic, device_level)
+        if problem is not None:
+            raise ValueError(f"topic: {problem}")
+        if not features:
+            raise ValueError("features: the model has no features")
+        self.features = tuple(features)
+        self.max_payload_bytes = max_payload_bytes
+        self.max_future_seconds = max_future_seconds
+        self._device_level = device_level
+        levels = topic.split("/")
+        self._open_ended = levels[-1] == "#"
+        self._n_levels = len(levels) - 1 if self._open_ended else len(levels)
+        self._literals = tuple((i, level) for i, level in enumerate(levels) if level not in ("+", "#"))
+        self._topic = topic
+
+    def parse(self, topic: str, payload: bytes, now: float) -> Reading | Rejected:
+        size = len(payload)
+        if size > self.max_payload_bytes:
+            return Rejected("oversized", f"{size} bytes > limit {self.max_payload_bytes}")
+        levels = topic.split("/")
+        if len(levels) < self._n_levels if self._open_ended else len(levels) != self._n_levels:
+            return Rejected("bad_topic", f"topic {topic[:120]!r} does not match {self._topic!r}")
+        for i, literal in self._literals:
+            if levels[i] != literal:
+                return Rejected("bad_topic", f"topic {topic[:120]!r} does not match {self._topic!r}")
+        if self._device_level >= len(levels):
+            return Rejected("bad_device_id", f"topic {topic[:120]!r} has no device level")
+        device = levels[self._device_level]
+        if DEVICE_ID.fullmatch(device) is None:
+            return Rejected("bad_device_id", f"device id {device[:80]!r} is not [A-Za-z0-9][A-Za-z0-9_.:-]{{0,63}}")
+        try:
+            doc = json.loads(payload)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            return Rejected("invalid_json", f"device {device}: {type(exc).__name__}: {str(exc)[:120]}")
+        if type(doc) is not dict:
+            return Rejected("invalid_json", f"device {device}: payload is a JSON {type(doc).__name__}, not an object")
+
+        raw_ts = doc.get("ts", _MISSING)
+        if raw_ts is _MISSING:
+            ts = now
+        else:
+            ts = _parse_timestamp(raw_ts, now, self.max_future_seconds)
+            if type(ts) is str:
+                return Rejected("bad_timestamp", f"device {device}: {ts}")
+
+        values = []
+        for name in self.features:
+            v = doc.get(name, _MISSING)
+            kind = type(v)
+            if kind is float or kind is int:
+                # NaN fails both comparisons; inf and float32 overflow fail one.
+                if not -FLOAT32_MAX <= v <= FLOAT32_MAX:
+                    return Rejected("non_finite", f"device {device}: {name}={v!r:.40} is not a finite float32")
+            elif v is _MISSING:
+                return Rejected("missing_feature", f"device {device}: no {name!r}")
+            else:
+                return Rejected("invalid_value", f"device {device}: {name} is a {kind.__name__}, not a number")
+            values.append(v)
+        return Reading(device, ts, np.array(values, dtype=np.float32), now)

@@ -1,0 +1,76 @@
+"""Fixtures for tests against real servers (see `servers.py`).
+
+- `victoria_metrics`: a private VictoriaMetrics per test, free to `stop()`/`start()`/`kill()`.
+- `victoria_metrics_session`: one shared instance for the whole run; tests keep their data
+  apart with the `unique_name` fixture (use it as the model or device tag) and must not stop it.
+- `mosquitto` / `mosquitto_session`: the same two scopes for the MQTT broker
+  (`.host`, `.port`, `.stop()`, `.start()` on the same port with persistence).
+
+A missing binary skips the test with the package to install; any other startup failure is an
+error quoting the server's log. Processes are killed at teardown whatever the test did. Tests
+that use these fixtures are marked `integration` automatically (`-m "not integration"` skips them).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator, TypeVar
+
+import pytest
+
+from servers import MOSQUITTO_BIN, VICTORIA_METRICS_BIN, Mosquitto, ServerProcess, VictoriaMetrics, find_binary
+
+S = TypeVar("S", bound=ServerProcess)
+SERVER_FIXTURES = {"victoria_metrics", "victoria_metrics_session", "mosquitto", "mosquitto_session"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+def _binary_or_skip(path: str, package: str) -> str:
+    binary = find_binary(path)
+    if binary is None:
+        pytest.skip(f"{path} not found: install the Debian package {package!r} (scripts/setup) to run this test")
+    return binary
+
+
+def _running(server: S) -> Iterator[S]:
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def victoria_metrics(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    binary = _binary_or_skip(VICTORIA_METRICS_BIN, "victoria-metrics")
+    yield from _running(VictoriaMetrics(tmp_path / "vm", binary=binary))
+
+
+@pytest.fixture(scope="session")
+def victoria_metrics_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
+    binary = _binary_or_skip(VICTORIA_METRICS_BIN, "victoria-metrics")
+    yield from _running(VictoriaMetrics(tmp_path_factory.mktemp("vm"), binary=binary))
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    binary = _binary_or_skip(MOSQUITTO_BIN, "mosquitto")
+    yield from _running(Mosquitto(tmp_path / "mosquitto", binary=binary))
+
+
+@pytest.fixture(scope="session")
+def mosquitto_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    binary = _binary_or_skip(MOSQUITTO_BIN, "mosquitto")
+    yield from _running(Mosquitto(tmp_path_factory.mktemp("mosquitto"), binary=binary))
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """A tag value or topic segment unique to this test (letters, digits, `-`)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:80]

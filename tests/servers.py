@@ -1,0 +1,236 @@
+"""Real servers for integration tests: mosquitto and VictoriaMetrics on free loopback ports.
+
+Each server is a child process with its own working directory (config, data, log). `stop()`
+and `start()` keep the port and the data directory, so a test can restart a broker or a
+database under a running client; `kill()` is the crash (SIGKILL) variant. Readiness is polled
+(TCP connect for mosquitto, `/health` for VictoriaMetrics), never slept for.
+
+mosquitto runs with `user root` in its config when started as root, so it does not switch to
+user `mosquitto` and can write its persistence file into the test's tmp directory; its log goes
+to stdout, captured in `<workdir>/<name>.log` and quoted in startup errors. `max_queued_messages`
+is raised far above the default of 1000, which silently drops messages to a slow subscriber.
+
+VictoriaMetrics makes fresh data searchable only after about a second. `flush()` forces the
+in-memory parts to disk and waits until a sentinel written after the test's data is readable;
+`wait_for_points()` polls until a known number of samples is there, with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+MOSQUITTO_BIN = os.environ.get("ANOMALYD_MOSQUITTO", "/usr/sbin/mosquitto")
+VICTORIA_METRICS_BIN = os.environ.get("ANOMALYD_VICTORIA_METRICS", "/usr/bin/victoria-metrics")
+HOST = "127.0.0.1"
+
+
+def find_binary(path: str) -> str | None:
+    """The executable at `path`, or one of the same name on PATH, or None."""
+    if os.access(path, os.X_OK):
+        return path
+    return shutil.which(os.path.basename(path))
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the kernel picks it)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not true after {timeout:.1f} s")
+        time.sleep(interval)
+
+
+class ServerProcess:
+    """A child process with a log file, started and stopped on demand."""
+
+    name = "server"
+    startup_timeout = 15.0
+
+    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
+        self.binary = binary
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port if port is not None else free_port()
+        self.log_path = self.workdir / f"{self.name}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running on port {self.port}")
+        with open(self.log_path, "ab") as log_file:
+            self._proc = subprocess.Popen(self.command(), stdout=log_file, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, cwd=self.workdir, start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout
+        while not self.ready():
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with code {self._proc.returncode} during startup:\n"
+                                   f"{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"{self.name} not ready on port {self.port} after {self.startup_timeout} s:\n"
+                                   f"{self.log_tail()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM, then SIGKILL after `timeout`). Idempotent."""
+        if not self.running:
+            return
+        assert self._proc is not None
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def kill(self) -> None:
+        """Crash: SIGKILL, no chance to save state. Idempotent."""
+        if self.running:
+            assert self._proc is not None
+            self._proc.kill()
+            self._proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def _tcp_open(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+
+class Mosquitto(ServerProcess):
+    """mosquitto with persistence (QoS 1 sessions survive `stop()`/`start()`)."""
+
+    name = "mosquitto"
+
+    def __init__(self, workdir: Path, port: int | None = None, binary: str = MOSQUITTO_BIN) -> None:
+        super().__init__(binary, workdir, port)
+        self.host = HOST
+        self.conf_path = self.workdir / "mosquitto.conf"
+        persistence = self.workdir / "persistence"
+        persistence.mkdir(exist_ok=True)
+        conf = [
+            f"listener {self.port} {HOST}",
+            "allow_anonymous true",
+            "log_dest stdout",
+            "max_queued_messages 1000000",
+            "persistence true",
+            f"persistence_location {persistence}/",
+        ]
+        if os.geteuid() == 0:
+            conf.append("user root")  # else it switches to user mosquitto, who cannot write into tmp
+        self.conf_path.write_text("\n".join(conf) + "\n")
+
+    def command(self) -> list[str]:
+        return [self.binary, "-c", str(self.conf_path)]
+
+    def ready(self) -> bool:
+        return self._tcp_open()
+
+
+class VictoriaMetrics(ServerProcess):
+    """Single-node VictoriaMetrics accepting influxdb-client writes on `/api/v2/write`."""
+
+    name = "victoria-metrics"
+
+    def __init__(self, workdir: Path, port: int | None = None, binary: str = VICTORIA_METRICS_BIN,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        super().__init__(binary, workdir, port)
+        self.data_dir = self.workdir / "data"
+        self.extra_args = extra_args
+        self._flushes = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [self.binary, f"-httpListenAddr={HOST}:{self.port}", f"-storageDataPath={self.data_dir}",
+                "-retentionPeriod=100y", *self.extra_args]
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=0.5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def query_export(self, match: str) -> list[dict]:
+        """Raw samples of every series matching a selector (`anomaly_score`,
+        `{__name__=~"anomaly_.*", model="m"}`): dicts with `metric`, `values`, `timestamps` (ms)."""
+        query = urllib.parse.urlencode({"match[]": match})
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?{query}", timeout=10) as response:
+            return [json.loads(line) for line in response.read().splitlines() if line.strip()]
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Write line protocol directly (precision ms), bypassing the code under test."""
+        request = urllib.request.Request(f"{self.url}/api/v2/write?precision=ms", data="\n".join(lines).encode())
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Make everything written so far searchable: force a flush, then wait until a sentinel
+        point written after the data can be read back."""
+        self._flushes += 1
+        sentinel = f'{{__name__="vmfixture_flush",n="{self._flushes}"}}'
+        self.write_lines([f"vmfixture,n={self._flushes} flush=1 {int(time.time() * 1000)}"])
+
+        def visible() -> bool:
+            self._force_flush()
+            return bool(self.query_export(sentinel))
+
+        wait_until(visible, timeout, f"VictoriaMetrics sentinel {sentinel} visible", interval=0.1)
+
+    def wait_for_points(self, match: str, count: int, timeout: float = 15.0) -> list[dict]:
+        """Poll until the series matching `match` hold at least `count` samples, or the
+        deadline passes; returns the series either way, so the test's assert shows the shortfall."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._force_flush()
+            series = self.query_export(match)
+            if sample_count(series) >= count or time.monotonic() > deadline:
+                return series
+            time.sleep(0.1)
+
+    def _force_flush(self) -> None:
+        with urllib.request.urlopen(self.url + "/internal/force_flush", timeout=10):
+            pass
+
+
+def sample_count(series: list[dict]) -> int:
+    return sum(len(s["values"]) for s in series)

@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+
+from daemon.live.buffers import DeviceBuffers
+from daemon.live.events import Reading, WindowJob
+from daemon.live.metrics import Metrics
+from daemon.live.payload import Rejected
+from daemon.windowing import window_ends, windows
+
+F = 2
+
+
+def reading(device: str, ts: float, value: float | None = None, received: float | None = None) -> Reading:
+    v = ts if value is None else value
+    return Reading(device, ts, np.array([v, -v], dtype=np.float32), ts if received is None else received)
+
+
+def buffers(window=4, stride=2, sample_period=None, gap_factor=5.0, max_devices=100, idle=3600.0, on_evict=None):
+    metrics = Metrics()
+    return DeviceBuffers(window, stride, F, sample_period, gap_factor, max_devices, idle, metrics, on_evict), metrics
+
+
+def push_all(b: DeviceBuffers, readings) -> list:
+    return [b.push(r) for r in readings]
+
+
+def test_first_window_after_window_samples_then_one_every_stride():
+    b, _ = buffers(window=4, stride=2)
+    results = push_all(b, [reading("d", t) for t in range(1, 11)])
+    emitted_at = [i for i, r in enumerate(results) if isinstance(r, WindowJob)]
+    assert emitted_at == [3, 5, 7, 9]
+    assert emitted_at == window_ends(10, 4, 2).tolist()  # same windows as offline scoring
+
+
+def test_window_contents_are_the_last_samples_in_order_and_match_offline_windowing():
+    b, _ = buffers(window=5, stride=3)
+    values = np.arange(1, 23, dtype=np.float32)
+    jobs = [r for r in push_all(b, [reading("d", float(t)) for t in values]) if r is not None]
+    offline = windows(np.stack([values, -values], axis=1), 5, 3)
+    assert len(jobs) == len(offline)
+    for job, expected in zip(jobs, offline):
+        assert job.window.dtype == np.float32 and job.window.shape == (5, F)
+        np.testing.assert_array_equal(job.window, expected)
+        assert job.ts_end == job.window[-1, 0]
+
+
+def test_emitted_window_is_a_copy_not_a_view_of_the_ring():
+    b, _ = buffers(window=2, stride=1)
+    b.push(reading("d", 1))
+    job = b.push(reading("d", 2))
+    before = job.window.copy()
+    push_all(b, [reading("d", t) for t in range(3, 8)])
+    np.testing.assert_array_equal(job.window, before)
+
+
+def test_job_carries_device_data_time_and_arrival_time():
+    b, _ = buffers(window=2, stride=1)
+    b.push(reading("d", 1, received=100))
+    job = b.push(reading("d", 2, received=101.5))
+    assert (job.device, job.ts_end, job.received) == ("d", 2, 101.5)
+
+
+def test_devices_have_independent_windows():
+    b, _ = buffers(window=3, stride=1)
+    results = push_all(b, [reading(dev, t) for t in range(1, 4) for dev in ("a", "b")])
+    jobs = [r for r in results if r is not None]
+    assert [j.device for j in jobs] == ["a", "b"]
+    assert jobs[0].window[:, 0].tolist() == [1, 2, 3]
+    assert len(b) == 2
+
+
+def test_repeated_timestamp_is_duplicate_and_older_is_out_of_order():
+    b, _ = buffers(window=3, stride=1)
+    push_all(b, [reading("d", 10), reading("d", 11)])
+    assert b.push(reading("d", 11)).reason == "duplicate"
+    assert b.push(reading("d", 9)).reason == "out_of_order"
+    job = b.push(reading("d", 12))  # rejects did not enter the window
+    assert job.window[:, 0].tolist() == [10, 11, 12]
+
+
+def test_gap_longer_than_gap_factor_periods_restarts_the_window():
+    b, metrics = buffers(window=3, stride=1, sample_period=1.0, gap_factor=5.0)
+    push_all(b, [reading("d", t) for t in (1, 2, 3)])
+    assert b.push(reading("d", 8)) is not None  # a 5 s gap is still allowed
+    assert metrics.window_restarts._value.get() == 0
+    assert push_all(b, [reading("d", 13.5), reading("d", 14.5)]) == [None, None]  # 5.5 s gap: restart
+    assert metrics.window_restarts._value.get() == 1
+    job = b.push(reading("d", 15.5))
+    assert job.window[:, 0].tolist() == [13.5, 14.5, 15.5]  # nothing from before the gap
+
+
+def test_without_sample_period_gaps_are_not_checked():
+    b, metrics = buffers(window=2, stride=1, sample_period=None)
+    b.push(reading("d", 1))
+    assert b.push(reading("d", 1_000_000, received=2)) is not None
+    assert metrics.window_restarts._value.get() == 0
+
+
+def test_new_device_beyond_max_devices_is_rejected_known_ones_continue():
+    b, _ = buffers(window=2, stride=1, max_devices=2)
+    push_all(b, [reading("a", 1), reading("b", 1)])
+    result = b.push(reading("c", 1))
+    assert isinstance(result, Rejected) and result.reason == "too_many_devices"
+    assert b.push(reading("a", 2)) is not None
+    assert len(b) == 2
+
+
+def test_evict_idle_drops_silent_devices_counts_them_and_reports_them():
+    forgotten = []
+    b, metrics = buffers(window=2, stride=1, idle=60, on_evict=forgotten.append)
+    b.push(reading("old", 1, received=1000))
+    b.push(reading("new", 1, received=1050))
+    assert b.evict_idle(now=1070) == 1
+    assert len(b) == 1
+    assert forgotten == ["old"]
+    assert metrics.devices_evicted._value.get() == 1
+    assert b.push(reading("old", 0.5, received=1071)) is None  # starts over: earlier ts accepted
+
+
+def test_push_sweeps_idle_devices_so_slots_free_up_without_a_timer():
+    b, metrics = buffers(window=2, stride=1, idle=60, max_devices=1)
+    b.push(reading("a", 1, received=1000))
+    assert b.push(reading("b", 1, received=1030)).reason == "too_many_devices"
+    assert b.push(reading("b", 2, received=1100)) is None  # "a" silent for 100 s > 60 s
+    assert metrics.devices_evicted._value.get() == 1
+
+
+def test_device_count_is_readable_at_scrape_time():
+    b, metrics = buffers()
+    push_all(b, [reading("a", 1), reading("b", 1)])
+    assert metrics.registry.get_sample_value("anomalyd_devices") == 2
+
+
+@pytest.mark.parametrize("args", [(0, 1, 1), (1, 0, 1), (1, 1, 0)])
+def test_rejects_nonsense_shapes(args):
+    with pytest.raises(ValueError, match="must be >= 1"):
+        DeviceBuffers(*args, None, 5.0, 10, 60, Metrics())

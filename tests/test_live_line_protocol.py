@@ -1,0 +1,122 @@
+import math
+
+import pytest
+
+from daemon.live.events import ScoreEvent
+from daemon.live.file_sink import FileSink, read_points
+from daemon.live.line_protocol import FIELD_NAMES, SCHEMA, decode, encode
+
+
+def event(**overrides) -> ScoreEvent:
+    values = dict(device="press-7", model="ae-v3", ts=1_700_000_000.123, score=0.5, threshold=0.25,
+                  anomaly=True, alert=False, feature_errors={"temp": 0.75, "vib_x": 0.125}, received=1_700_000_000.2)
+    values.update(overrides)
+    return ScoreEvent(**values)
+
+
+def test_golden_line():
+    assert encode(event()) == (
+        "anomaly,device=press-7,model=ae-v3 "
+        "score=0.5,threshold=0.25,anomaly=1i,alert=0i,err_temp=0.75,err_vib_x=0.125 "
+        "1700000000123"
+    )
+
+
+def test_schema_names_what_encode_writes():
+    point = decode(encode(event()))
+    assert point.measurement == SCHEMA.measurement == "anomaly"
+    assert tuple(point.tags) == SCHEMA.tag_keys == ("device", "model")
+    assert FIELD_NAMES == ("score", "threshold", "anomaly", "alert")
+    assert list(point.fields) == [*FIELD_NAMES, SCHEMA.feature_field("temp"), SCHEMA.feature_field("vib_x")]
+    assert SCHEMA.metric_name("err_temp") == "anomaly_err_temp"  # as VictoriaMetrics names it
+
+
+def test_timestamp_is_rounded_not_truncated_to_milliseconds():
+    assert encode(event(ts=1.001)).endswith(" 1001")  # 1.001 * 1000 is 1000.9999999999999 in binary
+    assert encode(event(ts=1_700_000_000.0)).endswith(" 1700000000000")
+
+
+def test_flags_are_integers_and_floats_keep_full_precision():
+    point = decode(encode(event(anomaly=False, alert=True, score=1 / 3, threshold=2.0)))
+    assert point.fields["anomaly"] == 0 and isinstance(point.fields["anomaly"], int)
+    assert point.fields["alert"] == 1
+    assert point.fields["score"] == 1 / 3
+    assert point.fields["threshold"] == 2.0 and isinstance(point.fields["threshold"], float)
+
+
+def test_hostile_tag_values_are_escaped():
+    line = encode(event(device="a,b=c d", model="m\\"))
+    assert line.startswith("anomaly,device=a\\,b\\=c\\ d,model=m\\\\ ")
+    point = decode(line)
+    assert point.tags == {"device": "a,b=c d", "model": "m\\"}
+
+
+def test_hostile_feature_names_are_escaped_as_field_keys():
+    line = encode(event(feature_errors={"a,b=c d": 1.0, "x\\": 2.0}))
+    assert "err_a\\,b\\=c\\ d=1.0" in line
+    assert decode(line).fields["err_a,b=c d"] == 1.0
+    assert decode(line).fields["err_x\\"] == 2.0
+
+
+def test_non_finite_floats_are_left_out_because_line_protocol_has_no_nan():
+    point = decode(encode(event(score=math.nan, feature_errors={"temp": math.inf, "vib_x": 0.5})))
+    assert "score" not in point.fields and "err_temp" not in point.fields
+    assert point.fields["err_vib_x"] == 0.5
+    assert point.fields["anomaly"] == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"device": "a\nb"}, "newline in tag 'device'"),
+        ({"model": "m\r"}, "newline in tag 'model'"),
+        ({"device": ""}, "tag 'device' is empty"),
+        ({"feature_errors": {"t\n": 1.0}}, "newline in feature name 't\\n'"),
+    ],
+)
+def test_values_line_protocol_cannot_carry_are_refused_by_name(overrides, fragment):
+    with pytest.raises(ValueError) as err:
+        encode(event(**overrides))
+    assert fragment in str(err.value)
+
+
+def test_decode_names_what_is_wrong():
+    with pytest.raises(ValueError, match="got 2 sections"):
+        decode("anomaly score=1")
+    with pytest.raises(ValueError, match="field value 'abc'"):
+        decode("anomaly,device=d score=abc 1")
+    with pytest.raises(ValueError, match="timestamp '1.5'"):
+        decode("anomaly,device=d score=1 1.5")
+
+
+def test_file_sink_round_trips_events_through_read_points(tmp_path):
+    path = tmp_path / "store" / "scores.lp"
+    sink = FileSink(path)
+    sink.submit([event(), event(device="a,b=c d", ts=1_700_000_001.0, anomaly=False)])
+    sink.submit([event(device="")])  # cannot be encoded: logged and skipped, the rest still lands
+    assert sink.healthy
+    assert sink.close()
+
+    first, second = read_points(path)
+    assert first == {"measurement": "anomaly", "device": "press-7", "model": "ae-v3", "score": 0.5,
+                     "threshold": 0.25, "anomaly": 1, "alert": 0, "err_temp": 0.75, "err_vib_x": 0.125,
+                     "ts": 1_700_000_000.123}
+    assert (second["device"], second["ts"], second["anomaly"]) == ("a,b=c d", 1_700_000_001.0, 0)
+
+
+def test_file_sink_appends_across_reopen_and_refuses_submit_after_close(tmp_path):
+    path = tmp_path / "scores.lp"
+    for ts in (1.0, 2.0):
+        sink = FileSink(path)
+        sink.submit([event(ts=ts)])
+        sink.close()
+    assert [p["ts"] for p in read_points(path)] == [1.0, 2.0]
+    with pytest.raises(RuntimeError, match="closed"):
+        sink.submit([event()])
+
+
+def test_read_points_names_the_file_and_line_of_a_bad_line(tmp_path):
+    path = tmp_path / "scores.lp"
+    path.write_text(encode(event()) + "\nnot line protocol\n")
+    with pytest.raises(ValueError, match=r"scores.lp:2: "):
+        read_points(path)

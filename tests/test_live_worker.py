@@ -1,0 +1,316 @@
+import logging
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from daemon.live.alerting import AlertTracker
+from daemon.live.events import ScoreEvent, WindowJob
+from daemon.live.metrics import Metrics
+from daemon.live.ratelimit import RateLimitedLog
+from daemon.live.worker import WindowQueue, Worker
+from daemon.scoring import WindowScores
+
+W, F = 4, 2
+
+
+def job(device: str = "d", value: float = 0.0, ts: float = 1.0, shape=(W, F)) -> WindowJob:
+    return WindowJob(device, ts, np.full(shape, value, dtype=np.float32), received=ts + 0.5)
+
+
+class FakeScorer:
+    """Score = the window's value; feature errors = value * (1, 2)."""
+
+    def __init__(self, threshold: float = 1.0, name: str = "fake", fail: bool = False) -> None:
+        self.features = ["a", "b"]
+        self.window = W
+        self.threshold = threshold
+        self.bundle = SimpleNamespace(name=name, stride=1)
+        self.fail = fail
+        self.batches: list[tuple[int, ...]] = []
+
+    def score_windows(self, raw: np.ndarray) -> WindowScores:
+        self.batches.append(raw.shape)
+        if self.fail:
+            raise RuntimeError("model exploded")
+        value = raw[:, 0, 0]
+        return WindowScores(value.copy(), np.stack([value, 2 * value], axis=1))
+
+
+class FakeSink:
+    def __init__(self, fail_first: bool = False) -> None:
+        self.events: list[ScoreEvent] = []
+        self.calls = 0
+        self.fail_first = fail_first
+        self._cond = threading.Condition()
+
+    def submit(self, events: list[ScoreEvent]) -> None:
+        with self._cond:
+            self.calls += 1
+            if self.fail_first and self.calls == 1:
+                raise ConnectionError("sink down")
+            self.events.extend(events)
+            self._cond.notify_all()
+
+    def wait_for(self, n: int, timeout: float = 5.0) -> list[ScoreEvent]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.events) >= n, timeout), f"{len(self.events)} events < {n}"
+            return list(self.events)
+
+
+def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def counter(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def dropped(metrics: Metrics, reason: str) -> float:
+    return counter(metrics, "anomalyd_windows_dropped_total", reason=reason)
+
+
+def make_worker(scorer=None, sink=None, enter_after=1, leave_after=1, queue_size=100, **kwargs):
+    metrics = Metrics()
+    queue = WindowQueue(queue_size, metrics)
+    worker = Worker(queue, scorer or FakeScorer(), AlertTracker(enter_after, leave_after), sink or FakeSink(),
+                    metrics, **kwargs)
+    return worker, queue, metrics
+
+
+# ---- WindowQueue ------------------------------------------------------------------------------
+
+def test_full_queue_drops_the_oldest_window_and_counts_it():
+    metrics = Metrics()
+    q = WindowQueue(3, metrics)
+    for i in range(5):
+        q.put(job(value=i))
+    assert len(q) == 3
+    assert [j.window[0, 0] for j in q.take(10, 0)] == [2, 3, 4]
+    assert dropped(metrics, "queue_full") == 2
+
+
+def test_take_returns_at_once_when_max_batch_is_queued():
+    q = WindowQueue(100, Metrics())
+    for i in range(5):
+        q.put(job(value=i))
+    started = time.monotonic()
+    assert [j.window[0, 0] for j in q.take(4, max_wait_s=10)] == [0, 1, 2, 3]
+    assert time.monotonic() - started < 1
+    assert len(q) == 1
+
+
+def test_take_waits_at_most_max_wait_from_the_oldest_job():
+    q = WindowQueue(100, Metrics())
+    q.put(job())
+    started = time.monotonic()
+    assert len(q.take(10, max_wait_s=0.1)) == 1
+    assert 0.05 < time.monotonic() - started < 2
+
+
+def test_take_does_not_wait_again_for_a_job_that_already_waited():
+    q = WindowQueue(100, Metrics())
+    q.put(job())
+    time.sleep(0.25)
+    started = time.monotonic()
+    assert len(q.take(10, max_wait_s=0.2)) == 1
+    assert time.monotonic() - started < 0.15
+
+
+def test_take_wakes_when_another_thread_fills_the_batch():
+    q = WindowQueue(100, Metrics())
+    threading.Timer(0.05, lambda: [q.put(job()) for _ in range(3)]).start()
+    started = time.monotonic()
+    assert len(q.take(3, max_wait_s=10)) == 3
+    assert time.monotonic() - started < 5
+
+
+def test_close_wakes_a_waiting_take_and_later_puts_are_dropped():
+    metrics = Metrics()
+    q = WindowQueue(100, metrics)
+    threading.Timer(0.05, q.close).start()
+    assert q.take(10, max_wait_s=10) == []
+    q.put(job())
+    assert len(q) == 0
+    assert dropped(metrics, "queue_full") == 1
+
+
+def test_queue_depth_is_readable_at_scrape_time():
+    metrics = Metrics()
+    q = WindowQueue(100, metrics)
+    q.put(job())
+    q.put(job())
+    assert counter(metrics, "anomalyd_queue_windows") == 2
+
+
+# ---- Worker -----------------------------------------------------------------------------------
+
+def test_queued_jobs_are_scored_in_one_batch_and_become_score_events():
+    scorer, sink = FakeScorer(threshold=1.0), FakeSink()
+    worker, queue, metrics = make_worker(scorer, sink)
+    queue.put(job("a", 0.5, ts=10))
+    queue.put(job("b", 2.0, ts=11))
+    worker.start()
+    events = sink.wait_for(2)
+    worker.stop()
+    assert scorer.batches == [(2, W, F)]
+    assert events[0] == ScoreEvent("a", "fake", 10, 0.5, 1.0, False, False, {"a": 0.5, "b": 1.0}, 10.5)
+    assert events[1] == ScoreEvent("b", "fake", 11, 2.0, 1.0, True, True, {"a": 2.0, "b": 4.0}, 11.5)
+    assert counter(metrics, "anomalyd_windows_scored_total") == 2
+    assert counter(metrics, "anomalyd_anomalous_windows_total") == 1
+    assert counter(metrics, "anomalyd_alerts_raised_total") == 1
+    assert counter(metrics, "anomalyd_alerts_active") == 1
+    assert counter(metrics, "anomalyd_inference_seconds_count") == 1
+    assert counter(metrics, "anomalyd_batch_windows_sum") == 2
+
+
+def test_batches_are_capped_at_max_batch():
+    scorer = FakeScorer()
+    worker, queue, _ = make_worker(scorer, max_batch=3)
+    for i in range(7):
+        queue.put(job(value=i))
+    worker.start()
+    worker.stop(drain=True)
+    assert [shape[0] for shape in scorer.batches] == [3, 3, 1]
+
+
+def test_alert_follows_hysteresis_across_batches():
+    sink = FakeSink()
+    worker, queue, _ = make_worker(sink=sink, enter_after=2, leave_after=2, max_wait_s=0)
+    worker.start()
+    for value in (5, 5, 0, 0):
+        queue.put(job("d", value))
+        sink.wait_for(len(sink.events) + 1)
+    worker.stop()
+    assert [(e.anomaly, e.alert) for e in sink.events] == [(True, False), (True, True), (False, True),
+                                                           (False, False)]
+
+
+def test_threshold_override_replaces_the_bundle_threshold():
+    sink = FakeSink()
+    worker, queue, _ = make_worker(FakeScorer(threshold=1.0), sink, threshold_override=3.0)
+    queue.put(job(value=2.0))
+    worker.start()
+    event = sink.wait_for(1)[0]
+    worker.stop()
+    assert (event.threshold, event.anomaly) == (3.0, False)
+
+
+def test_swapped_scorer_is_used_from_the_next_batch():
+    sink = FakeSink()
+    worker, queue, _ = make_worker(FakeScorer(name="old"), sink, max_wait_s=0)
+    worker.start()
+    queue.put(job())
+    sink.wait_for(1)
+    worker.swap_scorer(FakeScorer(name="new", threshold=0.1), threshold_override=7.0)
+    queue.put(job(value=1.0))
+    events = sink.wait_for(2)
+    worker.stop()
+    assert [(e.model, e.threshold) for e in events] == [("old", 1.0), ("new", 7.0)]
+
+
+def test_windows_that_do_not_fit_the_model_are_dropped_not_fatal():
+    sink = FakeSink()
+    worker, queue, metrics = make_worker(sink=sink)
+    queue.put(job(shape=(W + 1, F)))
+    queue.put(job("ok"))
+    worker.start()
+    worker.stop()
+    assert [e.device for e in sink.events] == ["ok"]
+    assert dropped(metrics, "model_mismatch") == 1
+
+
+def test_scorer_exception_loses_the_batch_but_not_the_thread(caplog):
+    scorer, sink = FakeScorer(fail=True), FakeSink()
+    worker, queue, metrics = make_worker(scorer, sink, max_wait_s=0)
+    worker.start()
+    with caplog.at_level(logging.ERROR, logger="daemon.live.worker"):
+        for n in (1, 2, 3):
+            queue.put(job())
+            wait_until(lambda: dropped(metrics, "scoring_error") == n)
+    assert worker.is_alive()
+    assert len([r for r in caplog.records if "model exploded" in r.getMessage()]) == 1  # rate-limited
+    scorer.fail = False
+    queue.put(job("after"))
+    assert [e.device for e in sink.wait_for(1)] == ["after"]
+    worker.stop()
+
+
+def test_sink_exception_counts_dropped_points_and_the_worker_continues():
+    sink = FakeSink(fail_first=True)
+    worker, queue, metrics = make_worker(sink=sink, max_wait_s=0)
+    worker.start()
+    queue.put(job("lost"))
+    wait_until(lambda: sink.calls == 1)
+    queue.put(job("kept"))
+    assert [e.device for e in sink.wait_for(1)] == ["kept"]
+    worker.stop()
+    assert metrics.registry.get_sample_value("anomalyd_sink_points_total", {"result": "dropped"}) == 1
+
+
+def test_stop_with_drain_scores_everything_queued():
+    sink = FakeSink()
+    worker, queue, _ = make_worker(sink=sink, max_batch=2)
+    for i in range(5):
+        queue.put(job(str(i)))
+    worker.start()
+    worker.stop(drain=True, timeout=5)
+    assert not worker.is_alive()
+    assert [e.device for e in sink.events] == ["0", "1", "2", "3", "4"]
+
+
+def test_stop_without_drain_drops_and_counts_what_is_queued():
+    sink = FakeSink()
+    worker, queue, metrics = make_worker(sink=sink)
+    for i in range(5):
+        queue.put(job(str(i)))
+    worker.stop(drain=False)
+    assert sink.events == []
+    assert dropped(metrics, "queue_full") == 5
+
+
+# ---- RateLimitedLog ---------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def limited(caplog):
+    clock = Clock()
+    caplog.set_level(logging.WARNING, logger="test.ratelimit")
+    return RateLimitedLog(logging.getLogger("test.ratelimit"), interval=10, clock=clock), clock, caplog
+
+
+def test_rate_limited_log_writes_one_line_per_key_per_interval(limited):
+    rl, clock, caplog = limited
+    assert rl.warning("bad", "bad message %d", 1)
+    assert not rl.warning("bad", "bad message %d", 2)
+    clock.now = 9.9
+    assert not rl.warning("bad", "bad message %d", 3)
+    assert [r.getMessage() for r in caplog.records] == ["bad message 1"]
+
+
+def test_rate_limited_log_reports_how_many_lines_it_suppressed(limited):
+    rl, clock, caplog = limited
+    for i in range(4):
+        rl.warning("bad", "bad message %d", i)
+    clock.now = 10
+    rl.warning("bad", "bad message %d", 99)
+    assert caplog.records[-1].getMessage() == "bad message 99 (+3 similar suppressed since the last report)"
+
+
+def test_rate_limited_log_keys_are_independent(limited):
+    rl, _, caplog = limited
+    rl.warning("a", "first")
+    rl.warning("b", "second")
+    assert [r.getMessage() for r in caplog.records] == ["first", "second"]
