@@ -10,7 +10,7 @@ import sys
 from daemon import __version__
 from daemon.errors import UserError
 
-COMMANDS = ("train", "score", "evaluate", "inspect", "generate", "replay")
+COMMANDS = ("train", "score", "evaluate", "inspect", "generate", "replay", "run", "check-config", "demo")
 
 DESCRIPTION = """\
 Streaming anomaly detection for industrial sensors.

@@ -46,28 +46,30 @@ def _running(server: S) -> Iterator[S]:
         server.kill()
 
 
+def _server(kind: type[S], workdir: Path) -> Iterator[S]:
+    path, package = {VictoriaMetrics: (VICTORIA_METRICS_BIN, "victoria-metrics"),
+                     Mosquitto: (MOSQUITTO_BIN, "mosquitto")}[kind]
+    yield from _running(kind(workdir, binary=_binary_or_skip(path, package)))
+
+
 @pytest.fixture
 def victoria_metrics(tmp_path: Path) -> Iterator[VictoriaMetrics]:
-    binary = _binary_or_skip(VICTORIA_METRICS_BIN, "victoria-metrics")
-    yield from _running(VictoriaMetrics(tmp_path / "vm", binary=binary))
+    yield from _server(VictoriaMetrics, tmp_path / "vm")
 
 
 @pytest.fixture(scope="session")
 def victoria_metrics_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
-    binary = _binary_or_skip(VICTORIA_METRICS_BIN, "victoria-metrics")
-    yield from _running(VictoriaMetrics(tmp_path_factory.mktemp("vm"), binary=binary))
+    yield from _server(VictoriaMetrics, tmp_path_factory.mktemp("vm"))
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    binary = _binary_or_skip(MOSQUITTO_BIN, "mosquitto")
-    yield from _running(Mosquitto(tmp_path / "mosquitto", binary=binary))
+    yield from _server(Mosquitto, tmp_path / "mosquitto")
 
 
 @pytest.fixture(scope="session")
 def mosquitto_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    binary = _binary_or_skip(MOSQUITTO_BIN, "mosquitto")
-    yield from _running(Mosquitto(tmp_path_factory.mktemp("mosquitto"), binary=binary))
+    yield from _server(Mosquitto, tmp_path_factory.mktemp("mosquitto"))
 
 
 @pytest.fixture

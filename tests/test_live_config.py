@@ -42,14 +42,14 @@ def test_given_values_override_defaults_section_by_section(tmp_path):
 mqtt: {host: broker.local, port: 8883, qos: 0}
 stream: {stride: 10, sample_period_seconds: 0.5}
 alerting: {threshold: 0.25}
-model: {runtime: ONNX, devices: {pump-1: models/pump}}
+model: {runtime: ONNX}
 logging: {level: debug}
 """), NO_ENV)
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.qos, config.mqtt.keepalive) == ("broker.local", 8883,
                                                                                             0, 30)
     assert (config.stream.stride, config.stream.sample_period_seconds) == (10, 0.5)
     assert config.alerting.threshold == 0.25
-    assert config.model.runtime == "onnx" and config.model.devices == {"pump-1": "models/pump"}
+    assert config.model.runtime == "onnx"
     assert config.logging.level == "DEBUG"
 
 
@@ -92,8 +92,6 @@ def test_every_problem_is_reported_with_its_field_path():
      "mqtt.password_file: both password and password_file are set"),
     ({"mqtt": {"password": "p"}}, "mqtt.username: must be set when a password is configured"),
     ({"mqtt": {"tls": {"cert_file": "/etc/hostname"}}}, "mqtt.tls.key_file: cert_file and key_file go together"),
-    ({"model": {"devices": {"a,b=c": "models/x"}}}, "model.devices.a,b=c: not a valid device id"),
-    ({"model": {"devices": ["a"]}}, "model.devices: must be a mapping of strings to strings or null"),
     ({"influxdb": {"enabled": True}}, "influxdb.url: required when influxdb.enabled is true"),
     ({"influxdb": {"url": "localhost:8086"}}, "influxdb.url: must start with http:// or https://"),
     ({"mqtt": "broker"}, "mqtt: must be a mapping, got 'broker'"),
@@ -104,7 +102,7 @@ def test_cross_field_and_shape_rules(raw, problem):
 
 
 def test_load_config_names_the_file_the_first_problem_and_how_many_more(tmp_path):
-    path = write(tmp_path, "batching: {max_batch: 0, queue_size: 0}\nmetrics: {port: 0}\n")
+    path = write(tmp_path, "batching: {max_batch: 0, queue_size: 0}\nmetrics: {port: 70000}\n")
     with pytest.raises(ConfigError) as err:
         load_config(path, NO_ENV)
     assert str(err.value) == (f"{path}: batching.max_batch: must be an integer >= 1, got 0 "
@@ -112,8 +110,8 @@ def test_load_config_names_the_file_the_first_problem_and_how_many_more(tmp_path
 
 
 def test_single_problem_has_no_count(tmp_path):
-    with pytest.raises(ConfigError, match=r"metrics.port: must be an integer between 1 and 65535, got 0$"):
-        load_config(write(tmp_path, "metrics: {port: 0}"), NO_ENV)
+    with pytest.raises(ConfigError, match=r"metrics.port: must be an integer between 0 and 65535, got 70000$"):
+        load_config(write(tmp_path, "metrics: {port: 70000}"), NO_ENV)
 
 
 def test_yaml_syntax_errors_name_file_and_line(tmp_path):

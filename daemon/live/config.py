@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import yaml
 
 from daemon.errors import ConfigError
-from daemon.live.payload import DEVICE_ID, topic_problem
+from daemon.live.payload import topic_problem
 
 ENV_MQTT_PASSWORD = "ANOMALYD_MQTT_PASSWORD"
 ENV_INFLUXDB_TOKEN = "ANOMALYD_INFLUXDB_TOKEN"
@@ -87,8 +87,6 @@ class MqttConfig:
 class ModelConfig:
     path: str = _opt("models/demo", "Model bundle directory (holds bundle.json).")
     runtime: str = _opt("torch", "Inference runtime.", choices=("torch", "onnx"))
-    devices: dict[str, str] | None = _opt(None, "Optional map device id -> bundle directory; devices not listed "
-                                                "are rejected as unknown_device.")
 
 
 @dataclass(frozen=True)
@@ -141,7 +139,7 @@ class LocalStoreConfig:
 class MetricsConfig:
     enabled: bool = _opt(True, "Serve Prometheus /metrics and /healthz.")
     address: str = _opt("127.0.0.1", "Listen address (0.0.0.0 to expose beyond this host).")
-    port: int = _opt(9108, "Listen port.", lo=1, hi=65535)
+    port: int = _opt(9108, "Listen port (0 = any free port, logged at start).", lo=0, hi=65535)
 
 
 @dataclass(frozen=True)
@@ -325,12 +323,6 @@ def _cross_checks(v: dict[str, Any], problems: list[str]) -> None:
     if (tls["cert_file"] is None) != (tls["key_file"] is None):
         missing = "key_file" if tls["key_file"] is None else "cert_file"
         problems.append(f"mqtt.tls.{missing}: cert_file and key_file go together")
-
-    devices = v["model"]["devices"]
-    if devices not in (None, _INVALID):
-        for device in devices:
-            if DEVICE_ID.fullmatch(device) is None:
-                problems.append(f"model.devices.{device}: not a valid device id")
 
     if influx["token"] is not None and influx["token_file"] is not None:
         problems.append("influxdb.token_file: both token and token_file are set; keep one")

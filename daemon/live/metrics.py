@@ -26,7 +26,6 @@ MESSAGE_RESULTS = (
     "bad_device_id",  # device id fails validation
     "oversized",  # payload larger than limits.max_payload_bytes
     "too_many_devices",  # a new device beyond limits.max_devices
-    "unknown_device",  # device has no model in a per-device model map
     "duplicate",  # same timestamp as the device's previous reading
     "out_of_order",  # older than the device's previous reading
     "internal_error",  # a bug: the callback caught an unexpected exception

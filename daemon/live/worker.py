@@ -28,8 +28,20 @@ log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
+    """What the worker writes to: InfluxSink, FileSink, or anything with this shape."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while writes fail (drives /healthz)."""
+
     def submit(self, events: list[ScoreEvent]) -> None:
         """Accept scored windows without blocking (buffer and write elsewhere)."""
+
+    def status(self) -> dict[str, object]:
+        """Details for /healthz."""
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush what was accepted and stop; True when everything was flushed."""
 
 
 class WindowQueue:
