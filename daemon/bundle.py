@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from daemon.errors import BundleError
+from daemon.postprocess import AlertSpec
 from daemon.scaling import SCALER_KINDS, Scaler
 from daemon.thresholds import Threshold
 
@@ -26,19 +27,23 @@ BUNDLE_FILE = "bundle.json"
 WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
 SCORE_ERRORS = ("mse", "mae")
+# How per-feature errors become one window score; stored as "<name>_over_features".
+SCORE_REDUCTIONS = ("mean", "max")
 
 
 @dataclass(frozen=True)
 class ScoreSpec:
     """How a reconstruction becomes a score: per-feature error over the window (`error`),
     divided by that feature's typical validation error (`feature_scale`, ones by default),
-    then averaged over features. The division keeps one noisy sensor from drowning the rest."""
+    then reduced over features (`reduction`: mean, or max so one sensor's fault is not diluted
+    by seven healthy ones). The division keeps one noisy sensor from drowning the rest."""
 
     error: str = "mse"
     feature_scale: tuple[float, ...] | None = None
+    reduction: str = "mean"
 
     def to_dict(self) -> dict:
-        return {"error": self.error, "reduction": "mean_over_features",
+        return {"error": self.error, "reduction": f"{self.reduction}_over_features",
                 "feature_scale": None if self.feature_scale is None else list(self.feature_scale)}
 
 
@@ -53,6 +58,7 @@ class Bundle:
     scaler: Scaler
     score: ScoreSpec
     threshold: Threshold
+    alert: AlertSpec = field(default_factory=AlertSpec)
     version: str = "1"
     created: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +92,7 @@ class Bundle:
             "scaler": self.scaler.to_dict(),
             "score": self.score.to_dict(),
             "threshold": self.threshold.to_dict(),
+            "alert": self.alert.to_dict(),
             "training": self.training,
             "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256},
         }
@@ -137,6 +144,13 @@ def load_bundle(directory: str | Path) -> Bundle:
     error = reader.require("score.error", str, lambda v: v in SCORE_ERRORS, f"must be one of {SCORE_ERRORS}")
     feature_scale = reader.optional("score.feature_scale", list, lambda v: _numbers(n)(v) and min(v) > 0,
                                     f"must be {n} positive numbers or null")
+    reductions = tuple(f"{r}_over_features" for r in SCORE_REDUCTIONS)
+    reduction = reader.optional("score.reduction", str, lambda v: v in reductions,
+                                f"must be one of {reductions}") or "mean_over_features"
+    try:
+        alert = AlertSpec.from_dict(reader.optional("alert", dict, lambda v: True, "") or {})
+    except ValueError as exc:
+        raise BundleError(f"{json_path}: field 'alert': {exc}") from None
     try:
         threshold = Threshold.from_dict(reader.require("threshold", dict, lambda v: True, ""))
     except (ValueError, KeyError, TypeError) as exc:
@@ -151,8 +165,10 @@ def load_bundle(directory: str | Path) -> Bundle:
         arch_params=reader.require("architecture.params", dict, lambda v: True, ""),
         features=features, window=window, stride=stride,
         scaler=Scaler(kind, np.asarray(offset, np.float32), np.asarray(scale, np.float32)),
-        score=ScoreSpec(error, None if feature_scale is None else tuple(float(x) for x in feature_scale)),
+        score=ScoreSpec(error, None if feature_scale is None else tuple(float(x) for x in feature_scale),
+                        reduction.removesuffix("_over_features")),
         threshold=threshold,
+        alert=alert,
         training=reader.optional("training", dict, lambda v: True, "") or {},
         weights_sha256=reader.require("weights.sha256", str, lambda v: len(v) == 64, "must be a sha256 hex digest"),
         path=directory,

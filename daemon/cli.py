@@ -10,7 +10,19 @@ import sys
 from daemon import __version__
 from daemon.errors import UserError
 
-COMMANDS = ("train", "score", "evaluate", "inspect", "generate", "replay", "run", "check-config", "demo")
+# name -> one-line summary. A command's module (and so torch, matplotlib...) is imported only
+# when that command runs or shows its help: `anomalyd run` should not pay for training code.
+COMMANDS = {
+    "train": "train a model bundle on normal data",
+    "score": "score a CSV file with a model bundle",
+    "evaluate": "measure detection quality on labelled CSVs",
+    "inspect": "summarise a model bundle",
+    "run": "run the streaming service",
+    "check-config": "validate a config file (and the bundle it names)",
+    "replay": "publish a CSV file to MQTT as a device's readings",
+    "demo": "run broker + service + replayed devices end to end",
+    "generate": "write synthetic sensor data with labelled faults",
+}
 
 DESCRIPTION = """\
 Streaming anomaly detection for industrial sensors.
@@ -24,23 +36,30 @@ Typical flow:
   anomalyd evaluate --model models/pump --data faults.csv --plot eval.png
   anomalyd score --model models/pump --data today.csv --out scores.csv
 
+Live: anomalyd demo (everything on one machine), anomalyd run --config config.yaml.
+
 Run 'anomalyd COMMAND --help' for each command's options and examples.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomalyd", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"anomalyd {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"daemon.commands.{name.replace('-', '_')}").add_parser(sub)
+    for name, summary in COMMANDS.items():
+        if name == selected:
+            importlib.import_module(f"daemon.commands.{name.replace('-', '_')}").add_parser(sub, summary)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    selected = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(selected).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

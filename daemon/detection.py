@@ -1,6 +1,8 @@
 """Offline detection on labelled runs: score each file through the serving `Scorer`, turn
-window flags into per-row predictions the way the daemon would have produced them, and pool
-the metrics. `anomalyd evaluate` and the benchmarks both call `evaluate_frames`."""
+window flags into alert states with the bundle's hysteresis (`daemon.postprocess`, the same
+state machine the live daemon runs per device) and into per-row predictions the way the daemon
+would have produced them, and pool the metrics. `anomalyd evaluate` and the benchmarks both
+call `detect` / `evaluate_frames`."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 from daemon.errors import DataError
 from daemon.evaluation import Report, report
 from daemon.frames import Frame
+from daemon.postprocess import alert_flags
 from daemon.scoring import FrameScores, Scorer, row_flags
 
 
@@ -18,7 +21,7 @@ from daemon.scoring import FrameScores, Scorer, row_flags
 class FileResult:
     frame: Frame
     scores: FrameScores
-    predicted: np.ndarray  # int8 [rows]: the streaming-causal prediction per row
+    predicted: np.ndarray  # int8 [rows]: the streaming-causal prediction (alert state) per row
 
     def row_scores(self) -> np.ndarray:
         """Score per row (NaN where no window has ended yet), for plots and CSV output."""
@@ -31,7 +34,7 @@ def detect(scorer: Scorer, frame: Frame, threshold: float, stride: int | None = 
     if len(frame) < scorer.window:
         raise DataError(f"{frame.source}: {len(frame)} rows, fewer than one window ({scorer.window} rows)")
     scores = scorer.score_frame(frame, stride)
-    flags = (scores.scores > threshold).astype(np.int8)
+    flags = alert_flags((scores.scores > threshold).astype(np.int8), scorer.bundle.alert)
     return FileResult(frame, scores, row_flags(len(frame), scores.ends, flags))
 
 

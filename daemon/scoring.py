@@ -38,10 +38,10 @@ def feature_errors(scaled: np.ndarray, reconstruction: np.ndarray, error: str) -
 
 
 def combine(errors: np.ndarray, spec: ScoreSpec) -> np.ndarray:
-    """Window score from per-feature errors: mean over (optionally normalised) features."""
+    """Window score from per-feature errors: mean (or max) over (optionally normalised) features."""
     if spec.feature_scale is not None:
         errors = errors / np.asarray(spec.feature_scale, dtype=np.float32)
-    return errors.mean(axis=1)
+    return errors.max(axis=1) if spec.reduction == "max" else errors.mean(axis=1)
 
 
 class Scorer:

@@ -53,6 +53,8 @@ def inject(data: Synthetic, fault: str, start: int, length: int, seed: int = 0) 
     """Return a copy with one labelled fault in rows [start, start + length)."""
     if fault not in FAULTS:
         raise ValueError(f"fault {fault!r} unknown (use one of: {', '.join(FAULTS)})")
+    if start < 0 or length < 1 or start + length > len(data.timestamps):
+        raise ValueError(f"fault rows [{start}, {start + length}) do not fit {len(data.timestamps)} rows")
     rng = np.random.default_rng(seed)
     values, labels = data.values.copy(), data.labels.copy()
     rows = slice(start, start + length)
@@ -76,6 +78,7 @@ def with_faults(rows: int, seed: int = 0, faults: tuple[str, ...] = FAULTS, leng
     """Normal data with each fault once, spread evenly with normal stretches between them."""
     data = normal(rows, seed, start)
     gap = rows // (len(faults) + 1)
+    length = min(length, gap // 2)
     for i, fault in enumerate(faults):
         data = inject(data, fault, gap * (i + 1) - length // 2, length, seed + i)
     return data

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from daemon import __version__
-from daemon.bundle import WEIGHTS_FILE, Bundle, ScoreSpec
+from daemon.bundle import SCORE_REDUCTIONS, WEIGHTS_FILE, Bundle, ScoreSpec
 from daemon.errors import DataError, UserError
 from daemon.evaluation import segments
 from daemon.frames import Frame
 from daemon.models import AutoEncoder, build_model, default_params
+from daemon.postprocess import AlertSpec
 from daemon.runtime import torch_backend
 from daemon.scaling import Scaler
 from daemon.scoring import FrameScores, Scorer
@@ -38,18 +39,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
+    """Training and scoring settings. The defaults are the ones that scored best on the SKAB
+    benchmark (bench/skab.py; see the README's SKAB section): short windows,
+    a 1 % scaler floor, the worst feature's error as the window score, SKAB's own threshold
+    rule (99.9th percentile of the normal training windows' scores x 4/3) and 3-in / 5-out
+    alert hysteresis."""
+
     arch: str = "lstm"
-    window: int = 60
+    window: int = 20
     stride: int = 1
     scaler: str = "zscore"
+    scale_floor: float = 0.01
     score_error: str = "mse"
+    score_reduction: str = "max"
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-3
     patience: int = 5
     validation_fraction: float = 0.2
-    threshold: str = "quantile:0.99"
-    threshold_scale: float = 1.0
+    threshold: str = "quantile:0.999"
+    threshold_scale: float = 4 / 3
+    calibrate_on: str = "all"
+    enter_after: int = 3
+    leave_after: int = 5
     seed: int = 0
     threads: int = 1
     arch_params: dict = field(default_factory=dict)
@@ -98,6 +110,22 @@ def split_runs(frames: list[Frame], window: int, validation_fraction: float) -> 
         raise DataError(f"no run of normal rows is at least one window ({window} rows) long "
                         f"(files: {', '.join(f.source for f in frames)})")
     return Split(train, validation)
+
+
+def floor_scale(scaler: Scaler, rows: np.ndarray, floor: float) -> Scaler:
+    """Keep each feature's scale at least `floor` x its mean absolute training level.
+
+    A sensor that barely moves in the training rows (a fluid temperature that varies by
+    0.01 degC in ten minutes) gets a tiny standard deviation, and its z-score then turns a
+    harmless slow drift of a few hundredths of a degree into a "fault" dwarfing a real one on
+    another sensor. The floor says that a change below `floor` (1 % by default) of a sensor's
+    operating level is not, by itself, evidence; 0 disables it. The floored scale is stored in
+    the bundle like any other, so serving needs nothing new."""
+    if floor <= 0:
+        return scaler
+    level = np.abs(np.asarray(rows, dtype=np.float64)).mean(axis=0)
+    scale = np.maximum(scaler.scale.astype(np.float64), floor * level)
+    return Scaler(scaler.kind, scaler.offset, scale.astype(np.float32))
 
 
 def seed_everything(seed: int) -> None:
@@ -166,10 +194,12 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
     """Everything but writing files: returns the bundle (unsaved) and the trained model."""
     started = time.time()
     features = frames[0].features
+    _check_config(config)
     seed_everything(config.seed)
     torch.set_num_threads(config.threads)
     split = split_runs(frames, config.window, config.validation_fraction)
-    scaler = Scaler.fit(config.scaler, np.concatenate([f.values for f in split.train]))
+    train_rows = np.concatenate([f.values for f in split.train])
+    scaler = floor_scale(Scaler.fit(config.scaler, train_rows), train_rows, config.scale_floor)
     try:
         model = build_model(config.arch, config.window, len(features), config.arch_params)
     except ValueError as exc:
@@ -183,12 +213,16 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         name=config.name or f"{config.arch}-w{config.window}",
         arch=config.arch, arch_params={**default_params(config.arch), **config.arch_params},
         features=list(features), window=config.window, stride=config.stride,
-        scaler=scaler, score=ScoreSpec(config.score_error),
+        scaler=scaler, score=ScoreSpec(config.score_error, reduction=config.score_reduction),
         threshold=Threshold(math.inf, "pending", {}),
+        alert=AlertSpec(config.enter_after, config.leave_after),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     scorer = Scorer(bundle, torch_backend(model, config.threads))
-    calibration = split.validation or split.train
+    # The threshold's sample: every normal window by default (a 400-row run leaves too few
+    # validation windows for a 99.9th percentile), or only the unseen validation tail.
+    calibration = (split.train + split.validation if config.calibrate_on == "all"
+                   else split.validation or split.train)
     calib_scores = np.concatenate([s.scores for s in score_frames(scorer, calibration)])
     bundle.threshold = _calibrate(scorer, config, calib_scores, validation_data)
     bundle.training = {
@@ -197,7 +231,8 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         "rows_validation": int(sum(len(f) for f in split.validation)),
         "windows_train": int(len(train_windows)),
         "windows_validation": int(len(val_windows)),
-        "calibrated_on": "validation" if split.validation else "train (no validation tail long enough)",
+        "calibrated_on": ("train+validation" if config.calibrate_on == "all" else
+                          "validation" if split.validation else "train (no validation tail long enough)"),
         "epochs_run": len(history),
         "best_epoch": int(np.argmin([v for _, v in history])) + 1,
         "loss_train": [round(t, 6) for t, _ in history],
@@ -210,6 +245,23 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         "torch_version": torch.__version__,
     }
     return TrainResult(bundle, model, history, calib_scores)
+
+
+CALIBRATE_ON = ("all", "validation")
+
+
+def _check_config(config: TrainConfig) -> None:
+    if config.score_reduction not in SCORE_REDUCTIONS:
+        raise UserError(f"score reduction {config.score_reduction!r} unknown "
+                        f"(use one of: {', '.join(SCORE_REDUCTIONS)})")
+    if config.calibrate_on not in CALIBRATE_ON:
+        raise UserError(f"calibrate-on {config.calibrate_on!r} unknown (use one of: {', '.join(CALIBRATE_ON)})")
+    if config.scale_floor < 0:
+        raise UserError(f"scale floor must be >= 0 (got {config.scale_floor})")
+    try:
+        AlertSpec(config.enter_after, config.leave_after)
+    except ValueError as exc:
+        raise UserError(f"alert hysteresis: {exc}") from None
 
 
 def _calibrate(scorer: Scorer, config: TrainConfig, scores: np.ndarray,

@@ -8,11 +8,11 @@ import sys
 from daemon.bundle import load_bundle
 from daemon.commands.common import formatter
 from daemon.errors import UserError
-from daemon.live.config import build, example_yaml, read_yaml, validate
+from daemon.live.config import ModelConfig, example_yaml, read_yaml, validate
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check-config", help="validate a config file (and the bundle it names)",
+def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
+    p = sub.add_parser("check-config", help=summary,
                        formatter_class=formatter,
                        description="Print every problem of a config file with its field path; exit 2 if any.",
                        epilog="examples:\n  anomalyd check-config config.yaml\n"
@@ -28,10 +28,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     raw = read_yaml(args.file)
     problems = validate(raw)
-    if not problems:
-        config = build(raw)
+    model = (raw or {}).get("model") if isinstance(raw, dict) else None
+    path = model.get("path", ModelConfig.path) if isinstance(model, dict) else ModelConfig.path
+    if isinstance(path, str):
         try:
-            load_bundle(config.model.path)
+            load_bundle(path)
         except UserError as exc:
             problems.append(f"model.path: {exc}")
     for problem in problems:

@@ -48,8 +48,8 @@ examples:
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run broker + service + replayed devices end to end", formatter_class=formatter,
+def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
+    p = sub.add_parser("demo", help=summary, formatter_class=formatter,
                        description="Demonstrate the live service on generated data.", epilog=EPILOG)
     p.add_argument("--config", metavar="YAML", help="use this config's broker and sinks instead of the embedded ones")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, metavar="DIR", help="bundle (default: models/demo)")

@@ -14,7 +14,9 @@ from daemon.scoring import Scorer
 
 EPILOG = """\
 Scoring is streaming-causal: a window's score belongs to its last row; rows before the first
-full window of each file count as predicted normal. Counts are summed over all files.
+full window of each file count as predicted normal. A row's prediction is the alert state after
+the bundle's hysteresis (bundle.json "alert": enter after K anomalous windows, leave after M
+normal ones), the same state machine the daemon runs per device. Counts are summed over files.
   F1  = TP / (TP + (FP + FN) / 2)      FAR = FP / (FP + TN) * 100 (% of normal points flagged)
   MAR = FN / (FN + TP) * 100 (% of anomalous points missed)
   event recall = share of labelled segments with at least one flagged point
@@ -26,8 +28,8 @@ examples:
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="measure detection quality on labelled CSVs", formatter_class=formatter,
+def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
+    p = sub.add_parser("evaluate", help=summary, formatter_class=formatter,
                        description="Evaluate a model bundle on labelled data.", epilog=EPILOG)
     p.add_argument("--model", required=True, type=Path, metavar="DIR", help="model bundle directory")
     p.add_argument("--data", required=True, action="append", metavar="CSV", help="labelled CSV (repeatable)")
@@ -59,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in figures.items()}))
         return 0
-    print(f"model {scorer.bundle.name}, threshold {pooled.threshold:.6g}, {pooled.points} points "
-          f"in {len(results)} file(s)")
+    alert = scorer.bundle.alert
+    print(f"model {scorer.bundle.name}, threshold {pooled.threshold:.6g}, alert after {alert.enter_after} / "
+          f"clear after {alert.leave_after} window(s), {pooled.points} points in {len(results)} file(s)")
     for key, label, unit in (("precision", "precision", ""), ("recall", "recall", ""), ("f1", "F1", ""),
                              ("far", "FAR", " %"), ("mar", "MAR", " %"), ("event_recall", "event recall", ""),
                              ("false_alarms_per_hour", "false alarms/h", "")):

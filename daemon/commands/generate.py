@@ -18,8 +18,8 @@ example (this is how models/demo was made):
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="write synthetic sensor data with labelled faults", formatter_class=formatter,
+def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
+    p = sub.add_parser("generate", help=summary, formatter_class=formatter,
                        description="Generate pump-like sensor data with injected faults.", epilog=EPILOG)
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the CSV files")
     p.add_argument("--normal-rows", type=int, default=6000, help="(default: %(default)s)")

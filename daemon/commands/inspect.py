@@ -9,8 +9,8 @@ from daemon.bundle import load_bundle
 from daemon.commands.common import formatter
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="summarise a model bundle", formatter_class=formatter,
+def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
+    p = sub.add_parser("inspect", help=summary, formatter_class=formatter,
                        description="Validate a model bundle and print what it contains.",
                        epilog="example:\n  anomalyd inspect --model models/demo\n")
     p.add_argument("--model", required=True, type=Path, metavar="DIR", help="model bundle directory")

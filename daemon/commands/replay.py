@@ -25,8 +25,8 @@ examples:
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("replay", help="publish a CSV file to MQTT as a device's readings",
+def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
+    p = sub.add_parser("replay", help=summary,
                        formatter_class=formatter, description="Replay a CSV file into MQTT.", epilog=EPILOG)
     p.add_argument("--data", required=True, metavar="CSV", help="CSV with a time column and feature columns")
     p.add_argument("--device", required=True, metavar="ID", help="device id to publish as")

@@ -27,8 +27,8 @@ examples:
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run the streaming service", formatter_class=formatter,
+def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
+    p = sub.add_parser("run", help=summary, formatter_class=formatter,
                        description="Run the anomaly detection service.", epilog=EPILOG)
     p.add_argument("--config", default="config.yaml", metavar="YAML", help="config file (default: %(default)s)")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (tests, benchmarks)")

@@ -20,8 +20,8 @@ example:
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="score a CSV file with a model bundle", formatter_class=formatter,
+def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
+    p = sub.add_parser("score", help=summary, formatter_class=formatter,
                        description="Score every window of a CSV file exactly as the live daemon would.",
                        epilog=EPILOG)
     p.add_argument("--model", required=True, type=Path, metavar="DIR", help="model bundle directory")

@@ -15,13 +15,16 @@ from daemon.commands.common import add_data_options, formatter, read_frames, spl
 from daemon.errors import DataError, UserError
 from daemon.models import ARCHITECTURES, default_params
 from daemon.scaling import SCALER_KINDS
-from daemon.training import TrainConfig, save, train
+from daemon.bundle import SCORE_REDUCTIONS
+from daemon.training import CALIBRATE_ON, TrainConfig, save, train
 
 log = logging.getLogger(__name__)
 
 EPILOG = """\
-threshold methods (--threshold), computed on validation-window scores:
-  quantile:Q   the Q quantile (default quantile:0.99)
+threshold methods (--threshold), computed on the scores of the normal training windows
+(--calibrate-on all, the default) or of the validation tail only, then multiplied by
+--threshold-scale (default 4/3, so the default is SKAB's "99.9th percentile x 4/3" rule):
+  quantile:Q   the Q quantile (default quantile:0.999)
   sigma:K      mean + K standard deviations
   pot:RISK     peaks-over-threshold: generalised Pareto fit on the score tail, threshold at
                exceedance probability RISK (e.g. pot:1e-3)
@@ -37,41 +40,58 @@ examples:
       --window 60 --threshold pot:1e-3 --epochs 30 --seed 1
   anomalyd train --data normal.csv --validation-data labelled.csv --threshold f1 --out models/pump-f1
 
+Window scores are the largest per-feature reconstruction error (--score-reduction max): a fault
+that shows on one sensor is not averaged away by the healthy ones. Alerts follow the bundle's
+hysteresis (--enter-after / --leave-after), in `anomalyd evaluate` exactly as in the daemon.
 Rows labelled 1 in the label column are never trained on; each --data file is a separate
 run (no window crosses files). The bundle directory gets bundle.json, model.safetensors,
 training_loss.png and score_histogram.png.
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model bundle on normal data", formatter_class=formatter,
+def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
+    p = sub.add_parser("train", help=summary, formatter_class=formatter,
                        description="Train an autoencoder on normal sensor history and calibrate its "
                                    "anomaly threshold.", epilog=EPILOG)
     p.add_argument("--data", action="append", required=True, metavar="CSV",
                    help="training CSV (repeat for several runs)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory to write")
     p.add_argument("--name", default="", help="model name written as the 'model' tag (default: DIR's name)")
-    p.add_argument("--arch", default="lstm", help=f"one of: {', '.join(ARCHITECTURES)} (default: %(default)s)")
+    p.add_argument("--arch", default=TrainConfig.arch,
+                   help=f"one of: {', '.join(ARCHITECTURES)} (default: %(default)s)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="architecture hyper-parameter (see below)")
-    p.add_argument("--window", type=int, default=60, help="samples per window (default: %(default)s)")
+    p.add_argument("--window", type=int, default=TrainConfig.window, help="samples per window (default: %(default)s)")
     p.add_argument("--stride", type=int, default=1,
                    help="samples between scored windows when serving (default: %(default)s)")
     p.add_argument("--features", metavar="A,B,C", help="feature columns in order (default: every numeric "
                    "column except time and label)")
     p.add_argument("--ignore-columns", metavar="A,B", help="numeric columns that are not features "
                    "(e.g. changepoint)")
-    p.add_argument("--scaler", choices=SCALER_KINDS, default="zscore", help="(default: %(default)s)")
+    p.add_argument("--scaler", choices=SCALER_KINDS, default=TrainConfig.scaler, help="(default: %(default)s)")
     p.add_argument("--score-error", choices=("mse", "mae"), default="mse",
                    help="per-feature error over the window (default: %(default)s)")
+    p.add_argument("--score-reduction", choices=SCORE_REDUCTIONS, default=TrainConfig.score_reduction,
+                   help="window score = mean or max of the per-feature errors (default: %(default)s)")
+    p.add_argument("--scale-floor", type=float, default=TrainConfig.scale_floor, metavar="F",
+                   help="keep each feature's scaler scale >= F x its mean absolute training level, so a "
+                        "nearly constant sensor's slow drift is not scored as a fault; 0 = off (default: %(default)s)")
     p.add_argument("--validation-data", action="append", metavar="CSV",
                    help="labelled CSV for --threshold f1")
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="tail of each run held out for early stopping and calibration (default: %(default)s)")
-    p.add_argument("--threshold", default="quantile:0.99", metavar="METHOD", help="(default: %(default)s)")
-    p.add_argument("--threshold-scale", type=float, default=1.0, metavar="X",
-                   help="multiply the calibrated threshold by X (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=50, help="maximum epochs (default: %(default)s)")
+    p.add_argument("--threshold", default=TrainConfig.threshold, metavar="METHOD", help="(default: %(default)s)")
+    p.add_argument("--threshold-scale", type=float, default=TrainConfig.threshold_scale, metavar="X",
+                   help="multiply the calibrated threshold by X, a safety margin (default: 4/3)")
+    p.add_argument("--calibrate-on", choices=CALIBRATE_ON, default=TrainConfig.calibrate_on,
+                   help="windows whose scores calibrate the threshold: 'all' normal training windows "
+                        "(train + validation) or only the 'validation' tail (default: %(default)s)")
+    p.add_argument("--enter-after", type=int, default=TrainConfig.enter_after, metavar="K",
+                   help="alert hysteresis stored in the bundle: a device enters alert after K consecutive "
+                        "anomalous windows (default: %(default)s)")
+    p.add_argument("--leave-after", type=int, default=TrainConfig.leave_after, metavar="M",
+                   help="... and leaves it after M consecutive normal windows (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="maximum epochs (default: %(default)s)")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
@@ -104,7 +124,10 @@ def run(args: argparse.Namespace) -> int:
     if args.arch not in ARCHITECTURES:
         raise UserError(f"--arch {args.arch!r} unknown (use one of: {', '.join(ARCHITECTURES)})")
     _check_positive(window=args.window, stride=args.stride, epochs=args.epochs, batch_size=args.batch_size,
-                    lr=args.lr, threshold_scale=args.threshold_scale, threads=args.threads)
+                    lr=args.lr, threshold_scale=args.threshold_scale, threads=args.threads,
+                    enter_after=args.enter_after, leave_after=args.leave_after)
+    if args.scale_floor < 0:
+        raise UserError(f"--scale-floor must be >= 0 (got {args.scale_floor})")
     if not 0 <= args.validation_fraction < 1:
         raise UserError(f"--validation-fraction must be in [0, 1) (got {args.validation_fraction})")
     frames = read_frames(args.data, args, split_list(args.features), tuple(split_list(args.ignore_columns) or ()))
@@ -115,10 +138,13 @@ def run(args: argparse.Namespace) -> int:
     validation = (read_frames(args.validation_data, args, frames[0].features)
                   if args.validation_data else None)
     config = TrainConfig(arch=args.arch, window=args.window, stride=args.stride, scaler=args.scaler,
-                         score_error=args.score_error, epochs=args.epochs, batch_size=args.batch_size,
+                         score_error=args.score_error, score_reduction=args.score_reduction,
+                         scale_floor=args.scale_floor, epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience,
                          validation_fraction=args.validation_fraction, threshold=args.threshold,
-                         threshold_scale=args.threshold_scale, seed=args.seed, threads=args.threads,
+                         threshold_scale=args.threshold_scale, calibrate_on=args.calibrate_on,
+                         enter_after=args.enter_after, leave_after=args.leave_after, seed=args.seed,
+                         threads=args.threads,
                          arch_params=_params(args.param), name=args.name or args.out.resolve().name)
     log.info("training %s on %d file(s), %d rows, features: %s", args.arch, len(frames),
              sum(len(f) for f in frames), ", ".join(frames[0].features))
@@ -136,5 +162,7 @@ def run(args: argparse.Namespace) -> int:
     t = bundle.training
     print(f"wrote {args.out}: {bundle.arch}, window {bundle.window}, {len(bundle.features)} features, "
           f"{t['epochs_run']} epochs (best {t['best_epoch']}), threshold {bundle.threshold.value:.6g} "
-          f"({bundle.threshold.method} {bundle.threshold.params}), {t['seconds']} s")
+          f"({bundle.threshold.method} {bundle.threshold.params} x {bundle.threshold.scale:g}), "
+          f"alert after {bundle.alert.enter_after} / clear after {bundle.alert.leave_after} window(s), "
+          f"{t['seconds']} s")
     return 0

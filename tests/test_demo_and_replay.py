@@ -1,0 +1,59 @@
+"""The README's main command and the replay tool, end to end."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import paho.mqtt.client as mqtt
+
+from daemon.cli import main
+from daemon.demo_broker import local_broker
+from daemon.publisher import Publisher
+from datafiles import faults_csv
+from servers import wait_until
+
+
+def test_demo_scores_every_window_detects_the_faults_and_draws_them(tmp_path, capsys):
+    assert main(["demo", "--devices", "3", "--rows", "300", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "pump-1" in out and "pump-3" in out
+    assert "faults detected: 4 of 4" in out
+    assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "scores.lp").read_text().startswith("anomaly,device=pump-")
+
+
+def _subscriber(host: str, port: int, topic: str) -> tuple[mqtt.Client, list[bytes]]:
+    received: list[bytes] = []
+    subscribed = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}")
+    client.on_message = lambda c, u, m: received.append(m.payload)
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, 1)
+    client.connect(host, port)
+    client.loop_start()
+    assert subscribed.wait(10)
+    return client, received
+
+
+def test_embedded_broker_carries_messages_when_mosquitto_is_not_used(tmp_path):
+    with local_broker(tmp_path, prefer_mosquitto=False) as (host, port):
+        client, received = _subscriber(host, port, "t/#")
+        publisher = Publisher(host, port)
+        for i in range(50):
+            publisher.publish("t/x", str(i).encode())
+        publisher.close()
+        wait_until(lambda: len(received) == 50, 10, "50 messages through amqtt")
+        client.loop_stop()
+
+
+def test_replay_publishes_each_row_as_a_reading_of_the_device(mosquitto_session, tmp_path, unique_name):
+    data = faults_csv(tmp_path, rows=200)
+    client, received = _subscriber(mosquitto_session.host, mosquitto_session.port, f"sensors/{unique_name}/data")
+    assert main(["replay", "--data", str(data), "--device", unique_name, "--host", mosquitto_session.host,
+                 "--port", str(mosquitto_session.port), "--rate", "2000"]) == 0
+    wait_until(lambda: len(received) == 200, 10, "200 readings")
+    client.loop_stop()
+    first = json.loads(received[0])
+    assert set(first) == {"ts", "vibration", "current", "pressure", "flow", "temperature"}
+    assert "anomaly" not in first
