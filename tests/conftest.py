@@ -19,7 +19,7 @@ from typing import Iterator, TypeVar
 
 import pytest
 
-from servers import MOSQUITTO_BIN, VICTORIA_METRICS_BIN, Mosquitto, ServerProcess, VictoriaMetrics, find_binary
+from servers import MOSQUITTO_BIN, VICTORIA_METRICS_BIN, Mosquitto, ServerProcess, VictoriaMetrics, binary_or_skip
 
 S = TypeVar("S", bound=ServerProcess)
 SERVER_FIXTURES = {"victoria_metrics", "victoria_metrics_session", "mosquitto", "mosquitto_session"}
@@ -29,13 +29,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-
-
-def _binary_or_skip(path: str, package: str) -> str:
-    binary = find_binary(path)
-    if binary is None:
-        pytest.skip(f"{path} not found: install the Debian package {package!r} (scripts/setup) to run this test")
-    return binary
 
 
 def _running(server: S) -> Iterator[S]:
@@ -49,7 +42,7 @@ def _running(server: S) -> Iterator[S]:
 def _server(kind: type[S], workdir: Path) -> Iterator[S]:
     path, package = {VictoriaMetrics: (VICTORIA_METRICS_BIN, "victoria-metrics"),
                      Mosquitto: (MOSQUITTO_BIN, "mosquitto")}[kind]
-    yield from _running(kind(workdir, binary=_binary_or_skip(path, package)))
+    yield from _running(kind(workdir, binary=binary_or_skip(path, package)))
 
 
 @pytest.fixture

@@ -40,6 +40,16 @@ def find_binary(path: str) -> str | None:
     return shutil.which(os.path.basename(path))
 
 
+def binary_or_skip(path: str, package: str) -> str:
+    """The binary's path, or skip the test naming the Debian package that provides it."""
+    import pytest
+
+    binary = find_binary(path)
+    if binary is None:
+        pytest.skip(f"{path} not found: install the Debian package {package!r} (scripts/setup) to run this test")
+    return binary
+
+
 def free_port() -> int:
     """A loopback port that was free a moment ago (the kernel picks it)."""
     with socket.socket() as s:

@@ -31,7 +31,7 @@ def test_empty_file_gives_the_documented_defaults(tmp_path):
     assert (config.model.path, config.model.runtime) == ("models/demo", "torch")
     assert config.stream.stride is None and config.stream.sample_period_seconds is None
     assert (config.batching.max_batch, config.batching.max_wait_ms, config.batching.queue_size) == (64, 50, 10000)
-    assert (config.alerting.enter_after, config.alerting.leave_after, config.alerting.threshold) == (3, 5, None)
+    assert (config.alerting.enter_after, config.alerting.leave_after, config.alerting.threshold) == (None, None, None)
     assert config.influxdb.enabled is False and config.influxdb.spool_max_bytes == 100_000_000
     assert (config.metrics.address, config.metrics.port) == ("127.0.0.1", 9108)
     assert (config.limits.max_devices, config.limits.max_payload_bytes) == (10000, 65536)

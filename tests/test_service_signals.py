@@ -158,7 +158,14 @@ def test_bad_model_is_one_line_naming_the_file_and_exit_2(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "bundle.json: field 'format_version' is missing" in result.stderr
 
 
-def test_shipped_config_validates():
+def test_shipped_config_validates_and_documents_every_key():
+    root = Path(__file__).parents[1]
     result = subprocess.run([ANOMALYD, "check-config", "config.yaml"], capture_output=True, text=True, timeout=60,
-                            cwd=Path(__file__).parents[1])
+                            cwd=root)
     assert result.returncode == 0, result.stderr
+    from daemon.live.config import example_yaml
+
+    def keys(doc: dict, prefix: str = "") -> set[str]:
+        return {prefix + k for k in doc} | {x for k, v in doc.items() if isinstance(v, dict)
+                                            for x in keys(v, f"{prefix}{k}.")}
+    assert keys(yaml.safe_load((root / "config.yaml").read_text())) == keys(yaml.safe_load(example_yaml()))

@@ -110,8 +110,10 @@ class BatchingConfig:
 
 @dataclass(frozen=True)
 class AlertingConfig:
-    enter_after: int = _opt(3, "Consecutive anomalous windows before a device enters alert.", lo=1)
-    leave_after: int = _opt(5, "Consecutive normal windows before a device leaves alert.", lo=1)
+    enter_after: int | None = _opt(None, "Consecutive anomalous windows before a device enters alert "
+                                         "(null = the bundle's alert.enter_after).", lo=1)
+    leave_after: int | None = _opt(None, "Consecutive normal windows before a device leaves alert "
+                                         "(null = the bundle's alert.leave_after).", lo=1)
     threshold: float | None = _opt(None, "Score threshold (null = the bundle's calibrated threshold).", lo=0)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 PREFIX = "anomalyd_"
 
@@ -43,6 +43,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_* (CPU, RSS, start time): restarts and leaks show up
         self.messages = Counter(PREFIX + "messages_total", "MQTT messages received, by result.", ["result"], registry=r)
         for result in MESSAGE_RESULTS:
             self.messages.labels(result=result)

@@ -64,6 +64,12 @@ def build_sink(config: Config, metrics: Metrics):
     return DiscardSink()
 
 
+def alert_settings(config: Config, scorer: Scorer) -> tuple[int, int]:
+    """Hysteresis from the config when set there, else the bundle's (what `evaluate` used)."""
+    spec = scorer.bundle.alert
+    return (config.alerting.enter_after or spec.enter_after, config.alerting.leave_after or spec.leave_after)
+
+
 @dataclass
 class Intake:
     """What depends on the model's window and features: rebuilt when a reload changes them."""
@@ -79,7 +85,7 @@ class Service:
         self.config_path = config_path
         self.metrics = metrics or Metrics()
         self.scorer = self._load_scorer(config)
-        self.alerts = AlertTracker(config.alerting.enter_after, config.alerting.leave_after)
+        self.alerts = AlertTracker(*alert_settings(config, self.scorer))
         self.queue = WindowQueue(config.batching.queue_size, self.metrics)
         self.sink = sink if sink is not None else build_sink(config, self.metrics)
         self.intake = self._intake(config, self.scorer)
@@ -153,8 +159,8 @@ class Service:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            if self.health()[0]:
-                self.notifier.watchdog()
+            if self.worker.is_alive():
+                self.notifier.watchdog()  # "alive", not "healthy": an outage must not get us restarted
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop intake, score what is queued, flush the sink. Order matters: nothing accepted
@@ -187,7 +193,7 @@ class Service:
         if not same_shape or config.stream != self.config.stream:
             self.intake = self._intake(config, scorer)
             self.ingest.swap_handler(self.intake.pipeline)
-        self.alerts.enter_after, self.alerts.leave_after = config.alerting.enter_after, config.alerting.leave_after
+        self.alerts.set_spec(*alert_settings(config, scorer))
         self.worker.swap_scorer(scorer, config.alerting.threshold)
         old, self.scorer, self.config = self.scorer, scorer, config
         b = scorer.bundle
