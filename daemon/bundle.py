@@ -18,6 +18,7 @@ import numpy as np
 
 from daemon.errors import BundleError
 from daemon.postprocess import AlertSpec
+from daemon.preprocess import Preprocess
 from daemon.scaling import SCALER_KINDS, Scaler
 from daemon.thresholds import Threshold
 
@@ -36,15 +37,20 @@ class ScoreSpec:
     """How a reconstruction becomes a score: per-feature error over the window (`error`),
     divided by that feature's typical validation error (`feature_scale`, ones by default),
     then reduced over features (`reduction`: mean, or max so one sensor's fault is not diluted
-    by seven healthy ones). The division keeps one noisy sensor from drowning the rest."""
+    by seven healthy ones). The division keeps one noisy sensor from drowning the rest.
+    `exclude` names features the model still reads (as context for the others) but whose own
+    error does not vote: by default the slow sensors (temperatures), whose level drifts after
+    a fault has ended and would otherwise keep the alert on (see daemon.preprocess)."""
 
     error: str = "mse"
     feature_scale: tuple[float, ...] | None = None
     reduction: str = "mean"
+    exclude: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {"error": self.error, "reduction": f"{self.reduction}_over_features",
-                "feature_scale": None if self.feature_scale is None else list(self.feature_scale)}
+                "feature_scale": None if self.feature_scale is None else list(self.feature_scale),
+                "exclude": list(self.exclude)}
 
 
 @dataclass
@@ -64,6 +70,8 @@ class Bundle:
     training: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
     path: Path | None = None
+    # Per-window preprocessing before the model (daemon.preprocess); empty in old bundles.
+    preprocess: Preprocess = field(default_factory=Preprocess)
 
     @property
     def weights_path(self) -> Path:
@@ -90,6 +98,7 @@ class Bundle:
             "window": self.window,
             "stride": self.stride,
             "scaler": self.scaler.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
             "score": self.score.to_dict(),
             "threshold": self.threshold.to_dict(),
             "alert": self.alert.to_dict(),
@@ -144,6 +153,9 @@ def load_bundle(directory: str | Path) -> Bundle:
     error = reader.require("score.error", str, lambda v: v in SCORE_ERRORS, f"must be one of {SCORE_ERRORS}")
     feature_scale = reader.optional("score.feature_scale", list, lambda v: _numbers(n)(v) and min(v) > 0,
                                     f"must be {n} positive numbers or null")
+    exclude = reader.optional("score.exclude", list,
+                              lambda v: all(isinstance(x, str) and x in features for x in v) and len(set(v)) < n,
+                              "must be a list of feature names, leaving at least one feature") or []
     reductions = tuple(f"{r}_over_features" for r in SCORE_REDUCTIONS)
     reduction = reader.optional("score.reduction", str, lambda v: v in reductions,
                                 f"must be one of {reductions}") or "mean_over_features"
@@ -151,6 +163,10 @@ def load_bundle(directory: str | Path) -> Bundle:
         alert = AlertSpec.from_dict(reader.optional("alert", dict, lambda v: True, "") or {})
     except ValueError as exc:
         raise BundleError(f"{json_path}: field 'alert': {exc}") from None
+    try:
+        preprocess = Preprocess.from_dict(reader.optional("preprocess", dict, lambda v: True, "") or {}, features)
+    except ValueError as exc:
+        raise BundleError(f"{json_path}: field 'preprocess': {exc}") from None
     try:
         threshold = Threshold.from_dict(reader.require("threshold", dict, lambda v: True, ""))
     except (ValueError, KeyError, TypeError) as exc:
@@ -166,9 +182,10 @@ def load_bundle(directory: str | Path) -> Bundle:
         features=features, window=window, stride=stride,
         scaler=Scaler(kind, np.asarray(offset, np.float32), np.asarray(scale, np.float32)),
         score=ScoreSpec(error, None if feature_scale is None else tuple(float(x) for x in feature_scale),
-                        reduction.removesuffix("_over_features")),
+                        reduction.removesuffix("_over_features"), tuple(exclude)),
         threshold=threshold,
         alert=alert,
+        preprocess=preprocess,
         training=reader.optional("training", dict, lambda v: True, "") or {},
         weights_sha256=reader.require("weights.sha256", str, lambda v: len(v) == 64, "must be a sha256 hex digest"),
         path=directory,

@@ -37,10 +37,15 @@ def feature_errors(scaled: np.ndarray, reconstruction: np.ndarray, error: str) -
     return (np.abs(diff) if error == "mae" else diff * diff).mean(axis=1)
 
 
-def combine(errors: np.ndarray, spec: ScoreSpec) -> np.ndarray:
-    """Window score from per-feature errors: mean (or max) over (optionally normalised) features."""
+def combine(errors: np.ndarray, spec: ScoreSpec, features: list[str] | None = None) -> np.ndarray:
+    """Window score from per-feature errors: mean (or max) over (optionally normalised) features,
+    leaving out `spec.exclude` (needs `features`, the column names of `errors`)."""
     if spec.feature_scale is not None:
         errors = errors / np.asarray(spec.feature_scale, dtype=np.float32)
+    if spec.exclude:
+        if features is None:
+            raise ValueError("combine: the score excludes features, pass the feature names")
+        errors = errors[:, [i for i, f in enumerate(features) if f not in spec.exclude]]
     return errors.max(axis=1) if spec.reduction == "max" else errors.mean(axis=1)
 
 
@@ -69,15 +74,19 @@ class Scorer:
     def score_windows(self, raw: np.ndarray) -> WindowScores:
         """Score raw (unscaled) windows `[B, window, features]` in the bundle's feature order.
 
-        Per-feature errors are reported unnormalised, in scaled units, so an operator can compare
-        them against the training-time errors in bundle.json."""
+        Raw windows are scaled, then preprocessed (the bundle's `preprocess`, e.g. centring slow
+        features on their window mean), then reconstructed. Per-feature errors are reported
+        unnormalised, in scaled units, so an operator can compare them against the training-time
+        errors in bundle.json."""
         if raw.ndim != 3 or raw.shape[1:] != (self.window, len(self.features)):
             raise ValueError(f"windows must have shape [batch, {self.window}, {len(self.features)}], got {raw.shape}")
         errors = np.empty((len(raw), len(self.features)), dtype=np.float32)
         for start in range(0, len(raw), BATCH):
-            scaled = np.ascontiguousarray(self.bundle.scaler.transform(raw[start:start + BATCH]))
+            scaled = self.bundle.preprocess.apply(self.bundle.scaler.transform(raw[start:start + BATCH]),
+                                                  self.features)
+            scaled = np.ascontiguousarray(scaled)
             errors[start:start + BATCH] = feature_errors(scaled, self.backend(scaled), self.bundle.score.error)
-        return WindowScores(combine(errors, self.bundle.score), errors)
+        return WindowScores(combine(errors, self.bundle.score, self.features), errors)
 
     def score_frame(self, frame: Frame, stride: int | None = None) -> FrameScores:
         """Score every window of one run; frame columns must already be in model order."""

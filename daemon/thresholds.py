@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-from scipy import stats
 
 METHODS: tuple[str, ...] = ("quantile", "sigma", "pot", "f1")
 
@@ -196,6 +195,8 @@ def _pot(s: np.ndarray, params: Params, _labels: Labels) -> tuple[float, Params]
     we can extrapolate to risks far smaller than 1/len(scores), where an
     empirical quantile would just return the sample maximum.
     """
+    from scipy import stats  # lazy: ~1.3 s to import, and only POT needs it (daemon start-up)
+
     risk = params["risk"]
     n = s.size
     t = float(np.quantile(s, POT_INITIAL_QUANTILE))

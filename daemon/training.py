@@ -28,6 +28,7 @@ from daemon.evaluation import segments
 from daemon.frames import Frame
 from daemon.models import AutoEncoder, build_model, default_params
 from daemon.postprocess import AlertSpec
+from daemon.preprocess import Preprocess, resolve_features
 from daemon.runtime import torch_backend
 from daemon.scaling import Scaler
 from daemon.scoring import FrameScores, Scorer
@@ -43,15 +44,26 @@ class TrainConfig:
     benchmark (bench/skab.py; see the README's SKAB section): short windows,
     a 1 % scaler floor, the worst feature's error as the window score, SKAB's own threshold
     rule (99.9th percentile of the normal training windows' scores x 4/3) and 3-in / 5-out
-    alert hysteresis."""
+    alert hysteresis.
+
+    `score_exclude` names features the model reads but whose own error does not vote (e.g.
+    ["Temperature", "Thermocouple"]: slow sensors whose level drifts after a fault has ended
+    and cause most false alarms); with threshold_scale=1.5 that is the low-false-alarm setting
+    (SKAB protocol A, LSTM: FAR under 10 %). It is a per-installation choice, so the default
+    is "none": the "auto" rule (lag-1 autocorrelation >= 0.5 in the training rows) is only a
+    heuristic and on short training runs also picks fast sensors (flow, vibration); check the
+    list it writes to bundle.json. `demean` centres features on their window mean before the
+    model (off: it lowered false alarms but raised misses more)."""
 
     arch: str = "lstm"
     window: int = 20
     stride: int = 1
     scaler: str = "zscore"
     scale_floor: float = 0.01
+    demean: str | list = "none"
     score_error: str = "mse"
     score_reduction: str = "max"
+    score_exclude: str | list = "none"
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -135,8 +147,9 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def _window_tensor(frames: list[Frame], scaler: Scaler, window: int) -> torch.Tensor:
-    parts = [windows(scaler.transform(f.values), window, 1) for f in frames]
+def _window_tensor(frames: list[Frame], scaler: Scaler, window: int, preprocess: Preprocess) -> torch.Tensor:
+    """Model inputs exactly as `Scorer.score_windows` builds them: scale, window, preprocess."""
+    parts = [preprocess.apply(windows(scaler.transform(f.values), window, 1), f.features) for f in frames]
     return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)))
 
 
@@ -201,11 +214,19 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
     train_rows = np.concatenate([f.values for f in split.train])
     scaler = floor_scale(Scaler.fit(config.scaler, train_rows), train_rows, config.scale_floor)
     try:
+        runs = [f.values for f in split.train]
+        preprocess = Preprocess(resolve_features(config.demean, features, runs, "demean"))
+        exclude = resolve_features(config.score_exclude, features, runs, "score exclude")
+        if len(set(exclude)) >= len(features):
+            raise ValueError("score exclude: at least one feature must count towards the score")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    try:
         model = build_model(config.arch, config.window, len(features), config.arch_params)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    train_windows = _window_tensor(split.train, scaler, config.window)
-    val_windows = (_window_tensor(split.validation, scaler, config.window) if split.validation
+    train_windows = _window_tensor(split.train, scaler, config.window, preprocess)
+    val_windows = (_window_tensor(split.validation, scaler, config.window, preprocess) if split.validation
                    else train_windows[:0])
     history = fit_model(model, train_windows, val_windows, config, progress or (lambda *_: None))
 
@@ -213,9 +234,10 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         name=config.name or f"{config.arch}-w{config.window}",
         arch=config.arch, arch_params={**default_params(config.arch), **config.arch_params},
         features=list(features), window=config.window, stride=config.stride,
-        scaler=scaler, score=ScoreSpec(config.score_error, reduction=config.score_reduction),
+        scaler=scaler, score=ScoreSpec(config.score_error, reduction=config.score_reduction, exclude=exclude),
         threshold=Threshold(math.inf, "pending", {}),
         alert=AlertSpec(config.enter_after, config.leave_after),
+        preprocess=preprocess,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     scorer = Scorer(bundle, torch_backend(model, config.threads))

@@ -41,7 +41,9 @@ examples:
   anomalyd train --data normal.csv --validation-data labelled.csv --threshold f1 --out models/pump-f1
 
 Window scores are the largest per-feature reconstruction error (--score-reduction max): a fault
-that shows on one sensor is not averaged away by the healthy ones. Alerts follow the bundle's
+that shows on one sensor is not averaged away by the healthy ones. Fewer false alarms: let slow
+sensors stay model inputs without voting, e.g. --score-exclude Temperature,Thermocouple
+--threshold-scale 1.5 (their level drifts after a fault has ended). Alerts follow the bundle's
 hysteresis (--enter-after / --leave-after), in `anomalyd evaluate` exactly as in the daemon.
 Rows labelled 1 in the label column are never trained on; each --data file is a separate
 run (no window crosses files). The bundle directory gets bundle.json, model.safetensors,
@@ -76,13 +78,22 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--scale-floor", type=float, default=TrainConfig.scale_floor, metavar="F",
                    help="keep each feature's scaler scale >= F x its mean absolute training level, so a "
                         "nearly constant sensor's slow drift is not scored as a fault; 0 = off (default: %(default)s)")
+    p.add_argument("--score-exclude", default="none", metavar="none|auto|A,B",
+                   help="features the model reads but whose own error does not count in the window score: "
+                        "'none', names (e.g. slow temperatures, whose level drifts after a fault; with "
+                        "--threshold-scale 1.5 the low-false-alarm setting), or 'auto' = features with lag-1 "
+                        "autocorrelation >= 0.5 in the training rows, a heuristic: check bundle.json "
+                        "(default: %(default)s)")
+    p.add_argument("--demean", default="none", metavar="auto|none|A,B",
+                   help="centre these features on their window mean before the model, so their level is "
+                        "ignored ('auto' = the slow sensors, as above) (default: %(default)s)")
     p.add_argument("--validation-data", action="append", metavar="CSV",
                    help="labelled CSV for --threshold f1")
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="tail of each run held out for early stopping and calibration (default: %(default)s)")
     p.add_argument("--threshold", default=TrainConfig.threshold, metavar="METHOD", help="(default: %(default)s)")
     p.add_argument("--threshold-scale", type=float, default=TrainConfig.threshold_scale, metavar="X",
-                   help="multiply the calibrated threshold by X, a safety margin (default: 4/3)")
+                   help="multiply the calibrated threshold by X, a safety margin (default: %(default)s)")
     p.add_argument("--calibrate-on", choices=CALIBRATE_ON, default=TrainConfig.calibrate_on,
                    help="windows whose scores calibrate the threshold: 'all' normal training windows "
                         "(train + validation) or only the 'validation' tail (default: %(default)s)")
@@ -114,6 +125,12 @@ def _params(pairs: list[str]) -> dict:
     return params
 
 
+def _selection(text: str) -> str | list[str]:
+    """'auto' / 'none' stay modes; anything else is a comma-separated list of feature names."""
+    text = text.strip()
+    return text if text in ("auto", "none") else split_list(text)
+
+
 def _check_positive(**values: float) -> None:
     for name, value in values.items():
         if value <= 0:
@@ -139,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
                   if args.validation_data else None)
     config = TrainConfig(arch=args.arch, window=args.window, stride=args.stride, scaler=args.scaler,
                          score_error=args.score_error, score_reduction=args.score_reduction,
-                         scale_floor=args.scale_floor, epochs=args.epochs, batch_size=args.batch_size,
+                         scale_floor=args.scale_floor, score_exclude=_selection(args.score_exclude),
+                         demean=_selection(args.demean), epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience,
                          validation_fraction=args.validation_fraction, threshold=args.threshold,
                          threshold_scale=args.threshold_scale, calibrate_on=args.calibrate_on,
