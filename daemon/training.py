@@ -78,6 +78,7 @@ class TrainConfig:
     threads: int = 1
     arch_params: dict = field(default_factory=dict)
     name: str = ""
+    version: str = "1"
 
 
 @dataclass
@@ -231,7 +232,7 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
     history = fit_model(model, train_windows, val_windows, config, progress or (lambda *_: None))
 
     bundle = Bundle(
-        name=config.name or f"{config.arch}-w{config.window}",
+        name=config.name or f"{config.arch}-w{config.window}", version=config.version,
         arch=config.arch, arch_params={**default_params(config.arch), **config.arch_params},
         features=list(features), window=config.window, stride=config.stride,
         scaler=scaler, score=ScoreSpec(config.score_error, reduction=config.score_reduction, exclude=exclude),
@@ -261,7 +262,7 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         "loss_validation": [round(v, 6) for _, v in history],
         "validation_score_mean": float(calib_scores.mean()),
         "validation_score_std": float(calib_scores.std()),
-        "config": {k: v for k, v in vars(config).items() if k not in ("arch_params", "name")},
+        "config": {k: v for k, v in vars(config).items() if k not in ("arch_params", "name", "version")},
         "seconds": round(time.time() - started, 2),
         "anomalyd_version": __version__,
         "torch_version": torch.__version__,

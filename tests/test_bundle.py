@@ -40,6 +40,11 @@ def test_same_seed_gives_the_same_bundle(tmp_path):
     assert ja["threshold"] == jb["threshold"]
 
 
+def test_model_version_is_recorded(tmp_path):
+    model = train_bundle(tmp_path, normal_csv(tmp_path, rows=400), "--epochs", "1", "--model-version", "2026.11-a")
+    assert load_bundle(model).version == "2026.11-a"
+
+
 def test_bundle_records_what_scoring_needs(bundle_dir):
     b = load_bundle(bundle_dir)
     assert b.features == ["vibration", "current", "pressure", "flow", "temperature"]

@@ -59,6 +59,8 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
                    help="training CSV (repeat for several runs)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory to write")
     p.add_argument("--name", default="", help="model name written as the 'model' tag (default: DIR's name)")
+    p.add_argument("--model-version", default="1", metavar="V",
+                   help="version recorded in the bundle and in anomalyd_model_info (default: %(default)s)")
     p.add_argument("--arch", default=TrainConfig.arch,
                    help=f"one of: {', '.join(ARCHITECTURES)} (default: %(default)s)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -163,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
                          threshold_scale=args.threshold_scale, calibrate_on=args.calibrate_on,
                          enter_after=args.enter_after, leave_after=args.leave_after, seed=args.seed,
                          threads=args.threads,
-                         arch_params=_params(args.param), name=args.name or args.out.resolve().name)
+                         arch_params=_params(args.param), name=args.name or args.out.resolve().name,
+                         version=args.model_version)
     log.info("training %s on %d file(s), %d rows, features: %s", args.arch, len(frames),
              sum(len(f) for f in frames), ", ".join(frames[0].features))
     with tqdm(total=args.epochs, desc="train", unit="epoch", file=sys.stderr, disable=None) as bar:
