@@ -19,6 +19,7 @@ COMMANDS = {
     "inspect": "summarise a model bundle",
     "run": "run the streaming service",
     "check-config": "validate a config file (and the bundle it names)",
+    "export-onnx": "export a bundle's model to ONNX (torch-free runtime)",
     "replay": "publish a CSV file to MQTT as a device's readings",
     "demo": "run broker + service + replayed devices end to end",
     "generate": "write synthetic sensor data with labelled faults",

@@ -56,6 +56,14 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
+async def _cancel_leftovers() -> None:
+    """amqtt leaves its broadcast task pending after shutdown; finish it before the loop stops."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @contextlib.contextmanager
 def _amqtt() -> Iterator[tuple[str, int]]:
     try:
@@ -79,6 +87,7 @@ def _amqtt() -> Iterator[tuple[str, int]]:
         yield "127.0.0.1", port
     finally:
         asyncio.run_coroutine_threadsafe(broker.shutdown(), loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(_cancel_leftovers(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
 

@@ -15,6 +15,9 @@ from daemon.errors import BundleError
 
 Backend = Callable[[np.ndarray], np.ndarray]
 RUNTIMES = ("torch", "onnx")
+# ONNX metadata key holding the sha256 of the weights a model.onnx was exported from
+# (written by daemon.onnx_export), so a bundle retrained in place is not served stale.
+ONNX_WEIGHTS_KEY = "anomalyd.weights_sha256"
 
 
 def load_backend(bundle: Bundle, runtime: str = "torch", threads: int = 1) -> Backend:
@@ -76,6 +79,10 @@ def _onnx_backend(bundle: Bundle, threads: int) -> Backend:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
         raise BundleError(f"{path}: cannot load ONNX model ({str(exc).splitlines()[0]})") from None
+    exported_from = session.get_modelmeta().custom_metadata_map.get(ONNX_WEIGHTS_KEY)
+    if exported_from is not None and exported_from != bundle.weights_sha256:
+        raise BundleError(f"{path}: exported from other weights than {bundle.weights_path.name} (stale export?); "
+                          f"re-export it with: anomalyd export-onnx --model {bundle.path}")
     name = session.get_inputs()[0].name
 
     def run(batch: np.ndarray) -> np.ndarray:

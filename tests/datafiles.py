@@ -7,7 +7,7 @@ from pathlib import Path
 from daemon import synthetic
 from daemon.cli import main
 
-FAST_TRAIN = ["--arch", "mlp", "--window", "20", "--epochs", "8", "--seed", "0"]
+FAST_TRAIN = ["--arch", "mlp", "--window", "20", "--epochs", "8", "--seed", "0", "--no-onnx"]
 
 
 def normal_csv(directory: Path, rows: int = 2000, seed: int = 1, name: str = "normal.csv") -> Path:

@@ -137,7 +137,7 @@ def test_device_id_can_sit_at_any_wildcard_level():
     assert p.parse("plant/berlin/line/robot-2/telemetry", message(), NOW).device == "robot-2"
     p = parser(topic="devices/#", device_level=1)
     assert p.parse("devices/robot-2/a/b", message(), NOW).device == "robot-2"
-    rejected(p.parse("devices", message(), NOW), "bad_device_id")
+    rejected(p.parse("devices", message(), NOW), "bad_topic")
 
 
 @pytest.mark.parametrize(("pattern", "level", "fragment"), [

@@ -109,6 +109,8 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bundle (default: %(default)s)")
+    p.add_argument("--no-onnx", dest="onnx", action="store_false",
+                   help="do not export model.onnx (the torch-free runtime) next to the weights")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     add_data_options(p)
     p.set_defaults(run=run)
@@ -137,6 +139,17 @@ def _check_positive(**values: float) -> None:
     for name, value in values.items():
         if value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be > 0 (got {value})")
+
+
+def _export_onnx(directory: Path) -> None:
+    """model.onnx next to the weights, so `runtime: onnx` works without a separate step;
+    skipped (with a note) where the onnx packages are not installed."""
+    from daemon.onnx_export import export_onnx
+
+    try:
+        export_onnx(directory)
+    except UserError as exc:
+        log.warning("no model.onnx written: %s", exc)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -177,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
                 log.info("epoch %d: train loss %.4g, validation loss %.4g", epoch, train_loss, val_loss)
         result = train(frames, config, validation, progress)
     bundle = save(result, args.out)
+    if args.onnx:
+        _export_onnx(args.out)
     plots.training_loss(result.history, args.out / "training_loss.png")
     plots.score_histogram(result.validation_scores, bundle.threshold.value, bundle.threshold.method,
                           args.out / "score_histogram.png")

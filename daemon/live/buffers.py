@@ -3,9 +3,13 @@
 Windows follow `daemon.windowing` exactly: the first window ends at a device's `window`-th
 sample, then one every `stride` samples, so live scores line up with offline evaluation.
 
-Each device owns a preallocated float32 array of `2 * window` rows. Sample `i` is written at
-row `i % window` and again at `i % window + window`, so the latest `window` samples are always
-one contiguous slice; emitting a window is a single copy, never a concatenation.
+Each device owns a preallocated ring of `window` float32 rows in a bytearray (1.9 KB for
+window 60 x 8 features: 19 MB for 10 000 devices). Sample `i` goes to row `i % window`: it is
+packed to float32 bytes once (`struct`, the same round-to-nearest as numpy's cast) and stored
+by one slice assignment, under half the cost of a numpy row assignment from a tuple. Emitting
+a window joins the two halves of the ring, oldest first, into a new bytearray viewed as a
+`[window, features]` float32 array: about as cheap as copying one contiguous slice, so the
+ring needs no second copy of each sample (an earlier layout kept `2 * window` rows for that).
 
 Gap rule: when `sample_period` is set and a reading arrives more than
 `gap_factor * sample_period` seconds (data time) after the device's previous one, the device's
@@ -20,6 +24,7 @@ microsecond per push. `push` itself sweeps idle devices about every `idle_evict_
 
 from __future__ import annotations
 
+import struct
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -31,9 +36,9 @@ from daemon.live.metrics import Metrics
 from daemon.live.payload import Rejected
 
 
-@dataclass
+@dataclass(slots=True)
 class _Device:
-    ring: np.ndarray  # float32 [2 * window, features]
+    ring: bytearray  # float32 [window, features], row `pos` is the next to write
     pos: int = 0  # row of the next write, in [0, window)
     until_emit: int = 0  # samples still needed before the next window
     last_ts: float = float("-inf")  # data time of the previous reading
@@ -58,6 +63,9 @@ class DeviceBuffers:
         self._on_evict = on_evict
         self._devices: dict[str, _Device] = {}
         self._lock = threading.Lock()
+        self._pack = struct.Struct(f"={n_features}f").pack
+        self._row_bytes = 4 * n_features
+        self._ring_bytes = window * n_features * 4
         self._sweep_every = idle_evict_seconds / 4
         self._next_sweep: float | None = None
         metrics.read_at_scrape(metrics.devices, self.__len__)
@@ -67,35 +75,41 @@ class DeviceBuffers:
 
     def push(self, reading: Reading) -> WindowJob | Rejected | None:
         """Append one reading; return a window when this reading completes one."""
-        if self._next_sweep is None or reading.received >= self._next_sweep:
-            self._next_sweep = reading.received + self._sweep_every
-            self.evict_idle(reading.received)
+        return self.push_values(reading.device, reading.ts, reading.values, reading.received)
+
+    def push_values(self, device: str, ts: float, values, received: float) -> WindowJob | Rejected | None:
+        """`push` without the `Reading`: `values` is any sequence of `n_features` numbers in
+        model order (the message path passes the parser's tuple straight through)."""
+        if self._next_sweep is None or received >= self._next_sweep:
+            self._next_sweep = received + self._sweep_every
+            self.evict_idle(received)
         with self._lock:
-            dev = self._devices.get(reading.device)
+            dev = self._devices.get(device)
             if dev is None:
                 if len(self._devices) >= self.max_devices:
-                    return Rejected("too_many_devices", f"device {reading.device}: {self.max_devices} devices already")
-                dev = self._devices[reading.device] = _Device(
-                    np.empty((2 * self.window, self.n_features), dtype=np.float32), until_emit=self.window)
-            elif reading.ts <= dev.last_ts:
-                if reading.ts == dev.last_ts:
-                    return Rejected("duplicate", f"device {reading.device}: ts {reading.ts} repeated")
-                return Rejected("out_of_order", f"device {reading.device}: ts {reading.ts} < previous {dev.last_ts}")
-            elif self.max_gap is not None and reading.ts - dev.last_ts > self.max_gap:
+                    return Rejected("too_many_devices", f"device {device}: {self.max_devices} devices already")
+                dev = self._devices[device] = _Device(bytearray(self._ring_bytes), until_emit=self.window)
+            elif ts <= dev.last_ts:
+                if ts == dev.last_ts:
+                    return Rejected("duplicate", f"device {device}: ts {ts} repeated")
+                return Rejected("out_of_order", f"device {device}: ts {ts} < previous {dev.last_ts}")
+            elif self.max_gap is not None and ts - dev.last_ts > self.max_gap:
                 dev.until_emit = self.window
                 self._metrics.window_restarts.inc()
-            dev.last_ts = reading.ts
-            dev.last_seen = reading.received
-            pos = dev.pos
-            dev.ring[pos] = reading.values
-            dev.ring[pos + self.window] = reading.values
-            dev.pos = pos + 1 if pos + 1 < self.window else 0
+            dev.last_ts = ts
+            dev.last_seen = received
+            size = self._row_bytes
+            at = dev.pos * size
+            ring = dev.ring
+            ring[at:at + size] = self._pack(*values)  # float32 bytes; the parser checked the range
+            at += size  # the oldest sample's row: where the next one will go
+            dev.pos = dev.pos + 1 if at < self._ring_bytes else 0
             dev.until_emit -= 1
             if dev.until_emit:
                 return None
             dev.until_emit = self.stride
-            return WindowJob(reading.device, reading.ts, dev.ring[pos + 1:pos + 1 + self.window].copy(),
-                             reading.received)
+            window = np.frombuffer(ring[at:] + ring[:at], dtype=np.float32).reshape(self.window, self.n_features)
+            return WindowJob(device, ts, window, received)
 
     def evict_idle(self, now: float) -> int:
         """Drop devices whose last reading arrived more than `idle_evict_seconds` before `now`

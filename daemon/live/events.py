@@ -18,7 +18,7 @@ class Reading:
     received: float  # wall-clock epoch seconds when the message arrived
 
 
-@dataclass
+@dataclass(slots=True)
 class WindowJob:
     """A full window ready to score, copied out of the device's ring buffer."""
 
@@ -28,7 +28,7 @@ class WindowJob:
     received: float  # arrival time of the last sample, for publish-to-sink latency
 
 
-@dataclass
+@dataclass(slots=True)
 class ScoreEvent:
     """What the sinks write: one scored window of one device."""
 

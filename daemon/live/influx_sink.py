@@ -40,17 +40,16 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Iterable
-
-from influxdb_client import InfluxDBClient, WritePrecision
-from influxdb_client.client.write_api import SYNCHRONOUS
-from influxdb_client.rest import ApiException
+from typing import TYPE_CHECKING, Iterable
 
 from daemon.live.events import ScoreEvent
 from daemon.live.line_protocol import encode
 from daemon.live.metrics import Metrics
 from daemon.live.ratelimit import RateLimitedLog
 from daemon.live.spool import Spool
+
+if TYPE_CHECKING:
+    from influxdb_client.rest import ApiException
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +83,14 @@ class InfluxSink:
         self._metrics = metrics
         self._backoff_initial = backoff_initial_s
         self._backoff_max = backoff_max_s
+        # Imported here, not at module level: influxdb-client and its dependencies cost ~20 MB
+        # of RSS, which a daemon writing to a local file (or only to metrics) need not pay.
+        from influxdb_client import InfluxDBClient, WritePrecision
+        from influxdb_client.client.write_api import SYNCHRONOUS
+        from influxdb_client.rest import ApiException
+
+        self._api_exception = ApiException
+        self._precision = WritePrecision.MS
         self._client = InfluxDBClient(url=url, token=token, org=org, timeout=timeout_ms)
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self._counts = {result: metrics.sink_points.labels(result=result)
@@ -287,8 +294,8 @@ class InfluxSink:
     def _write(self, lines: list[str]) -> _Outcome:
         """One attempt; counts `written` or `dropped` (rejected) and manages health and back-off."""
         try:
-            self._write_api.write(self._bucket, self._org, record=lines, write_precision=WritePrecision.MS)
-        except ApiException as err:
+            self._write_api.write(self._bucket, self._org, record=lines, write_precision=self._precision)
+        except self._api_exception as err:
             if _classify(err.status) is _Outcome.REJECTED:
                 self._counts["dropped"].inc(len(lines))
                 self._ratelog.error(f"http-{err.status}", "influx sink: %s rejected a batch of %d points with HTTP "

@@ -89,8 +89,37 @@ def _feature_key(feature: str) -> str:
     return "," + _escape(SCHEMA.feature_field(feature), f"feature name {feature!r}") + "="
 
 
+# The usual event (every value finite) is one %-format of a cached template: ~2x faster than
+# assembling the parts, which matters because the FileSink encodes on the scoring thread.
+# `repr` (%r) keeps every float exact, as before. Literal "%" in names is escaped as "%%".
+@functools.lru_cache(maxsize=8192)
+def _series_template(device: str, model: str) -> str:
+    return _series_key(device, model).replace("%", "%%")
+
+
+@functools.lru_cache(maxsize=64)
+def _fields_template(features: tuple[str, ...]) -> str:
+    keys = "".join(_feature_key(f).replace("%", "%%") + "%r" for f in features)
+    return "score=%r,threshold=%r,anomaly=%di,alert=%di" + keys + " %d"
+
+
 def encode(event: ScoreEvent) -> str:
     """The event as one line of line protocol, without a trailing newline."""
+    errors = event.feature_errors
+    try:
+        score, threshold = float(event.score), float(event.threshold)
+        values = [*map(float, errors.values())]
+        total = score + threshold + sum(values)
+    except TypeError:  # e.g. a None score: the step-by-step encoder raises the error
+        return _encode_parts(event)
+    if total - total != 0.0:  # some value is NaN or infinite (or the sum overflowed): leave fields out
+        return _encode_parts(event)
+    return (_series_template(event.device, event.model) + _fields_template(tuple(errors))) % (
+        score, threshold, 1 if event.anomaly else 0, 1 if event.alert else 0, *values, round(float(event.ts) * 1000))
+
+
+def _encode_parts(event: ScoreEvent) -> str:
+    """`encode` field by field, leaving out non-finite floats."""
     parts = [_series_key(event.device, event.model)]
     for name, value in (("score=", float(event.score)), ("threshold=", float(event.threshold))):
         if math.isfinite(value):

@@ -1,8 +1,8 @@
 """The scoring side: a bounded window queue and the one thread that runs the model.
 
-Batching is what makes the model fast (an LSTM autoencoder scores ~7x more windows per second
-at batch 64 than at batch 1), so the worker waits briefly for a batch to fill, bounded by
-`max_wait_s` from the oldest queued window so latency stays bounded under light load.
+Batching is what makes the model fast (an LSTM autoencoder scores ~7-9x more windows per
+second at batch 64 than at batch 1), so the worker waits briefly for a batch to fill, bounded
+by `max_wait_s` from the oldest queued window so latency stays bounded under light load.
 
 The queue drops the OLDEST window when full: under overload, fresh windows are worth more
 than stale ones, and `put` must never block the MQTT network thread.
@@ -56,6 +56,7 @@ class WindowQueue:
         self._items: deque[tuple[float, WindowJob]] = deque()  # (monotonic enqueue time, job)
         self._cond = threading.Condition(threading.Lock())
         self._wanted = 1  # queue length at which a waiting `take` needs waking
+        self._waiting = False  # a `take` is blocked in wait(): only then does `put` notify
         self._closed = False
         metrics.read_at_scrape(metrics.queue_depth, self.__len__)
 
@@ -77,7 +78,7 @@ class WindowQueue:
                 self._items.popleft()
                 self._metrics.windows_dropped.labels(reason="queue_full").inc()
             self._items.append((time.monotonic(), job))
-            if len(self._items) >= self._wanted:
+            if self._waiting and len(self._items) >= self._wanted:
                 self._cond.notify()
 
     def take(self, max_batch: int, max_wait_s: float) -> list[WindowJob]:
@@ -86,16 +87,20 @@ class WindowQueue:
         the queue is empty and open; returns [] only when closed and empty."""
         with self._cond:
             self._wanted = 1
-            while not self._items and not self._closed:
-                self._cond.wait()
-            if self._items:
-                deadline = self._items[0][0] + max_wait_s
-                self._wanted = max_batch
-                while len(self._items) < max_batch and not self._closed:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
+            self._waiting = True
+            try:
+                while not self._items and not self._closed:
+                    self._cond.wait()
+                if self._items:
+                    deadline = self._items[0][0] + max_wait_s
+                    self._wanted = max_batch
+                    while len(self._items) < max_batch and not self._closed:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+            finally:
+                self._waiting = False
             self._wanted = 1
             return [self._items.popleft()[1] for _ in range(min(max_batch, len(self._items)))]
 
@@ -189,7 +194,8 @@ class Worker:
 
     def _score(self, scorer: Scorer, override: float | None, jobs: list[WindowJob]) -> list[ScoreEvent]:
         threshold = scorer.threshold if override is None else override
-        batch = np.stack([job.window for job in jobs])
+        # One concatenate + reshape: a third of np.stack's cost for 64 small windows.
+        batch = np.concatenate([job.window for job in jobs]).reshape(len(jobs), *jobs[0].window.shape)
         started = time.perf_counter()
         result = scorer.score_windows(batch)
         self._metrics.inference_seconds.observe(time.perf_counter() - started)
@@ -197,15 +203,17 @@ class Worker:
 
         names = scorer.features
         model = scorer.bundle.name
+        update = self._alerts.update
         events = []
+        append = events.append
         anomalous = raised_count = 0
         for job, score, errors in zip(jobs, result.scores.tolist(), result.feature_errors.tolist()):
             anomaly = score > threshold
-            alert, raised = self._alerts.update(job.device, anomaly)
+            alert, raised = update(job.device, anomaly)
             anomalous += anomaly
             raised_count += raised
-            events.append(ScoreEvent(job.device, model, job.ts_end, score, threshold, anomaly, alert,
-                                     dict(zip(names, errors)), job.received))
+            append(ScoreEvent(job.device, model, job.ts_end, score, threshold, anomaly, alert,
+                              dict(zip(names, errors)), job.received))
         self._metrics.windows_scored.inc(len(jobs))
         self._metrics.anomalous_windows.inc(anomalous)
         self._metrics.alerts_raised.inc(raised_count)
