@@ -415,8 +415,8 @@ def role_daemon(spec: dict) -> None:
         return {
             "ok": ok, "rejected": rejected, "scored": scored, "dropped": dropped,
             "sink_events": sink.count, "last_write": sink.last_write,
-            "last_ok": service.intake.pipeline.last_ok or 0.0,
-            "queued": len(service.queue), "devices": len(service.intake.buffers),
+            "last_ok": service.default_route.pipeline.last_ok or 0.0,
+            "queued": len(service.queue), "devices": len(service.default_route.buffers),
             "rss_mb": rss_mb(), "hwm_mb": hwm_mb(), "cpu_s": sum(os.times()[:2]),
             "torch_imported": "torch" in sys.modules,
         }
@@ -478,7 +478,7 @@ def role_scoring(spec: dict) -> None:
     from daemon.live.events import WindowJob
     from daemon.live.file_sink import FileSink
     from daemon.live.metrics import Metrics
-    from daemon.live.worker import WindowQueue, Worker
+    from daemon.live.worker import ModelSlot, WindowQueue, Worker
     from daemon.scoring import Scorer
 
     scorer = Scorer.load(spec["bundle"], spec["runtime"], 1)
@@ -537,7 +537,7 @@ def role_scoring(spec: dict) -> None:
         for i in range(count):
             queue.put(WindowJob(f"dev{i % 1000}", 1.7e9 + i, pool[i % 4096], 1.7e9 + i))
         sink = _CountingSink(FileSink(sink_path) if sink_path else None)
-        work = Worker(queue, scorer, AlertTracker(3, 5), sink, metrics, None, MAX_BATCH, 0.05)
+        work = Worker(queue, {"": ModelSlot(scorer, AlertTracker(3, 5))}, sink, metrics, MAX_BATCH, 0.05)
 
         def loop() -> int:
             work.start()

@@ -10,7 +10,7 @@ from daemon.live.alerting import AlertTracker
 from daemon.live.events import ScoreEvent, WindowJob
 from daemon.live.metrics import Metrics
 from daemon.live.ratelimit import RateLimitedLog
-from daemon.live.worker import WindowQueue, Worker
+from daemon.live.worker import ModelSlot, WindowQueue, Worker
 from daemon.scoring import WindowScores
 
 W, F = 4, 2
@@ -75,11 +75,12 @@ def dropped(metrics: Metrics, reason: str) -> float:
     return counter(metrics, "anomalyd_windows_dropped_total", reason=reason)
 
 
-def make_worker(scorer=None, sink=None, enter_after=1, leave_after=1, queue_size=100, **kwargs):
+def make_worker(scorer=None, sink=None, enter_after=1, leave_after=1, queue_size=100, threshold_override=None,
+                **kwargs):
     metrics = Metrics()
     queue = WindowQueue(queue_size, metrics)
-    worker = Worker(queue, scorer or FakeScorer(), AlertTracker(enter_after, leave_after), sink or FakeSink(),
-                    metrics, **kwargs)
+    slot = ModelSlot(scorer or FakeScorer(), AlertTracker(enter_after, leave_after), threshold_override)
+    worker = Worker(queue, {"": slot}, sink or FakeSink(), metrics, **kwargs)
     return worker, queue, metrics
 
 
@@ -207,7 +208,7 @@ def test_swapped_scorer_is_used_from_the_next_batch():
     worker.start()
     queue.put(job())
     sink.wait_for(1)
-    worker.swap_scorer(FakeScorer(name="new", threshold=0.1), threshold_override=7.0)
+    worker.swap_models({"": ModelSlot(FakeScorer(name="new", threshold=0.1), AlertTracker(1, 1), 7.0)})
     queue.put(job(value=1.0))
     events = sink.wait_for(2)
     worker.stop()
@@ -314,3 +315,35 @@ def test_rate_limited_log_keys_are_independent(limited):
     rl.warning("a", "first")
     rl.warning("b", "second")
     assert [r.getMessage() for r in caplog.records] == ["first", "second"]
+
+
+def test_each_route_is_scored_by_its_own_model_and_alert_states():
+    sink, metrics = FakeSink(), Metrics()
+    queue = WindowQueue(100, metrics)
+    pump, fan = FakeScorer(name="pump", threshold=1.0), FakeScorer(name="fan", threshold=5.0)
+    models = {"": ModelSlot(pump, AlertTracker(1, 1)), "fan-*": ModelSlot(fan, AlertTracker(2, 1))}
+    worker = Worker(queue, models, sink, metrics, max_wait_s=0)
+    for route, device, value in [("", "p", 2.0), ("fan-*", "f", 2.0), ("", "p", 2.0), ("fan-*", "f", 6.0)]:
+        j = job(device, value)
+        j.route = route
+        queue.put(j)
+    worker.start()
+    events = sink.wait_for(4)
+    worker.stop()
+    assert sorted((e.device, e.model, e.anomaly, e.alert) for e in events) == [
+        ("f", "fan", False, False), ("f", "fan", True, False), ("p", "pump", True, True), ("p", "pump", True, True)]
+    assert pump.batches == [(2, W, F)] and fan.batches == [(2, W, F)]
+    assert counter(metrics, "anomalyd_alerts_active") == 1
+
+
+def test_windows_of_a_route_that_lost_its_model_are_dropped_and_counted():
+    sink = FakeSink()
+    worker, queue, metrics = make_worker(sink=sink)
+    gone = job("old")
+    gone.route = "removed-*"
+    queue.put(gone)
+    queue.put(job("ok"))
+    worker.start()
+    worker.stop()
+    assert [e.device for e in sink.events] == ["ok"]
+    assert dropped(metrics, "model_mismatch") == 1

@@ -47,12 +47,13 @@ def sample(port: int, name_and_labels: str) -> float:
 
 
 class Daemon:
-    def __init__(self, tmp_path: Path, broker, model: Path, **batching) -> None:
+    def __init__(self, tmp_path: Path, broker, model: Path, devices: dict[str, str] | None = None,
+                 **batching) -> None:
         self.port = free_port()
         self.store = tmp_path / "scores.lp"
         self.config_path = tmp_path / "config.yaml"
         self.config = {"mqtt": {"host": broker.host, "port": broker.port, "client_id": f"sig-{tmp_path.name}"[:60]},
-                       "model": {"path": str(model)}, "metrics": {"port": self.port},
+                       "model": {"path": str(model), "devices": devices or {}}, "metrics": {"port": self.port},
                        "local_store": {"path": str(self.store)}, "batching": {"max_wait_ms": 10, **batching}}
         self.write_config()
         self.process = subprocess.Popen([ANOMALYD, "run", "--config", str(self.config_path)],
@@ -131,6 +132,41 @@ def test_sighup_swaps_the_model_and_a_bad_bundle_keeps_the_old_one(bundles, mosq
     assert {m for ts, m in models.items() if ts <= before} == {"model-a"}
     assert {m for ts, m in models.items() if ts >= after} == {"model-b"}
     assert len(models) == 200 - WINDOW + 1  # same window shape: device buffers survive the swap
+
+
+def test_devices_matching_a_glob_are_scored_by_their_own_bundle(bundles, mosquitto_session, tmp_path,
+                                                                  unique_name):
+    # The fan bundle has its own window and a subset of the features: routing decides the
+    # parser, the ring buffer and the model of each device.
+    fan_bundle = train_bundle(tmp_path / "fan", normal_csv(tmp_path, rows=1500), "--name", "fan-model",
+                              "--window", "10", "--features", ",".join(synthetic.FEATURES[:3]))
+    daemon = Daemon(tmp_path, mosquitto_session, bundles["model-a"], devices={f"{unique_name[:20]}-fan-*": str(fan_bundle)})
+    pump, fan, run = f"{unique_name[:20]}-pump-1", f"{unique_name[:20]}-fan-1", synthetic.normal(60, seed=5)
+    try:
+        assert 'name="fan-model"' in scrape(daemon.port) and 'name="model-a"' in scrape(daemon.port)
+        publish_readings(mosquitto_session, pump, range(60), run)
+        publish_readings(mosquitto_session, fan, range(60), run)
+        wait_until(lambda: sample(daemon.port, "anomalyd_windows_scored_total") == (60 - WINDOW + 1) + (60 - 10 + 1),
+                   20, "both devices scored")
+        assert sample(daemon.port, "anomalyd_devices") == 2
+    finally:
+        code, output = daemon.stop()
+    assert code == 0, output
+    points = read_points(daemon.store)
+    by_device = {device: {p["model"] for p in points if p["device"] == device} for device in (pump, fan)}
+    assert by_device == {pump: {"model-a"}, fan: {"fan-model"}}
+    fan_point = next(p for p in points if p["device"] == fan)
+    assert sorted(k for k in fan_point if k.startswith("err_")) == \
+        sorted(f"err_{name}" for name in synthetic.FEATURES[:3])
+
+
+def test_a_bad_per_device_bundle_is_named_by_its_field(bundles, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": {"path": str(bundles["model-a"]),
+                                              "devices": {"fan-*": str(tmp_path / "missing")}}}))
+    check = subprocess.run([ANOMALYD, "check-config", str(path)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 2
+    assert check.stderr.strip() == f"{path}: model.devices.fan-*: {tmp_path / 'missing'}: model bundle directory not found"
 
 
 def test_bad_config_is_one_line_and_exit_2(tmp_path):

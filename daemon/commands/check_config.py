@@ -22,19 +22,31 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.set_defaults(run=run)
 
 
+def bundle_problems(raw: object) -> list[str]:
+    """Load every bundle the config names (model.path, model.devices.*) and report the bad ones."""
+    model = raw.get("model") if isinstance(raw, dict) else None
+    model = model if isinstance(model, dict) else {}
+    paths = {"model.path": model.get("path", ModelConfig.path)}
+    devices = model.get("devices")
+    if isinstance(devices, dict):
+        paths.update({f"model.devices.{pattern}": path for pattern, path in devices.items()})
+    problems = []
+    for where, path in paths.items():
+        if isinstance(path, str):
+            try:
+                load_bundle(path)
+            except UserError as exc:
+                problems.append(f"{where}: {exc}")
+    return problems
+
+
 def run(args: argparse.Namespace) -> int:
     if args.example:
         print(example_yaml(), end="")
         return 0
     raw = read_yaml(args.file)
     problems = validate(raw)
-    model = (raw or {}).get("model") if isinstance(raw, dict) else None
-    path = model.get("path", ModelConfig.path) if isinstance(model, dict) else ModelConfig.path
-    if isinstance(path, str):
-        try:
-            load_bundle(path)
-        except UserError as exc:
-            problems.append(f"model.path: {exc}")
+    problems.extend(bundle_problems(raw))
     for problem in problems:
         print(f"{args.file}: {problem}", file=sys.stderr)
     if problems:

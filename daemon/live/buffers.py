@@ -48,9 +48,10 @@ class _Device:
 class DeviceBuffers:
     def __init__(self, window: int, stride: int, n_features: int, sample_period: float | None,
                  gap_factor: float, max_devices: int, idle_evict_seconds: float, metrics: Metrics,
-                 on_evict: Callable[[str], None] | None = None) -> None:
+                 on_evict: Callable[[str], None] | None = None, route: str = "") -> None:
         """`on_evict(device)` lets per-device state elsewhere (alert hysteresis) forget a device
-        together with its buffer."""
+        together with its buffer. `route` is stamped on every window, so the worker knows
+        which model scores it. `len()` is the device count (the service exports it)."""
         if window < 1 or stride < 1 or n_features < 1:
             raise ValueError(f"window, stride and n_features must be >= 1, got {window}, {stride}, {n_features}")
         self.window = window
@@ -68,7 +69,7 @@ class DeviceBuffers:
         self._ring_bytes = window * n_features * 4
         self._sweep_every = idle_evict_seconds / 4
         self._next_sweep: float | None = None
-        metrics.read_at_scrape(metrics.devices, self.__len__)
+        self._route = route
 
     def __len__(self) -> int:
         return len(self._devices)
@@ -109,7 +110,7 @@ class DeviceBuffers:
                 return None
             dev.until_emit = self.stride
             window = np.frombuffer(ring[at:] + ring[:at], dtype=np.float32).reshape(self.window, self.n_features)
-            return WindowJob(device, ts, window, received)
+            return WindowJob(device, ts, window, received, self._route)
 
     def evict_idle(self, now: float) -> int:
         """Drop devices whose last reading arrived more than `idle_evict_seconds` before `now`

@@ -87,6 +87,9 @@ class MqttConfig:
 class ModelConfig:
     path: str = _opt("models/demo", "Model bundle directory (holds bundle.json).")
     runtime: str = _opt("torch", "Inference runtime.", choices=("torch", "onnx"))
+    devices: dict[str, str] = _opt({}, "Per-device bundles: device-id glob -> bundle directory, e.g. "
+                                       "{\"compressor-*\": \"models/compressor\"}; the first matching entry "
+                                       "wins, devices matching none use path.")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ class WindowJob:
     ts_end: float  # data time of the window's last sample
     window: np.ndarray  # float32 [window, features], raw (unscaled)
     received: float  # arrival time of the last sample, for publish-to-sink latency
+    route: str = ""  # which model scores it: a key of model.devices, "" for model.path
 
 
 @dataclass(slots=True)

@@ -88,8 +88,13 @@ class Metrics:
                                       "Seconds since the last valid reading (NaN before the first).", registry=r)
 
     def set_model(self, name: str, version: str, architecture: str, runtime: str) -> None:
+        self.set_models([(name, version, architecture, runtime)])
+
+    def set_models(self, models: list[tuple[str, str, str, str]]) -> None:
+        """One info series per loaded bundle: (name, version, architecture, runtime)."""
         self.model_info.clear()
-        self.model_info.labels(name=name, version=version, architecture=architecture, runtime=runtime).set(1)
+        for name, version, architecture, runtime in models:
+            self.model_info.labels(name=name, version=version, architecture=architecture, runtime=runtime).set(1)
 
     @staticmethod
     def read_at_scrape(gauge: Gauge, source: Callable[[], float]) -> None:

@@ -39,7 +39,7 @@ class MessagePipeline:
     so it is tested and benchmarked without MQTT."""
 
     def __init__(self, parser: PayloadParser, buffers: DeviceBuffers, queue: WindowQueue, metrics: Metrics) -> None:
-        self._parser = parser
+        self.parser = parser
         self._buffers = buffers
         self._queue = queue
         # Bound methods looked up once: this runs for every message.

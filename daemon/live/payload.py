@@ -155,7 +155,7 @@ class PayloadParser:
             return Rejected("oversized", f"{size} bytes > limit {self.max_payload_bytes}")
         device = self._devices.get(topic)
         if device is None:
-            device = self._device_of(topic)
+            device = self.device_of(topic)
             if type(device) is Rejected:
                 return device
         try:
@@ -186,7 +186,7 @@ class PayloadParser:
                 return self._check_values(device, doc)
         return device, ts, values
 
-    def _device_of(self, topic: str) -> str | Rejected:
+    def device_of(self, topic: str) -> str | Rejected:
         """The device id of a topic not seen before, or why the topic is unusable."""
         levels = topic.split("/")
         if len(levels) < self._n_levels if self._open_ended else len(levels) != self._n_levels:

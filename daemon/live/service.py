@@ -3,6 +3,9 @@
     MqttIngest ─► MessagePipeline (parse ─► DeviceBuffers ─► WindowQueue) ─► Worker ─► sink
                                                                    Metrics + MetricsServer
 
+With `model.devices`, a DeviceRouter in front sends each device to its own route (bundle,
+parser, buffers, alert states); the queue, the worker and the sink are shared.
+
 The stages know nothing of each other; this module builds them from a `Config`, answers
 /healthz, and handles signals: SIGTERM/SIGINT stop intake, score what is queued, flush the
 sink and return; SIGHUP reloads the config's model and alerting sections, validating the new
@@ -27,11 +30,12 @@ from daemon.live.file_sink import FileSink
 from daemon.live.http_server import MetricsServer
 from daemon.live.influx_sink import InfluxSink
 from daemon.live.metrics import Metrics
-from daemon.live.mqtt_ingest import MessagePipeline, MqttIngest
+from daemon.live.mqtt_ingest import MessageHandler, MessagePipeline, MqttIngest
 from daemon.live.payload import PayloadParser
+from daemon.live.routing import DeviceRouter
 from daemon.live.sdnotify import SystemdNotifier
 from daemon.live.spool import Spool
-from daemon.live.worker import Sink, WindowQueue, Worker
+from daemon.live.worker import ModelSlot, Sink, WindowQueue, Worker
 from daemon.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -70,10 +74,31 @@ def alert_settings(config: Config, scorer: Scorer) -> tuple[int, int]:
     return (config.alerting.enter_after or spec.enter_after, config.alerting.leave_after or spec.leave_after)
 
 
-@dataclass
-class Intake:
-    """What depends on the model's window and features: rebuilt when a reload changes them."""
+def bundle_paths(config: Config) -> dict[str, str]:
+    """Route key -> bundle directory, in matching order: model.devices globs, then "" for
+    model.path (every device no glob matches)."""
+    return {**config.model.devices, "": config.model.path}
 
+
+def load_scorers(config: Config) -> dict[str, Scorer]:
+    """Every bundle the config names, loaded and validated; the first bad one raises."""
+    loaded: dict[str, Scorer] = {}  # by path: a bundle named by several routes is loaded once
+    scorers = {}
+    for route, path in bundle_paths(config).items():
+        if path not in loaded:
+            loaded[path] = Scorer.load(path, config.model.runtime, config.batching.torch_threads)
+        scorers[route] = loaded[path]
+    return scorers
+
+
+@dataclass
+class Route:
+    """One bundle and the devices it scores. Everything here depends on the bundle's window
+    and features, so a reload that changes them rebuilds the route's buffers."""
+
+    key: str  # a model.devices glob, or "" for model.path
+    scorer: Scorer
+    alerts: AlertTracker
     buffers: DeviceBuffers
     pipeline: MessagePipeline
 
@@ -84,39 +109,75 @@ class Service:
         self.config = config
         self.config_path = config_path
         self.metrics = metrics or Metrics()
-        self.scorer = self._load_scorer(config)
-        self.alerts = AlertTracker(*alert_settings(config, self.scorer))
+        scorers = load_scorers(config)
         self.queue = WindowQueue(config.batching.queue_size, self.metrics)
         self.sink = sink if sink is not None else build_sink(config, self.metrics)
-        self.intake = self._intake(config, self.scorer)
+        self.routes = self._routes(config, scorers, {})
         b = config.batching
-        self.worker = Worker(self.queue, self.scorer, self.alerts, self.sink, self.metrics,
-                             config.alerting.threshold, b.max_batch, b.max_wait_ms / 1000)
-        self.ingest = MqttIngest(config.mqtt, self.intake.pipeline, self.metrics)
+        self.worker = Worker(self.queue, self._slots(config), self.sink, self.metrics, b.max_batch,
+                             b.max_wait_ms / 1000)
+        self.ingest = MqttIngest(config.mqtt, self._handler(), self.metrics)
+        self.metrics.read_at_scrape(self.metrics.devices, lambda: sum(len(r.buffers) for r in self.routes))
+        self._announce(config)
         self.http = (MetricsServer(config.metrics.address, config.metrics.port, self.metrics.registry, self.health)
                      if config.metrics.enabled else None)
         self.notifier = SystemdNotifier()
         self._stop = threading.Event()
         self._reload = threading.Event()
 
+    @property
+    def default_route(self) -> Route:
+        """The route of model.path: every device no model.devices glob matches."""
+        return self.routes[-1]
+
+    @property
+    def scorer(self) -> Scorer:
+        return self.default_route.scorer
+
     # ---- construction ---------------------------------------------------------------------
 
-    def _load_scorer(self, config: Config) -> Scorer:
-        scorer = Scorer.load(config.model.path, config.model.runtime, config.batching.torch_threads)
-        b = scorer.bundle
-        self.metrics.set_model(b.name, b.version, b.arch, config.model.runtime)
-        log.info("model %s (%s, window %d, %d features, threshold %.6g) from %s", b.name, b.arch, b.window,
-                 len(b.features), config.alerting.threshold or scorer.threshold, b.path)
-        return scorer
+    def _routes(self, config: Config, scorers: dict[str, Scorer], old: dict[str, Route]) -> list[Route]:
+        """Routes for `scorers`, keeping the buffers and alert states of an old route with the
+        same key whose window shape and stream settings are unchanged."""
+        routes = []
+        for key, scorer in scorers.items():
+            previous = old.get(key)
+            alerts = previous.alerts if previous is not None else AlertTracker(*alert_settings(config, scorer))
+            alerts.set_spec(*alert_settings(config, scorer))
+            if (previous is not None and config.stream == self.config.stream
+                    and (scorer.window, scorer.features) == (previous.scorer.window, previous.scorer.features)):
+                routes.append(Route(key, scorer, alerts, previous.buffers, previous.pipeline))
+                continue
+            s, lim = config.stream, config.limits
+            buffers = DeviceBuffers(scorer.window, s.stride or scorer.bundle.stride, len(scorer.features),
+                                    s.sample_period_seconds, s.gap_factor, lim.max_devices, lim.idle_evict_seconds,
+                                    self.metrics, on_evict=alerts.forget, route=key)
+            parser = PayloadParser(scorer.features, config.mqtt.topic, config.mqtt.device_level,
+                                   lim.max_payload_bytes, s.max_future_seconds)
+            routes.append(Route(key, scorer, alerts, buffers, MessagePipeline(parser, buffers, self.queue,
+                                                                               self.metrics)))
+        return routes
 
-    def _intake(self, config: Config, scorer: Scorer) -> Intake:
-        s, lim = config.stream, config.limits
-        buffers = DeviceBuffers(scorer.window, s.stride or scorer.bundle.stride, len(scorer.features),
-                                s.sample_period_seconds, s.gap_factor, lim.max_devices, lim.idle_evict_seconds,
-                                self.metrics, on_evict=self.alerts.forget)
-        parser = PayloadParser(scorer.features, config.mqtt.topic, config.mqtt.device_level,
-                               lim.max_payload_bytes, s.max_future_seconds)
-        return Intake(buffers, MessagePipeline(parser, buffers, self.queue, self.metrics))
+    def _slots(self, config: Config) -> dict[str, ModelSlot]:
+        return {r.key: ModelSlot(r.scorer, r.alerts, config.alerting.threshold) for r in self.routes}
+
+    def _handler(self) -> MessageHandler:
+        """The default route's pipeline itself when there is one route (no routing cost)."""
+        default = self.default_route.pipeline
+        if len(self.routes) == 1:
+            return default
+        return DeviceRouter(default.parser, [(r.key, r.pipeline) for r in self.routes[:-1]], default)
+
+    def _announce(self, config: Config) -> None:
+        """Log every route's bundle and export it as anomalyd_model_info."""
+        for r in self.routes:
+            b = r.scorer.bundle
+            log.info("model %s (%s, window %d, %d features, threshold %.6g) from %s for %s", b.name, b.arch,
+                     b.window, len(b.features), config.alerting.threshold or r.scorer.threshold, b.path,
+                     f"devices {r.key!r}" if r.key else "every other device" if len(self.routes) > 1 else "every device")
+        models = {(r.scorer.bundle.name, r.scorer.bundle.version, r.scorer.bundle.arch, config.model.runtime)
+                  for r in self.routes}
+        self.metrics.set_models(sorted(models))
 
     # ---- health ---------------------------------------------------------------------------
 
@@ -125,7 +186,10 @@ class Service:
         sink_ok = self.sink.healthy
         worker = self.worker.is_alive()
         details = {"broker_connected": broker, "model": self.scorer.bundle.name, "worker_alive": worker,
-                   "sink": self.sink.status(), "devices": len(self.intake.buffers), "queued_windows": len(self.queue)}
+                   "sink": self.sink.status(), "devices": sum(len(r.buffers) for r in self.routes),
+                   "queued_windows": len(self.queue)}
+        if len(self.routes) > 1:
+            details["models"] = {r.key or "*": r.scorer.bundle.name for r in self.routes}
         return broker and sink_ok and worker, details
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -175,12 +239,12 @@ class Service:
         log.info("stopped (sink flushed: %s)", flushed)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file, validate and load the new bundle, then swap. MQTT,
+        """SIGHUP: re-read the config file, validate and load every bundle, then swap. MQTT,
         sink and metrics settings need a restart and are left as they are (logged)."""
         self.notifier.reloading()
         try:
             config = load_config(self.config_path) if self.config_path else self.config
-            scorer = Scorer.load(config.model.path, config.model.runtime, config.batching.torch_threads)
+            scorers = load_scorers(config)
         except UserError as exc:
             self.metrics.config_reloads.labels(result="failed").inc()
             log.error("reload failed, keeping model %s: %s", self.scorer.bundle.name, exc)
@@ -189,16 +253,14 @@ class Service:
         for section in ("mqtt", "influxdb", "local_store", "metrics", "batching", "limits"):
             if getattr(config, section) != getattr(self.config, section):
                 log.warning("reload: changes to section %r need a restart; keeping the running settings", section)
-        same_shape = (scorer.window, scorer.features) == (self.scorer.window, self.scorer.features)
-        if not same_shape or config.stream != self.config.stream:
-            self.intake = self._intake(config, scorer)
-            self.ingest.swap_handler(self.intake.pipeline)
-        self.alerts.set_spec(*alert_settings(config, scorer))
-        self.worker.swap_scorer(scorer, config.alerting.threshold)
-        old, self.scorer, self.config = self.scorer, scorer, config
-        b = scorer.bundle
-        self.metrics.set_model(b.name, b.version, b.arch, config.model.runtime)
+        old = self.scorer.bundle.name
+        routes = self._routes(config, scorers, {r.key: r for r in self.routes})
+        rebuilt = [r.key or "*" for r in routes if r.buffers not in {o.buffers for o in self.routes}]
+        self.routes, self.config = routes, config
+        self.ingest.swap_handler(self._handler())
+        self.worker.swap_models(self._slots(config))
+        self._announce(config)
         self.metrics.config_reloads.labels(result="ok").inc()
-        log.info("reloaded: model %s -> %s%s", old.bundle.name, b.name,
-                 "" if same_shape else " (new window shape: device windows restart)")
+        log.info("reloaded: model %s -> %s%s", old, self.scorer.bundle.name,
+                 f" (new windowing for {', '.join(rebuilt)}: those device windows restart)" if rebuilt else "")
         self.notifier.ready()

@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Mapping, Protocol
 
 import numpy as np
 
@@ -119,15 +120,28 @@ class WindowQueue:
         return n
 
 
-class Worker:
-    """The only thread that runs the model: take a batch, score it in one call, apply the
-    threshold and hysteresis, hand the events to the sink."""
+@dataclass(frozen=True)
+class ModelSlot:
+    """What scores one route's windows: its bundle, its devices' alert states and the
+    threshold override from the config (None = the bundle's threshold)."""
 
-    def __init__(self, queue: WindowQueue, scorer: Scorer, alerts: AlertTracker, sink: Sink, metrics: Metrics,
-                 threshold_override: float | None = None, max_batch: int = 64, max_wait_s: float = 0.05) -> None:
+    scorer: Scorer
+    alerts: AlertTracker
+    threshold_override: float | None = None
+
+
+class Worker:
+    """The only thread that runs the model: take a batch, score it in one call per model,
+    apply the threshold and hysteresis, hand the events to the sink.
+
+    `models` maps a route key (`WindowJob.route`) to its `ModelSlot`; with one bundle for
+    every device that is just `{"": slot}`. A batch holding windows of several routes is
+    scored in one forward pass per route."""
+
+    def __init__(self, queue: WindowQueue, models: Mapping[str, ModelSlot], sink: Sink, metrics: Metrics,
+                 max_batch: int = 64, max_wait_s: float = 0.05) -> None:
         self._queue = queue
-        self._model = (scorer, threshold_override)  # swapped as one reference, see swap_scorer
-        self._alerts = alerts
+        self._models = dict(models)  # swapped as one reference, see swap_models
         self._sink = sink
         self._metrics = metrics
         self.max_batch = max_batch
@@ -135,7 +149,7 @@ class Worker:
         self._abandon = False
         self._errors = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._run, name="anomalyd-worker", daemon=True)
-        metrics.read_at_scrape(metrics.alerts_active, alerts.active_count)
+        metrics.read_at_scrape(metrics.alerts_active, self._active_alerts)
 
     def start(self) -> None:
         self._thread.start()
@@ -143,10 +157,13 @@ class Worker:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
-    def swap_scorer(self, scorer: Scorer, threshold_override: float | None = None) -> None:
-        """Use `scorer` (and this threshold override) from the next batch on, e.g. after a
-        SIGHUP reload. Queued windows whose shape does not fit the new model are dropped."""
-        self._model = (scorer, threshold_override)
+    def swap_models(self, models: Mapping[str, ModelSlot]) -> None:
+        """Use `models` from the next batch on, e.g. after a SIGHUP reload. Queued windows
+        whose route is gone or whose shape does not fit the new model are dropped."""
+        self._models = dict(models)
+
+    def _active_alerts(self) -> int:
+        return sum(slot.alerts.active_count() for slot in self._models.values())
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Close the queue and end the thread. With `drain`, queued windows are scored first;
@@ -164,12 +181,26 @@ class Worker:
             jobs = self._queue.take(self.max_batch, self.max_wait_s)
             if not jobs:
                 return
-            self._process(jobs)
+            models = self._models
+            route = jobs[0].route
+            if all(job.route == route for job in jobs):
+                self._process(models.get(route), route, jobs)
+                continue
+            by_route: dict[str, list[WindowJob]] = {}
+            for job in jobs:
+                by_route.setdefault(job.route, []).append(job)
+            for route, group in by_route.items():
+                self._process(models.get(route), route, group)
 
-    def _process(self, jobs: list[WindowJob]) -> None:
-        """Score one batch and hand it to the sink. A failure loses this batch (counted and
-        logged, rate-limited), never the thread."""
-        scorer, override = self._model
+    def _process(self, slot: ModelSlot | None, route: str, jobs: list[WindowJob]) -> None:
+        """Score one route's windows and hand them to the sink. A failure loses these windows
+        (counted and logged, rate-limited), never the thread."""
+        if slot is None:
+            self._metrics.windows_dropped.labels(reason="model_mismatch").inc(len(jobs))
+            self._errors.warning("route:" + route, "dropped %d windows of route %r, which no longer has a model",
+                                 len(jobs), route)
+            return
+        scorer = slot.scorer
         expected = (scorer.window, len(scorer.features))
         fitting = [job for job in jobs if job.window.shape == expected]
         if len(fitting) < len(jobs):
@@ -179,7 +210,7 @@ class Worker:
         if not fitting:
             return
         try:
-            events = self._score(scorer, override, fitting)
+            events = self._score(slot, fitting)
         except Exception as exc:  # a model bug must not end the only scoring thread
             self._metrics.windows_dropped.labels(reason="scoring_error").inc(len(fitting))
             self._errors.error("score:" + type(exc).__name__, "scoring %d windows failed, windows lost: %s",
@@ -192,8 +223,9 @@ class Worker:
             self._errors.error("sink:" + type(exc).__name__, "sink rejected %d events, events lost: %s",
                                len(events), exc, exc_info=True)
 
-    def _score(self, scorer: Scorer, override: float | None, jobs: list[WindowJob]) -> list[ScoreEvent]:
-        threshold = scorer.threshold if override is None else override
+    def _score(self, slot: ModelSlot, jobs: list[WindowJob]) -> list[ScoreEvent]:
+        scorer = slot.scorer
+        threshold = scorer.threshold if slot.threshold_override is None else slot.threshold_override
         # One concatenate + reshape: a third of np.stack's cost for 64 small windows.
         batch = np.concatenate([job.window for job in jobs]).reshape(len(jobs), *jobs[0].window.shape)
         started = time.perf_counter()
@@ -203,7 +235,7 @@ class Worker:
 
         names = scorer.features
         model = scorer.bundle.name
-        update = self._alerts.update
+        update = slot.alerts.update
         events = []
         append = events.append
         anomalous = raised_count = 0

@@ -1,0 +1,46 @@
+"""Per-device models: send each message to the pipeline of the bundle that scores its device.
+
+`model.devices` maps device-id globs to bundles (first match in file order wins, devices
+that match none use `model.path`). Each route has its own parser (the bundle's features),
+ring buffers (its window and stride) and alert states; they share the window queue, the
+worker and the sink. A device's route is decided by its id alone, once per topic: the
+decision is remembered (bounded), so a known topic costs one dict lookup on top of the
+single-model path. With no `model.devices` the service does not use this module at all.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Sequence
+
+from daemon.live.mqtt_ingest import MessageHandler
+from daemon.live.payload import PayloadParser, Rejected
+
+_TOPIC_CACHE = 16384  # topics whose route is remembered; emptied when full
+
+
+class DeviceRouter:
+    def __init__(self, topics: PayloadParser, routes: Sequence[tuple[str, MessageHandler]],
+                 default: MessageHandler) -> None:
+        """`topics` extracts and validates device ids (any route's parser: topic rules are
+        shared); `routes` are (glob, pipeline) in priority order; `default` takes the rest,
+        including messages whose topic is unusable, so they are rejected and counted there."""
+        self._device_of = topics.device_of
+        self._routes = tuple(routes)
+        self._default = default
+        self._by_topic: dict[str, MessageHandler] = {}
+
+    def route_of(self, device: str) -> MessageHandler:
+        return next((pipeline for pattern, pipeline in self._routes if fnmatchcase(device, pattern)), self._default)
+
+    def __call__(self, topic: str, payload: bytes, now: float) -> object:
+        pipeline = self._by_topic.get(topic)
+        if pipeline is None:
+            device = self._device_of(topic)
+            if type(device) is Rejected:
+                return self._default(topic, payload, now)
+            pipeline = self.route_of(device)
+            if len(self._by_topic) >= _TOPIC_CACHE:
+                self._by_topic.clear()
+            self._by_topic[topic] = pipeline
+        return pipeline(topic, payload, now)
