@@ -15,9 +15,11 @@ def reading(device: str, ts: float, value: float | None = None, received: float 
     return Reading(device, ts, np.array([v, -v], dtype=np.float32), ts if received is None else received)
 
 
-def buffers(window=4, stride=2, sample_period=None, gap_factor=5.0, max_devices=100, idle=3600.0, on_evict=None):
+def buffers(window=4, stride=2, sample_period=None, gap_factor=5.0, max_devices=100, idle=3600.0, on_evict=None,
+            clock_reset_seconds=300.0):
     metrics = Metrics()
-    return DeviceBuffers(window, stride, F, sample_period, gap_factor, max_devices, idle, metrics, on_evict), metrics
+    return DeviceBuffers(window, stride, F, sample_period, gap_factor, max_devices, idle, metrics, on_evict,
+                         clock_reset_seconds=clock_reset_seconds), metrics
 
 
 def push_all(b: DeviceBuffers, readings) -> list:
@@ -76,6 +78,18 @@ def test_repeated_timestamp_is_duplicate_and_older_is_out_of_order():
     assert b.push(reading("d", 9)).reason == "out_of_order"
     job = b.push(reading("d", 12))  # rejects did not enter the window
     assert job.window[:, 0].tolist() == [10, 11, 12]
+
+
+def test_a_clock_set_back_further_than_clock_reset_seconds_restarts_the_window(caplog):
+    b, metrics = buffers(window=3, stride=1, clock_reset_seconds=300)
+    push_all(b, [reading("d", t) for t in (1000, 1001, 1002)])
+    assert b.push(reading("d", 702)).reason == "out_of_order"  # 300 s back: late data, not a reset
+    assert metrics.clock_resets._value.get() == 0
+    assert push_all(b, [reading("d", 600), reading("d", 601)]) == [None, None]  # 402 s back: a reset
+    assert metrics.clock_resets._value.get() == 1
+    assert "device d: clock set back by 402 s" in caplog.text
+    job = b.push(reading("d", 602))
+    assert job.window[:, 0].tolist() == [600, 601, 602]  # nothing from before the reset
 
 
 def test_gap_longer_than_gap_factor_periods_restarts_the_window():

@@ -16,6 +16,13 @@ Gap rule: when `sample_period` is set and a reading arrives more than
 window restarts from that reading. A window spanning the gap would glue two unrelated stretches
 of signal together and score as an anomaly that is only a network outage.
 
+Clock reset rule: a reading stamped before the device's previous one is dropped as
+`out_of_order` (or `duplicate` when equal), unless it is more than `clock_reset_seconds`
+earlier. Then the device's clock was set back (an RTC reset, an NTP step after a wrong time):
+the reading is accepted, the window restarts from it and `anomalyd_clock_resets_total` counts
+it. Without the rule such a device would be dropped silently until its clock caught up with
+the wrong time again, minutes or years later.
+
 Threading: `push` runs on the MQTT network thread; `evict_idle` may be called from any thread
 (a housekeeping timer). A lock guards the device table; uncontended it costs well under a
 microsecond per push. `push` itself sweeps idle devices about every `idle_evict_seconds / 4`
@@ -24,6 +31,8 @@ microsecond per push. `push` itself sweeps idle devices about every `idle_evict_
 
 from __future__ import annotations
 
+import logging
+import math
 import struct
 import threading
 from dataclasses import dataclass
@@ -34,6 +43,9 @@ import numpy as np
 from daemon.live.events import Reading, WindowJob
 from daemon.live.metrics import Metrics
 from daemon.live.payload import Rejected
+from daemon.live.ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -48,7 +60,8 @@ class _Device:
 class DeviceBuffers:
     def __init__(self, window: int, stride: int, n_features: int, sample_period: float | None,
                  gap_factor: float, max_devices: int, idle_evict_seconds: float, metrics: Metrics,
-                 on_evict: Callable[[str], None] | None = None, route: str = "") -> None:
+                 on_evict: Callable[[str], None] | None = None, route: str = "",
+                 clock_reset_seconds: float = math.inf) -> None:
         """`on_evict(device)` lets per-device state elsewhere (alert hysteresis) forget a device
         together with its buffer. `route` is stamped on every window, so the worker knows
         which model scores it. `len()` is the device count (the service exports it)."""
@@ -58,6 +71,8 @@ class DeviceBuffers:
         self.stride = stride
         self.n_features = n_features
         self.max_gap = None if sample_period is None else gap_factor * sample_period
+        self.clock_reset_seconds = clock_reset_seconds
+        self._log = RateLimitedLog(log)
         self.max_devices = max_devices
         self.idle_evict_seconds = idle_evict_seconds
         self._metrics = metrics
@@ -93,7 +108,12 @@ class DeviceBuffers:
             elif ts <= dev.last_ts:
                 if ts == dev.last_ts:
                     return Rejected("duplicate", f"device {device}: ts {ts} repeated")
-                return Rejected("out_of_order", f"device {device}: ts {ts} < previous {dev.last_ts}")
+                if dev.last_ts - ts <= self.clock_reset_seconds:
+                    return Rejected("out_of_order", f"device {device}: ts {ts} < previous {dev.last_ts}")
+                dev.until_emit = self.window
+                self._metrics.clock_resets.inc()
+                self._log.warning("clock_reset", "device %s: clock set back by %.0f s; its window restarts",
+                                  device, dev.last_ts - ts)
             elif self.max_gap is not None and ts - dev.last_ts > self.max_gap:
                 dev.until_emit = self.window
                 self._metrics.window_restarts.inc()

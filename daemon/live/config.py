@@ -101,6 +101,9 @@ class StreamConfig:
                              lo=1)
     max_future_seconds: float = _opt(300.0, "Reject readings stamped further than this ahead of this host's "
                                             "clock.", lo=0)
+    clock_reset_seconds: float = _opt(300.0, "A reading stamped more than this before its device's previous one "
+                                             "means the device clock was set back: its window restarts from it "
+                                             "(smaller steps back are dropped as out_of_order).", above=0)
 
 
 @dataclass(frozen=True)

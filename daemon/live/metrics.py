@@ -50,6 +50,10 @@ class Metrics:
         self.window_restarts = Counter(PREFIX + "window_restarts_total",
                                        "Device windows restarted because of a gap longer than the gap policy allows.",
                                        registry=r)
+        self.clock_resets = Counter(PREFIX + "clock_resets_total",
+                                    "Readings stamped more than stream.clock_reset_seconds before their device's "
+                                    "previous one: the device clock was set back and its window restarts.",
+                                    registry=r)
         self.devices_evicted = Counter(PREFIX + "devices_evicted_total", "Idle devices evicted.", registry=r)
         self.windows_scored = Counter(PREFIX + "windows_scored_total", "Windows scored by the model.", registry=r)
         self.windows_dropped = Counter(PREFIX + "windows_dropped_total",

@@ -151,7 +151,8 @@ class Service:
             s, lim = config.stream, config.limits
             buffers = DeviceBuffers(scorer.window, s.stride or scorer.bundle.stride, len(scorer.features),
                                     s.sample_period_seconds, s.gap_factor, lim.max_devices, lim.idle_evict_seconds,
-                                    self.metrics, on_evict=alerts.forget, route=key)
+                                    self.metrics, on_evict=alerts.forget, route=key,
+                                    clock_reset_seconds=s.clock_reset_seconds)
             parser = PayloadParser(scorer.features, config.mqtt.topic, config.mqtt.device_level,
                                    lim.max_payload_bytes, s.max_future_seconds)
             routes.append(Route(key, scorer, alerts, buffers, MessagePipeline(parser, buffers, self.queue,
