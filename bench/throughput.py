@@ -12,8 +12,8 @@ belong to the process being measured:
       │                      far faster than any Python subscriber, so it is never the ceiling
       ├─ bare subscriber     paho-mqtt, json.loads per message and nothing else: the client's ceiling
       ├─ daemon              the real `Service` (MqttIngest, MessagePipeline, Worker, FileSink) from a
-      │                      generated config; the only bench addition is a wrapper around the FileSink
-      │                      that notes when each event's line was written and flushed
+      │                      generated config; the only bench addition is a FileSink subclass whose
+      │                      writer thread notes when each event's line was written and flushed
       └─ scoring / train     the model's ceiling on pre-built tensors, the worker, a per-window loop
 
 Sections of the report (window 60, 8 features, the default LSTM and Conv architectures, tiny
@@ -32,8 +32,8 @@ bundles trained for one epoch on generated data: weights quality is irrelevant t
    hysteresis, events, sink) vs a loop that scores one window per `score_windows` call.
 3. Latency: publish-to-sink p50/p95/p99 at 1 000 devices x 1 Hz and 100 devices x 20 Hz, LSTM,
    stride 1. The publisher writes its wall-clock send time as the reading's `ts`; the daemon
-   stamps a window's score with the `ts` of its last reading; the sink wrapper takes
-   time.time() after FileSink.submit returned (line written and flushed). So the figure
+   stamps a window's score with the `ts` of its last reading; the sink takes time.time()
+   after its writer thread wrote and flushed the line (FileSink.write). So the figure
    includes the publisher's socket, mosquitto, paho, parsing, buffering, the worker's batching
    wait (max_wait_ms 50), inference, encoding and the file write. Same host, same clock.
 4. Memory: daemon RSS (VmRSS) idle and with 10 000 devices holding full windows (all of them
@@ -339,49 +339,44 @@ def role_bare(spec: dict) -> None:
     client.loop_stop()
 
 
-class TimedSink:
-    """The daemon's FileSink, plus a note of when each submit returned (lines written and
-    flushed). With the publisher's send time in each reading's `ts`, now - event.ts is the
-    publish-to-sink latency of that window. Latencies are kept only while `recording`."""
+def timed_file_sink(path: str):
+    """The daemon's FileSink, noting when each batch of lines was written and flushed (its
+    writer thread's `write`). With the publisher's send time in each reading's `ts`,
+    now - event.ts is the publish-to-sink latency of that window. Latencies are kept only
+    while `recording`."""
+    from array import array
 
-    def __init__(self, inner) -> None:
-        from array import array
-        self.inner = inner
-        self.count = 0
-        self.last_write = 0.0
-        self.recording = False
-        self.latencies = array("d")
-        self.max_kept = 2_000_000
+    from daemon.live.file_sink import FileSink
 
-    @property
-    def healthy(self) -> bool:
-        return self.inner.healthy
+    class TimedSink(FileSink):
+        def __init__(self) -> None:
+            self.count = 0
+            self.last_write = 0.0
+            self.recording = False
+            self.latencies = array("d")
+            self.max_kept = 2_000_000
+            super().__init__(path)
 
-    def status(self) -> dict:
-        return self.inner.status()
+        def write(self, events) -> None:
+            super().write(events)
+            now = time.time()
+            self.count += len(events)
+            self.last_write = now
+            if self.recording and len(self.latencies) < self.max_kept:
+                self.latencies.extend([now - e.ts for e in events])
 
-    def submit(self, events) -> None:
-        self.inner.submit(events)
-        now = time.time()
-        self.count += len(events)
-        self.last_write = now
-        if self.recording and len(self.latencies) < self.max_kept:
-            self.latencies.extend([now - e.ts for e in events])
-
-    def close(self, timeout: float = 10.0) -> bool:
-        return self.inner.close(timeout)
+    return TimedSink()
 
 
 def role_daemon(spec: dict) -> None:
-    """The real Service from a generated config, with the FileSink wrapped by TimedSink."""
+    """The real Service from a generated config, its FileSink timed by `timed_file_sink`."""
     from daemon.live.config import load_config
-    from daemon.live.file_sink import FileSink
     from daemon.live.logsetup import configure_logging
     from daemon.live.service import Service
 
     config = load_config(spec["config"])
     configure_logging(config.logging.level, config.logging.format)
-    sink = TimedSink(FileSink(config.local_store.path))
+    sink = timed_file_sink(config.local_store.path)
     service = Service(config, spec["config"], sink=sink)
     service.start()
     deadline = time.monotonic() + 20
@@ -452,23 +447,20 @@ def role_daemon(spec: dict) -> None:
 # =============================================================================================
 
 class _CountingSink:
-    def __init__(self, inner=None) -> None:
-        self.inner = inner
+    """A sink that only counts: the worker without any sink cost."""
+
+    def __init__(self) -> None:
         self.count = 0
-        self.last = 0.0
         self.healthy = True
 
     def submit(self, events) -> None:
-        if self.inner is not None:
-            self.inner.submit(events)
         self.count += len(events)
-        self.last = time.perf_counter()
 
     def status(self) -> dict:
         return {}
 
     def close(self, timeout: float = 10.0) -> bool:
-        return True if self.inner is None else self.inner.close(timeout)
+        return True
 
 
 def role_scoring(spec: dict) -> None:
@@ -476,7 +468,6 @@ def role_scoring(spec: dict) -> None:
 
     from daemon.live.alerting import AlertTracker
     from daemon.live.events import WindowJob
-    from daemon.live.file_sink import FileSink
     from daemon.live.metrics import Metrics
     from daemon.live.worker import ModelSlot, WindowQueue, Worker
     from daemon.scoring import Scorer
@@ -536,7 +527,7 @@ def role_scoring(spec: dict) -> None:
         queue = WindowQueue(count, metrics)
         for i in range(count):
             queue.put(WindowJob(f"dev{i % 1000}", 1.7e9 + i, pool[i % 4096], 1.7e9 + i))
-        sink = _CountingSink(FileSink(sink_path) if sink_path else None)
+        sink = timed_file_sink(sink_path) if sink_path else _CountingSink()
         work = Worker(queue, {"": ModelSlot(scorer, AlertTracker(3, 5))}, sink, metrics, MAX_BATCH, 0.05)
 
         def loop() -> int:

@@ -1,10 +1,13 @@
 import math
+import threading
+import time
 
 import pytest
 
 from daemon.live.events import ScoreEvent
 from daemon.live.file_sink import FileSink, read_points
 from daemon.live.line_protocol import FIELD_NAMES, SCHEMA, decode, encode
+from daemon.live.metrics import Metrics
 
 
 def event(**overrides) -> ScoreEvent:
@@ -113,6 +116,49 @@ def test_file_sink_appends_across_reopen_and_refuses_submit_after_close(tmp_path
     assert [p["ts"] for p in read_points(path)] == [1.0, 2.0]
     with pytest.raises(RuntimeError, match="closed"):
         sink.submit([event()])
+
+
+class StalledDisk(FileSink):
+    """A FileSink whose disk hangs until `release` is set."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.release = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def write(self, events) -> None:
+        self.release.wait(10)
+        super().write(events)
+
+
+def points_counted(metrics: Metrics, result: str) -> float:
+    return metrics.registry.get_sample_value("anomalyd_sink_points_total", {"result": result})
+
+
+def test_file_sink_submit_never_waits_for_the_disk_and_close_writes_everything(tmp_path):
+    metrics = Metrics()
+    sink = StalledDisk(tmp_path / "scores.lp", metrics)
+    started = time.monotonic()
+    for ts in range(100):
+        sink.submit([event(ts=float(ts))])
+    assert time.monotonic() - started < 5  # the disk is stalled for 10 s: submit did not wait for it
+    sink.release.set()
+    assert sink.close()
+    assert [p["ts"] for p in read_points(tmp_path / "scores.lp")] == [float(ts) for ts in range(100)]
+    assert points_counted(metrics, "written") == 100
+
+
+def test_file_sink_drops_the_oldest_points_past_its_queue_bound_and_counts_them(tmp_path):
+    metrics = Metrics()
+    sink = StalledDisk(tmp_path / "scores.lp", metrics, max_queue=10)
+    sink.submit([event(ts=0.0)])  # taken by the writer, which then hangs on the disk
+    deadline = time.monotonic() + 5
+    while sink.status()["queued"] and time.monotonic() < deadline:
+        time.sleep(0.001)
+    sink.submit([event(ts=float(ts)) for ts in range(1, 16)])
+    sink.release.set()
+    assert sink.close()
+    assert [p["ts"] for p in read_points(tmp_path / "scores.lp")] == [0.0, *map(float, range(6, 16))]
+    assert (points_counted(metrics, "written"), points_counted(metrics, "dropped")) == (11, 5)
 
 
 def test_read_points_names_the_file_and_line_of_a_bad_line(tmp_path):

@@ -2,9 +2,13 @@
 local file, in the same format the InfluxDB sink sends, so the file can later be replayed into a
 real database (`influx write -p ms`, or curl to `/api/v2/write?precision=ms`).
 
-Same interface as `InfluxSink` (`submit`, `close`, `healthy`, `status`). Appending to a local
-file is quick, so `submit` writes directly and flushes per call: a crash loses nothing
-submitted before it.
+Same interface as `InfluxSink` (`submit`, `close`, `healthy`, `status`), and the same rule: the
+sink never blocks the worker. `submit` only queues the events; a writer thread encodes them,
+appends and flushes. So a slow disk (an SD card can stall a flush for a second) does not stall
+scoring, and the encoding runs on the other core while the worker is inside the model, which
+releases the GIL. `close` writes everything queued before it returns. The queue is bounded:
+past `max_queue` events (the disk stopped) the oldest are dropped, counted in
+`anomalyd_sink_points_total{result="dropped"}` and logged.
 """
 
 from __future__ import annotations
@@ -17,20 +21,31 @@ from typing import Iterable
 
 from daemon.live.events import ScoreEvent
 from daemon.live.line_protocol import decode, encode
+from daemon.live.metrics import Metrics
 from daemon.live.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
 
 class FileSink:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], metrics: Metrics | None = None,
+                 max_queue: int = 100_000) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
-        self._lock = threading.Lock()
+        self._max_queue = max_queue
+        self._queue: list[ScoreEvent] = []
+        self._cond = threading.Condition()
+        self._closing = False
         self._ratelog = RateLimitedLog(log, interval=30.0)
         self._healthy = True
         self._last_error: str | None = None
+        self._written = self._dropped = None
+        if metrics is not None:
+            self._written = metrics.sink_points.labels(result="written")
+            self._dropped = metrics.sink_points.labels(result="dropped")
+        self._thread = threading.Thread(target=self._run, name="anomalyd-file-sink", daemon=True)
+        self._thread.start()
 
     @property
     def healthy(self) -> bool:
@@ -38,33 +53,76 @@ class FileSink:
         return self._healthy
 
     def status(self) -> dict[str, object]:
-        return {"healthy": self._healthy, "path": str(self.path), "last_error": self._last_error}
+        return {"healthy": self._healthy, "path": str(self.path), "last_error": self._last_error,
+                "queued": len(self._queue)}
 
     def submit(self, events: Iterable[ScoreEvent]) -> None:
+        """Queue events for the writer thread; never waits for the disk."""
+        with self._cond:
+            if self._closing:
+                raise RuntimeError(f"file sink {self.path} is closed: submit after close()")
+            self._queue.extend(events)
+            excess = len(self._queue) - self._max_queue
+            if excess > 0:
+                del self._queue[:excess]
+            self._cond.notify()
+        if excess > 0:
+            self._count(self._dropped, excess)
+            self._ratelog.error("queue", "file sink: %s is not keeping up; dropped the %d oldest points",
+                                self.path, excess)
+
+    def write(self, events: list[ScoreEvent]) -> None:
+        """Encode and append `events` now, flushing once: the writer thread's step."""
         lines = []
         for event in events:
             try:
                 lines.append(encode(event) + "\n")
             except (ValueError, TypeError) as err:  # e.g. a newline in a device id, a None score
                 self._ratelog.error("encode", "file sink: dropped a score event of device %r: %s", event.device, err)
-        with self._lock:
-            if self._file.closed:
-                raise RuntimeError(f"file sink {self.path} is closed: submit after close()")
-            try:
-                self._file.writelines(lines)
-                self._file.flush()
-            except OSError as err:
-                self._healthy = False
-                self._last_error = str(err)
-                self._ratelog.error("write", "file sink: cannot append %d points to %s: %s", len(lines), self.path, err)
-                return
-            self._healthy = True
+        self._count(self._dropped, len(events) - len(lines))
+        try:
+            self._file.writelines(lines)
+            self._file.flush()
+        except OSError as err:
+            self._healthy = False
+            self._last_error = str(err)
+            self._count(self._dropped, len(lines))
+            self._ratelog.error("write", "file sink: cannot append %d points to %s: %s", len(lines), self.path, err)
+            return
+        self._healthy = True
+        self._count(self._written, len(lines))
 
     def close(self, timeout: float = 10.0) -> bool:
-        """Close the file; `timeout` is accepted for parity with `InfluxSink.close`."""
-        with self._lock:
-            self._file.close()
+        """Write what is queued and close the file. Returns False if the writer was still busy
+        after `timeout` seconds (the file is then left to the process exit)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return False
+        self._file.close()
         return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                events, self._queue = self._queue, []
+            try:
+                self.write(events)
+            except Exception as exc:  # a bug here must not end the writer: later points still land
+                self._count(self._dropped, len(events))
+                self._ratelog.error("bug:" + type(exc).__name__, "file sink: lost %d points: %r", len(events), exc,
+                                    exc_info=True)
+
+    @staticmethod
+    def _count(counter, n: int) -> None:
+        if counter is not None and n > 0:
+            counter.inc(n)
 
 
 def read_points(path: str | os.PathLike[str]) -> list[dict[str, object]]:

@@ -63,7 +63,7 @@ def build_sink(config: Config, metrics: Metrics):
         return InfluxSink(influx.url, influx.org or "", influx.bucket, influx.token or "", influx.batch_size,
                           influx.flush_interval_ms / 1000, spool, metrics, influx.timeout_ms)
     if config.local_store.path:
-        return FileSink(config.local_store.path)
+        return FileSink(config.local_store.path, metrics)
     log.warning("neither influxdb.enabled nor local_store.path is set: scores go to metrics only")
     return DiscardSink()
 
