@@ -339,11 +339,12 @@ def role_bare(spec: dict) -> None:
     client.loop_stop()
 
 
-def timed_file_sink(path: str):
+def timed_file_sink(path: str, target: int = 0):
     """The daemon's FileSink, noting when each batch of lines was written and flushed (its
     writer thread's `write`). With the publisher's send time in each reading's `ts`,
     now - event.ts is the publish-to-sink latency of that window. Latencies are kept only
-    while `recording`."""
+    while `recording`. `reached` is set once `target` events are written (no polling thread
+    to take the GIL from the worker being measured)."""
     from array import array
 
     from daemon.live.file_sink import FileSink
@@ -355,6 +356,7 @@ def timed_file_sink(path: str):
             self.recording = False
             self.latencies = array("d")
             self.max_kept = 2_000_000
+            self.reached = threading.Event()
             super().__init__(path)
 
         def write(self, events) -> None:
@@ -362,6 +364,8 @@ def timed_file_sink(path: str):
             now = time.time()
             self.count += len(events)
             self.last_write = now
+            if target and self.count >= target:
+                self.reached.set()
             if self.recording and len(self.latencies) < self.max_kept:
                 self.latencies.extend([now - e.ts for e in events])
 
@@ -449,12 +453,16 @@ def role_daemon(spec: dict) -> None:
 class _CountingSink:
     """A sink that only counts: the worker without any sink cost."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: int) -> None:
         self.count = 0
+        self.target = target
+        self.reached = threading.Event()
         self.healthy = True
 
     def submit(self, events) -> None:
         self.count += len(events)
+        if self.count >= self.target:
+            self.reached.set()
 
     def status(self) -> dict:
         return {}
@@ -527,14 +535,12 @@ def role_scoring(spec: dict) -> None:
         queue = WindowQueue(count, metrics)
         for i in range(count):
             queue.put(WindowJob(f"dev{i % 1000}", 1.7e9 + i, pool[i % 4096], 1.7e9 + i))
-        sink = timed_file_sink(sink_path) if sink_path else _CountingSink()
+        sink = timed_file_sink(sink_path, count) if sink_path else _CountingSink(count)
         work = Worker(queue, {"": ModelSlot(scorer, AlertTracker(3, 5))}, sink, metrics, MAX_BATCH, 0.05)
 
         def loop() -> int:
             work.start()
-            deadline = time.monotonic() + 60
-            while sink.count < count and time.monotonic() < deadline:
-                time.sleep(0.002)
+            sink.reached.wait(60)
             return sink.count
         result = timed(loop)
         work.stop(drain=False, timeout=5)
