@@ -339,17 +339,17 @@ def role_bare(spec: dict) -> None:
     client.loop_stop()
 
 
-def timed_file_sink(path: str, target: int = 0):
+def timed_file_sink(path: str, target: int = 0) -> tuple:
     """The daemon's FileSink, noting when each batch of lines was written and flushed (its
-    writer thread's `write`). With the publisher's send time in each reading's `ts`,
-    now - event.ts is the publish-to-sink latency of that window. Latencies are kept only
-    while `recording`. `reached` is set once `target` events are written (no polling thread
-    to take the GIL from the worker being measured)."""
+    `on_written` hook, on the writer thread). With the publisher's send time in each reading's
+    `ts`, now - event.ts is the publish-to-sink latency of that window. Latencies are kept
+    only while `recording`. `reached` is set once `target` events are written (no polling
+    thread to take the GIL from the worker being measured)."""
     from array import array
 
     from daemon.live.file_sink import FileSink
 
-    class TimedSink(FileSink):
+    class Timing:
         def __init__(self) -> None:
             self.count = 0
             self.last_write = 0.0
@@ -357,10 +357,8 @@ def timed_file_sink(path: str, target: int = 0):
             self.latencies = array("d")
             self.max_kept = 2_000_000
             self.reached = threading.Event()
-            super().__init__(path)
 
-        def write(self, events) -> None:
-            super().write(events)
+        def __call__(self, events) -> None:
             now = time.time()
             self.count += len(events)
             self.last_write = now
@@ -369,7 +367,8 @@ def timed_file_sink(path: str, target: int = 0):
             if self.recording and len(self.latencies) < self.max_kept:
                 self.latencies.extend([now - e.ts for e in events])
 
-    return TimedSink()
+    timing = Timing()
+    return FileSink(path, on_written=timing), timing
 
 
 def role_daemon(spec: dict) -> None:
@@ -380,7 +379,7 @@ def role_daemon(spec: dict) -> None:
 
     config = load_config(spec["config"])
     configure_logging(config.logging.level, config.logging.format)
-    sink = timed_file_sink(config.local_store.path)
+    sink, timing = timed_file_sink(config.local_store.path)
     service = Service(config, spec["config"], sink=sink)
     service.start()
     deadline = time.monotonic() + 20
@@ -413,7 +412,7 @@ def role_daemon(spec: dict) -> None:
                     dropped += sample.value
         return {
             "ok": ok, "rejected": rejected, "scored": scored, "dropped": dropped,
-            "sink_events": sink.count, "last_write": sink.last_write,
+            "sink_events": timing.count, "last_write": timing.last_write,
             "last_ok": service.default_route.pipeline.last_ok or 0.0,
             "queued": len(service.queue), "devices": len(service.default_route.buffers),
             "rss_mb": rss_mb(), "hwm_mb": hwm_mb(), "cpu_s": sum(os.times()[:2]),
@@ -425,12 +424,12 @@ def role_daemon(spec: dict) -> None:
         command = json.loads(line)
         cmd = command["cmd"]
         if cmd == "record":
-            sink.latencies = type(sink.latencies)("d")
-            sink.recording = bool(command["on"])
-            reply({"recording": sink.recording})
+            timing.latencies = type(timing.latencies)("d")
+            timing.recording = bool(command["on"])
+            reply({"recording": timing.recording})
         elif cmd == "latency":
             import numpy as np
-            lat = np.frombuffer(sink.latencies, dtype=np.float64) * 1000 if len(sink.latencies) else np.zeros(0)
+            lat = np.frombuffer(timing.latencies, dtype=np.float64) * 1000 if len(timing.latencies) else np.zeros(0)
             figures = {"n": int(len(lat))}
             if len(lat):
                 figures.update({f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)})
@@ -535,13 +534,13 @@ def role_scoring(spec: dict) -> None:
         queue = WindowQueue(count, metrics)
         for i in range(count):
             queue.put(WindowJob(f"dev{i % 1000}", 1.7e9 + i, pool[i % 4096], 1.7e9 + i))
-        sink = timed_file_sink(sink_path, count) if sink_path else _CountingSink(count)
+        sink, timing = timed_file_sink(sink_path, count) if sink_path else (_CountingSink(count),) * 2
         work = Worker(queue, {"": ModelSlot(scorer, AlertTracker(3, 5))}, sink, metrics, MAX_BATCH, 0.05)
 
         def loop() -> int:
             work.start()
-            sink.reached.wait(60)
-            return sink.count
+            timing.reached.wait(60)
+            return timing.count
         result = timed(loop)
         work.stop(drain=False, timeout=5)
         sink.close()

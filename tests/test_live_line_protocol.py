@@ -118,30 +118,40 @@ def test_file_sink_appends_across_reopen_and_refuses_submit_after_close(tmp_path
         sink.submit([event()])
 
 
-class StalledDisk(FileSink):
-    """A FileSink whose disk hangs until `release` is set."""
+class StalledDisk:
+    """Hangs the sink's writer thread after its first write, until `release` is set."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self) -> None:
         self.release = threading.Event()
-        super().__init__(*args, **kwargs)
+        self.writes = 0
 
-    def write(self, events) -> None:
+    def __call__(self, events) -> None:
+        self.writes += 1
         self.release.wait(10)
-        super().write(events)
 
 
 def points_counted(metrics: Metrics, result: str) -> float:
     return metrics.registry.get_sample_value("anomalyd_sink_points_total", {"result": result})
 
 
+def stalled_sink(path, metrics: Metrics, **kwargs) -> tuple[FileSink, StalledDisk]:
+    disk = StalledDisk()
+    sink = FileSink(path, metrics, on_written=disk, **kwargs)
+    sink.submit([event(ts=0.0)])
+    deadline = time.monotonic() + 5
+    while not disk.writes and time.monotonic() < deadline:  # the writer is now stuck
+        time.sleep(0.001)
+    return sink, disk
+
+
 def test_file_sink_submit_never_waits_for_the_disk_and_close_writes_everything(tmp_path):
     metrics = Metrics()
-    sink = StalledDisk(tmp_path / "scores.lp", metrics)
+    sink, disk = stalled_sink(tmp_path / "scores.lp", metrics)
     started = time.monotonic()
-    for ts in range(100):
+    for ts in range(1, 100):
         sink.submit([event(ts=float(ts))])
-    assert time.monotonic() - started < 5  # the disk is stalled for 10 s: submit did not wait for it
-    sink.release.set()
+    assert time.monotonic() - started < 5  # the writer is stalled for 10 s: submit did not wait for it
+    disk.release.set()
     assert sink.close()
     assert [p["ts"] for p in read_points(tmp_path / "scores.lp")] == [float(ts) for ts in range(100)]
     assert points_counted(metrics, "written") == 100
@@ -149,13 +159,10 @@ def test_file_sink_submit_never_waits_for_the_disk_and_close_writes_everything(t
 
 def test_file_sink_drops_the_oldest_points_past_its_queue_bound_and_counts_them(tmp_path):
     metrics = Metrics()
-    sink = StalledDisk(tmp_path / "scores.lp", metrics, max_queue=10)
-    sink.submit([event(ts=0.0)])  # taken by the writer, which then hangs on the disk
-    deadline = time.monotonic() + 5
-    while sink.status()["queued"] and time.monotonic() < deadline:
-        time.sleep(0.001)
-    sink.submit([event(ts=float(ts)) for ts in range(1, 16)])
-    sink.release.set()
+    sink, disk = stalled_sink(tmp_path / "scores.lp", metrics, max_queue=10)
+    for ts in range(1, 16):
+        sink.submit([event(ts=float(ts))])
+    disk.release.set()
     assert sink.close()
     assert [p["ts"] for p in read_points(tmp_path / "scores.lp")] == [0.0, *map(float, range(6, 16))]
     assert (points_counted(metrics, "written"), points_counted(metrics, "dropped")) == (11, 5)

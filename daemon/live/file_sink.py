@@ -3,12 +3,14 @@ local file, in the same format the InfluxDB sink sends, so the file can later be
 real database (`influx write -p ms`, or curl to `/api/v2/write?precision=ms`).
 
 Same interface as `InfluxSink` (`submit`, `close`, `healthy`, `status`), and the same rule: the
-sink never blocks the worker. `submit` only queues the events; a writer thread encodes them,
-appends and flushes. So a slow disk (an SD card can stall a flush for a second) does not stall
-scoring, and the encoding runs on the other core while the worker is inside the model, which
-releases the GIL. `close` writes everything queued before it returns. The queue is bounded:
-past `max_queue` events (the disk stopped) the oldest are dropped, counted in
-`anomalyd_sink_points_total{result="dropped"}` and logged.
+sink never blocks the worker. `submit` encodes the events and queues the lines; a writer thread
+appends and flushes them, so a slow disk (an SD card can stall a flush for a second) does not
+stall scoring. The encoding stays on the caller's thread on purpose: a second thread running
+Python beside the model slows the model several times over (each return from a torch op waits
+for the GIL; bench/throughput.py measures it), while file I/O releases the GIL. `close` writes
+everything queued before it returns. The queue is bounded: past `max_queue` lines (the disk
+stopped) the oldest batches are dropped, counted in `anomalyd_sink_points_total{result="dropped"}`
+and logged; the newest batch is always kept.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import deque
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from daemon.live.events import ScoreEvent
 from daemon.live.line_protocol import decode, encode
@@ -28,15 +31,19 @@ log = logging.getLogger(__name__)
 
 
 class FileSink:
-    def __init__(self, path: str | os.PathLike[str], metrics: Metrics | None = None,
-                 max_queue: int = 100_000) -> None:
+    def __init__(self, path: str | os.PathLike[str], metrics: Metrics | None = None, max_queue: int = 100_000,
+                 on_written: Callable[[list[ScoreEvent]], None] | None = None) -> None:
+        """`on_written(events)` runs on the writer thread once those events are flushed to the
+        file (the benchmark times publish-to-sink latency with it)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
         self._max_queue = max_queue
-        self._queue: list[ScoreEvent] = []
+        self._batches: deque[tuple[list[ScoreEvent], list[str]]] = deque()
+        self._queued = 0  # lines in _batches
         self._cond = threading.Condition()
         self._closing = False
+        self._on_written = on_written
         self._ratelog = RateLimitedLog(log, interval=30.0)
         self._healthy = True
         self._last_error: str | None = None
@@ -54,25 +61,11 @@ class FileSink:
 
     def status(self) -> dict[str, object]:
         return {"healthy": self._healthy, "path": str(self.path), "last_error": self._last_error,
-                "queued": len(self._queue)}
+                "queued": self._queued}
 
     def submit(self, events: Iterable[ScoreEvent]) -> None:
-        """Queue events for the writer thread; never waits for the disk."""
-        with self._cond:
-            if self._closing:
-                raise RuntimeError(f"file sink {self.path} is closed: submit after close()")
-            self._queue.extend(events)
-            excess = len(self._queue) - self._max_queue
-            if excess > 0:
-                del self._queue[:excess]
-            self._cond.notify()
-        if excess > 0:
-            self._count(self._dropped, excess)
-            self._ratelog.error("queue", "file sink: %s is not keeping up; dropped the %d oldest points",
-                                self.path, excess)
-
-    def write(self, events: list[ScoreEvent]) -> None:
-        """Encode and append `events` now, flushing once: the writer thread's step."""
+        """Encode the events and queue their lines for the writer thread; never waits for the disk."""
+        events = list(events)
         lines = []
         for event in events:
             try:
@@ -80,17 +73,21 @@ class FileSink:
             except (ValueError, TypeError) as err:  # e.g. a newline in a device id, a None score
                 self._ratelog.error("encode", "file sink: dropped a score event of device %r: %s", event.device, err)
         self._count(self._dropped, len(events) - len(lines))
-        try:
-            self._file.writelines(lines)
-            self._file.flush()
-        except OSError as err:
-            self._healthy = False
-            self._last_error = str(err)
-            self._count(self._dropped, len(lines))
-            self._ratelog.error("write", "file sink: cannot append %d points to %s: %s", len(lines), self.path, err)
-            return
-        self._healthy = True
-        self._count(self._written, len(lines))
+        dropped = 0
+        with self._cond:
+            if self._closing:
+                raise RuntimeError(f"file sink {self.path} is closed: submit after close()")
+            self._batches.append((events, lines))
+            self._queued += len(lines)
+            while self._queued > self._max_queue and len(self._batches) > 1:
+                _, oldest = self._batches.popleft()
+                self._queued -= len(oldest)
+                dropped += len(oldest)
+            self._cond.notify()
+        if dropped:
+            self._count(self._dropped, dropped)
+            self._ratelog.error("queue", "file sink: %s is not keeping up; dropped the %d oldest points",
+                                self.path, dropped)
 
     def close(self, timeout: float = 10.0) -> bool:
         """Write what is queued and close the file. Returns False if the writer was still busy
@@ -107,17 +104,35 @@ class FileSink:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closing:
+                while not self._batches and not self._closing:
                     self._cond.wait()
-                if not self._queue:
+                if not self._batches:
                     return
-                events, self._queue = self._queue, []
+                batches, self._batches = self._batches, deque()
+                self._queued = 0
             try:
-                self.write(events)
+                self._append(batches)
             except Exception as exc:  # a bug here must not end the writer: later points still land
-                self._count(self._dropped, len(events))
-                self._ratelog.error("bug:" + type(exc).__name__, "file sink: lost %d points: %r", len(events), exc,
-                                    exc_info=True)
+                self._count(self._dropped, sum(len(lines) for _, lines in batches))
+                self._ratelog.error("bug:" + type(exc).__name__, "file sink: lost points: %r", exc, exc_info=True)
+
+    def _append(self, batches: deque[tuple[list[ScoreEvent], list[str]]]) -> None:
+        n = sum(len(lines) for _, lines in batches)
+        try:
+            for _, lines in batches:
+                self._file.writelines(lines)
+            self._file.flush()
+        except OSError as err:
+            self._healthy = False
+            self._last_error = str(err)
+            self._count(self._dropped, n)
+            self._ratelog.error("write", "file sink: cannot append %d points to %s: %s", n, self.path, err)
+            return
+        self._healthy = True
+        self._count(self._written, n)
+        if self._on_written is not None:
+            for events, _ in batches:
+                self._on_written(events)
 
     @staticmethod
     def _count(counter, n: int) -> None:
