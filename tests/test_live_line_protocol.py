@@ -2,6 +2,7 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from daemon.live.events import ScoreEvent
@@ -39,11 +40,14 @@ def test_timestamp_is_rounded_not_truncated_to_milliseconds():
     assert encode(event(ts=1_700_000_000.0)).endswith(" 1700000000000")
 
 
-def test_flags_are_integers_and_floats_keep_full_precision():
-    point = decode(encode(event(anomaly=False, alert=True, score=1 / 3, threshold=2.0)))
+def test_flags_are_integers_and_floats_keep_float32_precision():
+    rng = np.random.default_rng(0)
+    values = [float(v) for v in np.concatenate([rng.random(500), rng.lognormal(0, 20, 500)]).astype(np.float32)]
+    for value in values:
+        point = decode(encode(event(anomaly=False, alert=True, score=value, threshold=2.0)))
+        assert np.float32(point.fields["score"]) == np.float32(value)  # every float32 comes back exactly
     assert point.fields["anomaly"] == 0 and isinstance(point.fields["anomaly"], int)
     assert point.fields["alert"] == 1
-    assert point.fields["score"] == 1 / 3
     assert point.fields["threshold"] == 2.0 and isinstance(point.fields["threshold"], float)
 
 
@@ -56,7 +60,7 @@ def test_hostile_tag_values_are_escaped():
 
 def test_hostile_feature_names_are_escaped_as_field_keys():
     line = encode(event(feature_errors={"a,b=c d": 1.0, "x\\": 2.0}))
-    assert "err_a\\,b\\=c\\ d=1.0" in line
+    assert "err_a\\,b\\=c\\ d=1," in line
     assert decode(line).fields["err_a,b=c d"] == 1.0
     assert decode(line).fields["err_x\\"] == 2.0
 
