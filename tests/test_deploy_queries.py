@@ -55,7 +55,7 @@ class Exposition:
 @pytest.fixture(scope="module")
 def exposition() -> Exposition:
     metrics = Metrics(CollectorRegistry())
-    metrics.set_model("m", "1", "mlp", "torch")  # the info gauge has no sample until a model is set
+    metrics.set_models([("m", "1", "mlp", "torch")])  # the info gauge has no sample until a model is set
     found = Exposition()
     for family in metrics.registry.collect():
         for sample in family.samples:

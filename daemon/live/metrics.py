@@ -91,9 +91,6 @@ class Metrics:
         self.last_message_age = Gauge(PREFIX + "last_message_age_seconds",
                                       "Seconds since the last valid reading (NaN before the first).", registry=r)
 
-    def set_model(self, name: str, version: str, architecture: str, runtime: str) -> None:
-        self.set_models([(name, version, architecture, runtime)])
-
     def set_models(self, models: list[tuple[str, str, str, str]]) -> None:
         """One info series per loaded bundle: (name, version, architecture, runtime)."""
         self.model_info.clear()

@@ -137,17 +137,23 @@ class Service:
     # ---- construction ---------------------------------------------------------------------
 
     def _routes(self, config: Config, scorers: dict[str, Scorer], old: dict[str, Route]) -> list[Route]:
-        """Routes for `scorers`, keeping the buffers and alert states of an old route with the
-        same key whose window shape and stream settings are unchanged."""
+        """Routes for `scorers`, keeping the alert states of an old route with the same key, and
+        its buffers too when its window, features, stride and stream settings are unchanged."""
+        def shape(scorer: Scorer) -> tuple:
+            return scorer.window, scorer.features, scorer.bundle.stride
+
         routes = []
         for key, scorer in scorers.items():
             previous = old.get(key)
-            alerts = previous.alerts if previous is not None else AlertTracker(*alert_settings(config, scorer))
-            alerts.set_spec(*alert_settings(config, scorer))
-            if (previous is not None and config.stream == self.config.stream
-                    and (scorer.window, scorer.features) == (previous.scorer.window, previous.scorer.features)):
-                routes.append(Route(key, scorer, alerts, previous.buffers, previous.pipeline))
-                continue
+            spec = alert_settings(config, scorer)
+            if previous is None:
+                alerts = AlertTracker(*spec)
+            else:
+                alerts = previous.alerts
+                alerts.set_spec(*spec)
+                if config.stream == self.config.stream and shape(scorer) == shape(previous.scorer):
+                    routes.append(Route(key, scorer, alerts, previous.buffers, previous.pipeline))
+                    continue
             s, lim = config.stream, config.limits
             buffers = DeviceBuffers(scorer.window, s.stride or scorer.bundle.stride, len(scorer.features),
                                     s.sample_period_seconds, s.gap_factor, lim.max_devices, lim.idle_evict_seconds,
