@@ -205,3 +205,25 @@ def test_shipped_config_validates_and_documents_every_key():
         return {prefix + k for k in doc} | {x for k, v in doc.items() if isinstance(v, dict)
                                             for x in keys(v, f"{prefix}{k}.")}
     assert keys(yaml.safe_load((root / "config.yaml").read_text())) == keys(yaml.safe_load(example_yaml()))
+
+
+def test_reload_keeps_device_windows_only_while_the_bundle_windows_them_the_same_way(bundles, tmp_path):
+    from daemon.live.config import load_config
+    from daemon.live.service import Service
+
+    strided = train_bundle(tmp_path / "strided", normal_csv(tmp_path, rows=1500), "--name", "strided",
+                           "--stride", "5")
+    path = tmp_path / "config.yaml"
+
+    def configure(model: Path) -> None:
+        path.write_text(yaml.safe_dump({"model": {"path": str(model)}, "metrics": {"enabled": False}}))
+
+    configure(bundles["model-a"])
+    service = Service(load_config(path), str(path))
+    first = service.default_route.buffers
+    configure(bundles["model-b"])  # same window, features and stride
+    service.reload()
+    assert service.default_route.buffers is first and service.scorer.bundle.name == "model-b"
+    configure(strided)
+    service.reload()
+    assert service.default_route.buffers is not first and service.default_route.buffers.stride == 5
