@@ -182,10 +182,6 @@ class Worker:
             if not jobs:
                 return
             models = self._models
-            route = jobs[0].route
-            if all(job.route == route for job in jobs):
-                self._process(models.get(route), route, jobs)
-                continue
             by_route: dict[str, list[WindowJob]] = {}
             for job in jobs:
                 by_route.setdefault(job.route, []).append(job)
