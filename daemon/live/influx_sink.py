@@ -1,11 +1,14 @@
 """Write score events to InfluxDB (or anything speaking `/api/v2/write`), surviving outages.
 
-The caller (the scoring worker) must never wait for the database, so `submit` only appends
-events to a bounded in-memory queue; one writer thread encodes them and does the network I/O:
+The caller (the scoring worker) must never wait for the database, so `submit` only encodes
+the events and appends the lines to a bounded in-memory queue; one writer thread does the
+network I/O. Encoding on the caller's thread is deliberate: Python running on a second thread
+beside the model slows the model several times over (GIL hand-offs at every torch op; see
+bench/throughput.py), and the worker has to pay for the encoding either way.
 
-    submit ─► queue (≤ max_queue events) ─► writer ─► batch of ≤ batch_size lines
-                │ queue full: encode and spill queue + new events to the spool, oldest first
-                │ (the caller pays for encoding and local disk I/O then, never for the network)
+    submit ─► queue (≤ max_queue lines) ─► writer ─► batch of ≤ batch_size lines
+                │ queue full: spill queue + new lines to the spool, oldest first
+                │ (the caller pays for local disk I/O then, never for the network)
                 ▼
     spool (disk, bounded) ◄── first failed attempt of a batch, and every batch after it while
                               the spool holds data, so points reach the database in order
@@ -99,7 +102,7 @@ class InfluxSink:
         self._ratelog = RateLimitedLog(log, interval=30.0)
 
         self._cond = threading.Condition()
-        self._queue: deque[ScoreEvent] = deque()  # oldest first
+        self._queue: deque[tuple[str, float]] = deque()  # (line, arrival time), oldest first
         self._first_queued_at: float | None = None  # monotonic time the oldest queued point arrived
         self._stopping = False
         self._healthy = True
@@ -123,26 +126,26 @@ class InfluxSink:
                 "spool_bytes": self._spool.pending_bytes, "last_error": self._last_error}
 
     def submit(self, events: Iterable[ScoreEvent]) -> None:
-        """Queue events for writing. Never waits for the database: when the queue is full, the
-        queue and these events go to the spool instead (local disk I/O only)."""
-        events = list(events)
-        if not events:
-            return
+        """Encode events and queue their lines for writing. Never waits for the database: when
+        the queue is full, the queue and these lines go to the spool instead (local disk I/O only)."""
+        encoded = self._encode_received(events)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("influx sink is closed: submit after close()")
-            if len(self._queue) + len(events) <= self._max_queue:
+            if not encoded:
+                return
+            if len(self._queue) + len(encoded) <= self._max_queue:
                 if not self._queue:
                     self._first_queued_at = time.monotonic()
                     self._cond.notify()
-                self._queue.extend(events)
+                self._queue.extend(encoded)
                 if len(self._queue) >= self._batch_size:
                     self._cond.notify()
                 return
             spill = self._take_all()
-        self._ratelog.warning("queue-full", "influx sink: in-memory queue full (%d events, writer behind); "
-                              "spilled %d points to the spool", self._max_queue, len(spill) + len(events))
-        self._to_spool(self._encode(spill + events))
+        self._ratelog.warning("queue-full", "influx sink: in-memory queue full (%d points, writer behind); "
+                              "spilled %d points to the spool", self._max_queue, len(spill) + len(encoded))
+        self._to_spool([line for line, _ in spill + encoded])
 
     def close(self, timeout: float = 10.0) -> bool:
         """Write or spool what is queued, then stop. Returns False if the writer was still busy
@@ -156,7 +159,7 @@ class InfluxSink:
         if self._thread.is_alive():
             with self._cond:
                 leftover = self._take_all()
-            self._to_spool(self._encode(leftover))
+            self._to_spool([line for line, _ in leftover])
             log.warning("influx sink: writer still busy after %.1f s (a write to %s is hanging); spooled %d queued "
                         "points, the batch in flight is spooled if its write fails", timeout, self._url, len(leftover))
             return False
@@ -207,14 +210,14 @@ class InfluxSink:
             waits.append(self._retry_at - now)
         return min(waits) if waits else None
 
-    def _take_all(self) -> list[ScoreEvent]:
+    def _take_all(self) -> list[tuple[str, float]]:
         taken = list(self._queue)
         self._queue.clear()
         self._first_queued_at = None
         return taken
 
-    def _take_due(self, force: bool) -> list[ScoreEvent]:
-        """Up to `batch_size` queued events if a batch is full or the oldest waited long enough."""
+    def _take_due(self, force: bool) -> list[tuple[str, float]]:
+        """Up to `batch_size` queued lines if a batch is full or the oldest waited long enough."""
         if not self._queue:
             return []
         due = force or len(self._queue) >= self._batch_size
@@ -228,11 +231,8 @@ class InfluxSink:
     def _retry_due(self) -> bool:
         return not self._spool.empty and time.monotonic() >= self._retry_at
 
-    def _encode(self, events: list[ScoreEvent]) -> list[str]:
-        """Lines of the events that can be encoded; the others are counted as dropped."""
-        return [line for line, _ in self._encode_received(events)]
-
-    def _encode_received(self, events: list[ScoreEvent]) -> list[tuple[str, float]]:
+    def _encode_received(self, events: Iterable[ScoreEvent]) -> list[tuple[str, float]]:
+        """(line, arrival time) of the events that can be encoded; the others are counted as dropped."""
         encoded = []
         for event in events:
             try:
@@ -242,13 +242,10 @@ class InfluxSink:
                 self._ratelog.error("encode", "influx sink: dropped a score event of device %r: %s", event.device, err)
         return encoded
 
-    def _deliver(self, events: list[ScoreEvent]) -> None:
+    def _deliver(self, encoded: list[tuple[str, float]]) -> None:
         """A live batch: to the database if nothing older waits and the back-off allows, else
         to the spool; its first failed attempt also sends it to the spool."""
-        encoded = self._encode_received(events)
         lines = [line for line, _ in encoded]
-        if not lines:
-            return
         if not self._spool.empty or time.monotonic() < self._retry_at:
             self._to_spool(lines)
             return
