@@ -244,6 +244,10 @@ def test_submit_never_waits_for_a_hanging_database(metrics, tmp_path):
         assert count(metrics, "spooled") > 0  # the full queue spilled to disk
         assert not sink.close(timeout=0.2)  # the writer is still inside the hanging write...
     assert sink.status()["queued_points"] == 0  # ...but nothing queued is left in memory
+    # Once the connection drops, the hanging write fails and the writer ends (within this test,
+    # so its last log line is not written into a closed capture stream after it).
+    wait_until(lambda: not any(t.name == "influx-sink" and t.is_alive() for t in threading.enumerate()), 10,
+               "writer thread ended")
 
 
 def test_spool_bytes_gauge_reads_the_spool_at_scrape_time(metrics, tmp_path):
