@@ -94,6 +94,7 @@ def test_every_problem_is_reported_with_its_field_path():
     ({"mqtt": {"tls": {"cert_file": "/etc/hostname"}}}, "mqtt.tls.key_file: cert_file and key_file go together"),
     ({"influxdb": {"enabled": True}}, "influxdb.url: required when influxdb.enabled is true"),
     ({"influxdb": {"url": "localhost:8086"}}, "influxdb.url: must start with http:// or https://"),
+    ({"model": {"devices": {"": "models/fan"}}}, "model.devices: a device glob must not be empty"),
     ({"mqtt": "broker"}, "mqtt: must be a mapping, got 'broker'"),
     (["not", "a", "mapping"], "config: must be a mapping"),
 ])

@@ -332,6 +332,10 @@ def _cross_checks(v: dict[str, Any], problems: list[str]) -> None:
         missing = "key_file" if tls["key_file"] is None else "cert_file"
         problems.append(f"mqtt.tls.{missing}: cert_file and key_file go together")
 
+    devices = v["model"]["devices"]
+    if devices is not _INVALID and "" in devices:
+        problems.append("model.devices: a device glob must not be empty")
+
     if influx["token"] is not None and influx["token_file"] is not None:
         problems.append("influxdb.token_file: both token and token_file are set; keep one")
     if influx["enabled"] is True:
