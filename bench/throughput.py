@@ -12,8 +12,8 @@ belong to the process being measured:
       │                      far faster than any Python subscriber, so it is never the ceiling
       ├─ bare subscriber     paho-mqtt, json.loads per message and nothing else: the client's ceiling
       ├─ daemon              the real `Service` (MqttIngest, MessagePipeline, Worker, FileSink) from a
-      │                      generated config; the only bench addition is a FileSink subclass whose
-      │                      writer thread notes when each event's line was written and flushed
+      │                      generated config; the only bench addition is the FileSink's on_written
+      │                      hook, noting when each event's line was written and flushed
       └─ scoring / train     the model's ceiling on pre-built tensors, the worker, a per-window loop
 
 Sections of the report (window 60, 8 features, the default LSTM and Conv architectures, tiny
@@ -33,7 +33,7 @@ bundles trained for one epoch on generated data: weights quality is irrelevant t
 3. Latency: publish-to-sink p50/p95/p99 at 1 000 devices x 1 Hz and 100 devices x 20 Hz, LSTM,
    stride 1. The publisher writes its wall-clock send time as the reading's `ts`; the daemon
    stamps a window's score with the `ts` of its last reading; the sink takes time.time()
-   after its writer thread wrote and flushed the line (FileSink.write). So the figure
+   after its writer thread wrote and flushed the line (FileSink's on_written). So the figure
    includes the publisher's socket, mosquitto, paho, parsing, buffering, the worker's batching
    wait (max_wait_ms 50), inference, encoding and the file write. Same host, same clock.
 4. Memory: daemon RSS (VmRSS) idle and with 10 000 devices holding full windows (all of them
