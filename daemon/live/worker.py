@@ -231,18 +231,13 @@ class Worker:
 
         names = scorer.features
         model = scorer.bundle.name
-        update = slot.alerts.update
-        events = []
-        append = events.append
-        anomalous = raised_count = 0
-        for job, score, errors in zip(jobs, result.scores.tolist(), result.feature_errors.tolist()):
-            anomaly = score > threshold
-            alert, raised = update(job.device, anomaly)
-            anomalous += anomaly
-            raised_count += raised
-            append(ScoreEvent(job.device, model, job.ts_end, score, threshold, anomaly, alert,
-                              dict(zip(names, errors)), job.received))
+        flags = (result.scores > threshold).tolist()
+        alerts = slot.alerts.update_batch([job.device for job in jobs], flags)
+        events = [ScoreEvent(job.device, model, job.ts_end, score, threshold, anomaly, alert,
+                             dict(zip(names, errors)), job.received)
+                  for job, score, errors, anomaly, (alert, _) in
+                  zip(jobs, result.scores.tolist(), result.feature_errors.tolist(), flags, alerts)]
         self._metrics.windows_scored.inc(len(jobs))
-        self._metrics.anomalous_windows.inc(anomalous)
-        self._metrics.alerts_raised.inc(raised_count)
+        self._metrics.anomalous_windows.inc(sum(flags))
+        self._metrics.alerts_raised.inc(sum(raised for _, raised in alerts))
         return events
