@@ -43,7 +43,8 @@ from daemon.training import TrainConfig  # noqa: E402
 
 TRAIN_ROWS = 400  # SKAB's train_test_split(train_size=400, shuffle=False)
 GROUPS = ("valve1", "valve2", "other")
-ARCH_LABELS = {"lstm": "LSTM AE", "conv": "Conv AE", "mlp": "MLP AE", "sparse": "Sparse AE"}
+ARCH_LABELS = {"lstm": "LSTM AE", "conv": "Conv AE", "mlp": "MLP AE", "sparse": "Sparse AE",
+               "ensemble": "Ensemble AE"}
 
 # SKAB README "Proposed Leaderboard" (outlier detection), F1 / FAR % / MAR %.
 SKAB_ROWS = [

@@ -160,12 +160,10 @@ def _epoch_loss(model: AutoEncoder, data: torch.Tensor, batch_size: int,
     indices = order if order is not None else torch.arange(len(data))
     for start in range(0, len(data), batch_size):
         batch = data[indices[start:start + batch_size]]
-        z = model.encode(batch)
-        recon = model.decode(z)
-        loss = torch.mean((recon - batch) ** 2)
+        loss, extra = model.losses(batch)
         if optimiser is not None:
             optimiser.zero_grad()
-            (loss + model.penalty(z)).backward()
+            (loss + extra).backward()
             optimiser.step()
         total += loss.item() * len(batch)
         count += len(batch)

@@ -42,8 +42,8 @@ def test_state_dict_round_trip_reproduces_output(arch, tmp_path):
 def test_gradient_reaches_every_parameter(arch):
     model = build_model(arch, WINDOW, FEATURES).train()
     x = torch.randn(4, WINDOW, FEATURES)
-    z = model.encode(x)
-    (torch.mean((model.decode(z) - x) ** 2) + model.penalty(z)).backward()
+    loss, extra = model.losses(x)
+    (loss + extra).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
@@ -63,7 +63,31 @@ def test_only_sparse_has_a_penalty():
     x = torch.randn(2, WINDOW, FEATURES)
     for arch in ARCHITECTURES:
         model = build_model(arch, WINDOW, FEATURES)
-        assert (model.penalty(model.encode(x)).item() > 0) == (arch == "sparse")
+        assert (model.losses(x)[1].item() > 0) == (arch == "sparse")
+
+
+def test_ensemble_reconstructs_with_the_mean_of_its_members():
+    torch.manual_seed(0)
+    model = build_model("ensemble", WINDOW, FEATURES, {"members": "lstm,conv,mlp"}).eval()
+    x = torch.randn(3, WINDOW, FEATURES)
+    members = [member(x) for member in model.members]
+    assert [type(m).__name__ for m in model.members] == ["LSTMAutoEncoder", "ConvAutoEncoder", "MLPAutoEncoder"]
+    torch.testing.assert_close(model(x), sum(members) / 3)
+
+
+def test_ensemble_trains_each_member_on_its_own_reconstruction():
+    model = build_model("ensemble", WINDOW, FEATURES, {"members": ["mlp", "sparse"]})
+    x = torch.randn(4, WINDOW, FEATURES)
+    loss, extra = model.losses(x)
+    alone = [member.losses(x) for member in model.members]
+    torch.testing.assert_close(loss, (alone[0][0] + alone[1][0]) / 2)
+    torch.testing.assert_close(extra, alone[1][1])
+
+
+@pytest.mark.parametrize("members", ["lstm", "lstm,bogus", "ensemble,lstm"])
+def test_ensemble_members_are_checked(members):
+    with pytest.raises(ValueError, match="members must name at least two"):
+        build_model("ensemble", WINDOW, FEATURES, {"members": members})
 
 
 def test_kl_sparsity_is_available():

@@ -24,7 +24,7 @@ from daemon.training import TrainConfig, save, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = 16
-ARCHS = ("lstm", "conv", "mlp", "sparse")
+ARCHS = ("lstm", "conv", "mlp", "sparse", "ensemble")
 
 
 def _frame() -> Frame:

@@ -31,7 +31,7 @@ threshold methods (--threshold), computed on the scores of the normal training w
   f1           best point-wise F1 on --validation-data, which must have a label column
 
 architecture parameters (--param KEY=VALUE, repeatable):
-""" + "\n".join(f"  {arch:7s} " + ", ".join(f"{k}={v}" for k, v in default_params(arch).items())
+""" + "\n".join(f"  {arch:8s} " + ", ".join(f"{k}={v}" for k, v in default_params(arch).items())
                 for arch in ARCHITECTURES) + """
 
 examples:
