@@ -529,7 +529,18 @@ def role_scoring(spec: dict) -> None:
             return n
         return timed(loop)
 
+    backend = scorer.backend
+    in_model = [0.0]  # seconds the worker spent inside the model call
+
+    def timed_backend(x):
+        started = time.perf_counter()
+        try:
+            return backend(x)
+        finally:
+            in_model[0] += time.perf_counter() - started
+
     def worker(sink_path: str | None, count: int):
+        """(windows/s by the wall clock, per CPU-second, share of the wall time in the model)."""
         metrics = Metrics()
         queue = WindowQueue(count, metrics)
         for i in range(count):
@@ -541,39 +552,70 @@ def role_scoring(spec: dict) -> None:
             work.start()
             timing.reached.wait(60)
             return timing.count
-        result = timed(loop)
+        in_model[0] = 0.0
+        scorer.backend = timed_backend
+        wall = time.perf_counter()
+        try:
+            result = timed(loop)
+        finally:
+            wall = time.perf_counter() - wall
+            scorer.backend = backend
         work.stop(drain=False, timeout=5)
         sink.close()
-        return result
+        return (*result, in_model[0] / wall)
 
     kinds = ("raw", "raw_batch1", "raw_gil_contended", "worker", "worker_nosink", "naive")
     runs: dict[str, list] = {k: [] for k in kinds}
     cpu: dict[str, list] = {k: [] for k in kinds}
+    ratios: dict[str, list] = {k: [] for k in ("worker", "worker_nosink", "worker_cpu", "worker_nosink_cpu",
+                                                "naive", "naive_cpu", "batching", "contended")}
+    model_share: dict[str, list] = {"worker": [], "worker_nosink": []}
+
+    def pair(a: tuple, b: tuple) -> tuple:
+        return tuple((x + y) / 2 for x, y in zip(a, b))
+
     for rep in range(spec["reps"]):
-        # Back to back, so that each repetition's ratios compare like with like on a loaded box.
-        r = raw(batch)
-        count = max(1000, int(r[0] * duration))
-        measured = {"raw": r, "raw_batch1": raw(single), "raw_gil_contended": contended(),
-                    "worker": worker(os.path.join(spec["tmp"], f"scores-{rep}.lp"), count),
-                    "worker_nosink": worker(None, count), "naive": naive()}
+        # Each worker run sits between two raw runs and is compared with their mean: the speed
+        # of this shared box drifts by tens of percent within seconds, and a ratio against a
+        # raw run taken several seconds earlier measured the drift as much as the worker.
+        before = raw(batch)
+        count = max(1000, int(before[0] * duration))
+        *with_file, file_share = worker(os.path.join(spec["tmp"], f"scores-{rep}.lp"), count)
+        middle = raw(batch)
+        *counting, counting_share = worker(None, count)
+        after = raw(batch)
+        single_r, contended_r, naive_r = raw(single), contended(), naive()
+        last = raw(batch)
+        measured = {"raw": pair(before, after), "raw_batch1": single_r, "raw_gil_contended": contended_r,
+                    "worker": tuple(with_file), "worker_nosink": tuple(counting), "naive": naive_r}
         for k, (wall, per_cpu) in measured.items():
             runs[k].append(wall)
             cpu[k].append(per_cpu)
+        around_file, around_counting, around_rest = pair(before, middle), pair(middle, after), pair(after, last)
+        for name, value, base in (("worker", with_file, around_file), ("worker_nosink", counting, around_counting)):
+            ratios[name].append(value[0] / base[0])
+            ratios[name + "_cpu"].append(value[1] / base[1])
+        ratios["naive"].append(with_file[0] / naive_r[0])
+        ratios["naive_cpu"].append(with_file[1] / naive_r[1])
+        ratios["batching"].append(around_rest[0] / single_r[0])
+        ratios["contended"].append(contended_r[0] / around_rest[0])
+        model_share["worker"].append(file_share)
+        model_share["worker_nosink"].append(counting_share)
 
-    def ratio(a: str, b: str, source: dict) -> float:
-        return statistics.median(x / y for x, y in zip(source[a], source[b]))
-
-    reply({"median": {k: statistics.median(v) for k, v in runs.items()},
-           "median_per_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
-           "runs": runs, "runs_per_cpu_s": cpu,
-           "worker_ratio": ratio("worker", "raw", runs),
-           "worker_nosink_ratio": ratio("worker_nosink", "raw", runs),
-           "naive_speedup": ratio("worker", "naive", runs),
-           "model_batching_gain": ratio("raw", "raw_batch1", runs),
-           "gil_contended_ratio": ratio("raw_gil_contended", "raw", runs),
-           "worker_ratio_cpu": ratio("worker", "raw", cpu),
-           "worker_nosink_ratio_cpu": ratio("worker_nosink", "raw", cpu),
-           "naive_speedup_cpu": ratio("worker", "naive", cpu),
+    median = statistics.median
+    reply({"median": {k: median(v) for k, v in runs.items()},
+           "median_per_cpu_s": {k: median(v) for k, v in cpu.items()},
+           "runs": runs, "runs_per_cpu_s": cpu, "ratios": ratios,
+           "worker_ratio": median(ratios["worker"]),
+           "worker_nosink_ratio": median(ratios["worker_nosink"]),
+           "naive_speedup": median(ratios["naive"]),
+           "model_batching_gain": median(ratios["batching"]),
+           "gil_contended_ratio": median(ratios["contended"]),
+           "worker_ratio_cpu": median(ratios["worker_cpu"]),
+           "worker_nosink_ratio_cpu": median(ratios["worker_nosink_cpu"]),
+           "naive_speedup_cpu": median(ratios["naive_cpu"]),
+           "worker_model_share": median(model_share["worker"]),
+           "worker_nosink_model_share": median(model_share["worker_nosink"]),
            "torch_imported": "torch" in sys.modules})
 
 
@@ -808,8 +850,8 @@ class Bench:
         self.bundles = {arch: info["path"] for arch, info in out.items()}
 
     def scoring(self) -> None:
-        seconds = 0.5 if self.quick else 1.0
-        reps = 3 if self.quick else 5
+        seconds = 0.4 if self.quick else 0.6
+        reps = 3 if self.quick else 7
         res = {}
         for runtime in self.runtimes:
             for arch in ("lstm", "conv"):
@@ -1102,6 +1144,7 @@ def summary(results: dict, quick: bool) -> dict:
             out[f"worker_ratio_{key}"] = val["worker_ratio"]
             out[f"naive_speedup_{key}"] = val["naive_speedup"]
             out[f"worker_ratio_cpu_{key}"] = val["worker_ratio_cpu"]
+            out[f"worker_model_share_{key}"] = val["worker_model_share"]
             out[f"model_batching_gain_{key}"] = val["model_batching_gain"]
             out[f"gil_contended_ratio_{key}"] = val["gil_contended_ratio"]
             out[f"raw_windows_per_s_{key}"] = val["median"]["raw"]
@@ -1158,8 +1201,10 @@ def table(results: dict, flat: dict) -> str:
             add(f"worker {key} (windows/s)", f"{m['worker']:,.0f}", f"{m['raw']:,.0f} raw batch {MAX_BATCH}",
                 f"{val['worker_ratio']:.2f}", ">= 0.90")
             add("  same, per CPU-second", "", "", f"{val['worker_ratio_cpu']:.2f}", "")
+            add("  share of the worker's time in the model", "", "", f"{val['worker_model_share']:.2f}", "")
             add("  worker, sink that only counts", f"{m['worker_nosink']:,.0f}", f"{m['raw']:,.0f}",
                 f"{val['worker_nosink_ratio']:.2f}", "")
+            add("  share of its time in the model", "", "", f"{val['worker_nosink_model_share']:.2f}", "")
             add("  worker vs one window per call", f"{m['worker']:,.0f}", f"{m['naive']:,.0f} naive",
                 f"{val['naive_speedup']:.1f}x", ">= 20x")
             add("  model alone: batch 64 vs batch 1", f"{m['raw']:,.0f}", f"{m['raw_batch1']:,.0f} raw batch 1",

@@ -3,11 +3,12 @@ local file, in the same format the InfluxDB sink sends, so the file can later be
 real database (`influx write -p ms`, or curl to `/api/v2/write?precision=ms`).
 
 Same interface as `InfluxSink` (`submit`, `close`, `healthy`, `status`), and the same rule: the
-sink never blocks the worker. `submit` encodes the events and queues the lines; a writer thread
-appends and flushes them, so a slow disk (an SD card can stall a flush for a second) does not
-stall scoring. The encoding stays on the caller's thread on purpose: a second thread running
-Python beside the model slows the model several times over (each return from a torch op waits
-for the GIL; bench/throughput.py measures it), while file I/O releases the GIL. `close` writes
+sink never blocks the worker. `submit` encodes the events into one UTF-8 block and queues it;
+a writer thread appends and flushes the blocks, so a slow disk (an SD card can stall a flush
+for a second) does not stall scoring. All the Python work stays on the caller's thread on
+purpose: a second thread running Python beside the model slows the model (each return from a
+torch op waits for the GIL; bench/throughput.py measures it), while a file write releases the
+GIL; one write per wake-up keeps the writer's own time under the GIL short. `close` writes
 everything queued before it returns. The queue is bounded: past `max_queue` lines (the disk
 stopped) the oldest batches are dropped, counted in `anomalyd_sink_points_total{result="dropped"}`
 and logged; the newest batch is always kept.
@@ -19,6 +20,7 @@ import logging
 import os
 import threading
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -30,6 +32,15 @@ from daemon.live.ratelimit import RateLimitedLog
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class _Block:
+    """One submitted batch, encoded: what the writer appends and what `on_written` gets back."""
+
+    events: list[ScoreEvent]
+    data: bytes  # the batch's lines, UTF-8, newline-terminated
+    lines: int
+
+
 class FileSink:
     def __init__(self, path: str | os.PathLike[str], metrics: Metrics | None = None, max_queue: int = 100_000,
                  on_written: Callable[[list[ScoreEvent]], None] | None = None) -> None:
@@ -37,9 +48,9 @@ class FileSink:
         file (the benchmark times publish-to-sink latency with it)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "ab")
         self._max_queue = max_queue
-        self._batches: deque[tuple[list[ScoreEvent], list[str]]] = deque()
+        self._batches: deque[_Block] = deque()
         self._queued = 0  # lines in _batches
         self._cond = threading.Condition()
         self._closing = False
@@ -64,25 +75,26 @@ class FileSink:
                 "queued": self._queued}
 
     def submit(self, events: Iterable[ScoreEvent]) -> None:
-        """Encode the events and queue their lines for the writer thread; never waits for the disk."""
+        """Encode the events and queue them for the writer thread; never waits for the disk."""
         events = list(events)
         lines = []
         for event in events:
             try:
-                lines.append(encode(event) + "\n")
+                lines.append(encode(event))
             except (ValueError, TypeError) as err:  # e.g. a newline in a device id, a None score
                 self._ratelog.error("encode", "file sink: dropped a score event of device %r: %s", event.device, err)
         self._count(self._dropped, len(events) - len(lines))
+        block = _Block(events, ("\n".join(lines) + "\n").encode() if lines else b"", len(lines))
         dropped = 0
         with self._cond:
             if self._closing:
                 raise RuntimeError(f"file sink {self.path} is closed: submit after close()")
-            self._batches.append((events, lines))
-            self._queued += len(lines)
+            self._batches.append(block)
+            self._queued += block.lines
             while self._queued > self._max_queue and len(self._batches) > 1:
-                _, oldest = self._batches.popleft()
-                self._queued -= len(oldest)
-                dropped += len(oldest)
+                oldest = self._batches.popleft()
+                self._queued -= oldest.lines
+                dropped += oldest.lines
             self._cond.notify()
         if dropped:
             self._count(self._dropped, dropped)
@@ -113,14 +125,13 @@ class FileSink:
             try:
                 self._append(batches)
             except Exception as exc:  # a bug here must not end the writer: later points still land
-                self._count(self._dropped, sum(len(lines) for _, lines in batches))
+                self._count(self._dropped, sum(block.lines for block in batches))
                 self._ratelog.error("bug:" + type(exc).__name__, "file sink: lost points: %r", exc, exc_info=True)
 
-    def _append(self, batches: deque[tuple[list[ScoreEvent], list[str]]]) -> None:
-        n = sum(len(lines) for _, lines in batches)
+    def _append(self, batches: deque[_Block]) -> None:
+        n = sum(block.lines for block in batches)
         try:
-            for _, lines in batches:
-                self._file.writelines(lines)
+            self._file.write(b"".join(block.data for block in batches))
             self._file.flush()
         except OSError as err:
             self._healthy = False
@@ -131,8 +142,8 @@ class FileSink:
         self._healthy = True
         self._count(self._written, n)
         if self._on_written is not None:
-            for events, _ in batches:
-                self._on_written(events)
+            for block in batches:
+                self._on_written(block.events)
 
     @staticmethod
     def _count(counter, n: int) -> None:
