@@ -254,15 +254,37 @@ def test_sink_exception_counts_dropped_points_and_the_worker_continues():
     assert metrics.registry.get_sample_value("anomalyd_sink_points_total", {"result": "dropped"}) == 1
 
 
-def test_stop_with_drain_scores_everything_queued():
-    sink = FakeSink()
-    worker, queue, _ = make_worker(sink=sink, max_batch=2)
-    for i in range(5):
+def run_to_drain(jobs: int, max_batch: int, sink: FakeSink | None = None) -> tuple[Worker, FakeSink]:
+    """Queue `jobs` windows, start the worker, stop it with drain."""
+    sink = sink or FakeSink()
+    worker, queue, _ = make_worker(sink=sink, max_batch=max_batch)
+    for i in range(jobs):
         queue.put(job(str(i)))
     worker.start()
     worker.stop(drain=True, timeout=5)
+    return worker, sink
+
+
+def test_stop_with_drain_scores_everything_queued():
+    worker, sink = run_to_drain(5, max_batch=2)
     assert not worker.is_alive()
     assert [e.device for e in sink.events] == ["0", "1", "2", "3", "4"]
+
+
+def test_freed_memory_is_returned_to_the_os_once_the_queue_empties_after_many_windows(monkeypatch):
+    import daemon.live.worker as worker_module
+
+    sink, trims = FakeSink(), []
+    monkeypatch.setattr(worker_module, "TRIM_EVERY_WINDOWS", 4)
+    monkeypatch.setattr(worker_module, "release_free_memory", lambda: trims.append(len(sink.events)))
+    run_to_drain(6, max_batch=2, sink=sink)
+    assert trims == [6]  # after the third batch of 2, which emptied the queue; not after 4 windows
+
+
+def test_release_free_memory_works_on_this_c_library():
+    from daemon.live.memory import release_free_memory
+
+    assert release_free_memory() is True
 
 
 def test_stop_without_drain_drops_and_counts_what_is_queued():
