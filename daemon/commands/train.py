@@ -39,6 +39,8 @@ examples:
   anomalyd train --data run1.csv --data run2.csv --out models/pump-conv --arch conv \\
       --window 60 --threshold pot:1e-3 --epochs 30 --seed 1
   anomalyd train --data normal.csv --validation-data labelled.csv --threshold f1 --out models/pump-f1
+  anomalyd train --data normal.csv --out models/pump-ens --arch ensemble \\
+      --score-exclude Temperature,Thermocouple --threshold-scale 1.7    # SKAB's best setting
 
 Window scores are the largest per-feature reconstruction error (--score-reduction max): a fault
 that shows on one sensor is not averaged away by the healthy ones. Fewer false alarms: let slow
