@@ -61,6 +61,7 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -345,8 +346,6 @@ def timed_file_sink(path: str, target: int = 0) -> tuple:
     `ts`, now - event.ts is the publish-to-sink latency of that window. Latencies are kept
     only while `recording`. `reached` is set once `target` events are written (no polling
     thread to take the GIL from the worker being measured)."""
-    from array import array
-
     from daemon.live.file_sink import FileSink
 
     class Timing:
@@ -379,8 +378,13 @@ def role_daemon(spec: dict) -> None:
 
     config = load_config(spec["config"])
     configure_logging(config.logging.level, config.logging.format)
-    sink, timing = timed_file_sink(config.local_store.path)
-    service = Service(config, spec["config"], sink=sink)
+    influx = config.influxdb.enabled
+    if influx:  # the service's own InfluxSink; written points are read from its metrics
+        timing = _MetricTiming()
+        service = Service(config, spec["config"])
+    else:
+        sink, timing = timed_file_sink(config.local_store.path)
+        service = Service(config, spec["config"], sink=sink)
     service.start()
     deadline = time.monotonic() + 20
     while not service.ingest.subscribed:
@@ -390,7 +394,8 @@ def role_daemon(spec: dict) -> None:
             return
         time.sleep(0.02)
     registry = service.metrics.registry
-    wanted = {"anomalyd_messages_total", "anomalyd_windows_scored_total", "anomalyd_windows_dropped_total"}
+    wanted = {"anomalyd_messages_total", "anomalyd_windows_scored_total", "anomalyd_windows_dropped_total",
+              "anomalyd_sink_points_total"}
 
     def stats() -> dict:
         # One pass over the registry (what a scrape costs), not one per value.
@@ -410,6 +415,8 @@ def role_daemon(spec: dict) -> None:
                     scored = sample.value
                 elif sample.name == "anomalyd_windows_dropped_total":
                     dropped += sample.value
+                elif influx and sample.name == "anomalyd_sink_points_total" and sample.labels["result"] == "written":
+                    timing.saw(sample.value)
         return {
             "ok": ok, "rejected": rejected, "scored": scored, "dropped": dropped,
             "sink_events": timing.count, "last_write": timing.last_write,
@@ -424,7 +431,7 @@ def role_daemon(spec: dict) -> None:
         command = json.loads(line)
         cmd = command["cmd"]
         if cmd == "record":
-            timing.latencies = type(timing.latencies)("d")
+            timing.latencies = array("d")
             timing.recording = bool(command["on"])
             reply({"recording": timing.recording})
         elif cmd == "latency":
@@ -448,6 +455,22 @@ def role_daemon(spec: dict) -> None:
 # =============================================================================================
 # scoring: the model's ceiling vs the worker vs one window per call (one process per bundle)
 # =============================================================================================
+
+class _MetricTiming:
+    """For the InfluxSink: events written, from `anomalyd_sink_points_total{result="written"}`,
+    and when that count last grew (as seen by the stats polls, every ~20 ms). No per-event
+    latencies: the sink's own histogram (`anomalyd_publish_to_sink_seconds`) has them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_write = 0.0
+        self.recording = False
+        self.latencies = array("d")
+
+    def saw(self, written: float) -> None:
+        if written > self.count:
+            self.count, self.last_write = int(written), time.time()
+
 
 class _CountingSink:
     """A sink that only counts: the worker without any sink cost."""
@@ -777,6 +800,7 @@ class Bench:
         self.quick = args.quick
         self.dir = workdir
         self.broker: Mosquitto | None = None
+        self._database = None  # VictoriaMetrics, started for the first InfluxSink run
         self.bundles: dict[str, str] = {}
         self.results: dict = {}
         self._runs = 0
@@ -791,8 +815,10 @@ class Bench:
         self._runs += 1
         return f"{self._runs:02d}-{what}"
 
-    def daemon(self, arch: str, stride: int, qos: int = 0, runtime: str = "torch") -> Child:
-        name = self._name(f"daemon-{arch}-s{stride}-q{qos}-{runtime}")
+    def daemon(self, arch: str, stride: int, qos: int = 0, runtime: str = "torch", sink: str = "file") -> Child:
+        """sink "file": the FileSink, timed by its on_written hook; "influx": the InfluxSink writing
+        to a private VictoriaMetrics (the production path), counted by its metrics."""
+        name = self._name(f"daemon-{arch}-s{stride}-q{qos}-{runtime}-{sink}")
         config = {
             "mqtt": {"host": HOST, "port": self.broker.port, "qos": qos, "client_id": f"bench-{name}",
                      "persistent_session": False},
@@ -803,11 +829,24 @@ class Bench:
             "metrics": {"enabled": True, "address": HOST, "port": 0},
             "logging": {"level": "WARNING"},
         }
+        if sink == "influx":
+            config["influxdb"] = {"enabled": True, "url": self.database().url, "org": "bench", "bucket": "bench",
+                                  "token": "unused", "batch_size": 5000, "flush_interval_ms": 100,
+                                  "spool_dir": str(self.dir / f"{name}-spool")}
         path = self.dir / f"{name}.yaml"
         path.write_text(json.dumps(config, indent=1))  # JSON is YAML
         child = Child("_daemon", {"config": str(path)}, self.dir / f"{name}.log")
         child.ready = child.read(60)
         return child
+
+    def database(self):
+        """A private VictoriaMetrics (what the integration tests use for InfluxDB's write API)."""
+        if self._database is None:
+            from tests.servers import VictoriaMetrics
+
+            self._database = VictoriaMetrics(self.dir / "victoria-metrics")
+            self._database.start()
+        return self._database
 
     def bare(self, qos: int) -> Child:
         name = self._name(f"bare-q{qos}")
@@ -910,7 +949,7 @@ class Bench:
         res.update(stride=stride, messages=messages, devices=devices, windows=windows)
         self.results["ingest"] = res
 
-    def sustained(self, arch: str, stride: int, runtime: str) -> dict:
+    def sustained(self, arch: str, stride: int, runtime: str, sink: str = "file") -> dict:
         """Bisect the highest rate the daemon keeps up with: publish at R msg/s for a while; it
         passes when every message was accepted, no window was dropped, and everything was in
         the sink within `grace` seconds of the publisher's end."""
@@ -918,7 +957,7 @@ class Bench:
         seconds = 3.0 if self.quick else 8.0
         grace = 0.5
         fleet = Fleet("s", devices, stride)
-        daemon = self.daemon(arch, stride, 0, runtime)
+        daemon = self.daemon(arch, stride, 0, runtime, sink)
         probes = []
         try:
             # Warm-up: every device one reading short of a full window, so probes score at once.
@@ -1020,6 +1059,8 @@ class Bench:
             plan.append(("lstm", 1, "onnx"))
         for arch, stride, runtime in plan:
             res[f"{arch}_stride{stride}_{runtime}"] = self.sustained(arch, stride, runtime)
+        if "torch" in self.runtimes and not self.quick:
+            res["lstm_stride1_torch-influx"] = self.sustained("lstm", 1, "torch", "influx")
         self.results["sustained"] = res
 
     def latency(self) -> None:
@@ -1120,6 +1161,8 @@ class Bench:
                 phases[name]()
         finally:
             self.broker.stop()
+            if self._database is not None:
+                self._database.stop()
         self.results["seconds"] = round(time.monotonic() - self.started, 1)
         return self.results
 
@@ -1153,7 +1196,7 @@ def summary(results: dict, quick: bool) -> dict:
     if su:
         for key, val in su.items():
             arch, stride, runtime = key.split("_")
-            suffix = "" if runtime == "torch" else "_onnx"
+            suffix = "" if runtime == "torch" else "_" + runtime.replace("-", "_")
             out[f"max_msgs_per_s_{arch}_{stride}{suffix}"] = val["max_rate"]
     lat = results.get("latency")
     if lat:
