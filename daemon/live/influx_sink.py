@@ -291,7 +291,10 @@ class InfluxSink:
     def _write(self, lines: list[str]) -> _Outcome:
         """One attempt; counts `written` or `dropped` (rejected) and manages health and back-off."""
         try:
-            self._write_api.write(self._bucket, self._org, record=lines, write_precision=self._precision)
+            # One bytes body: given a list, the client serialises line by line in Python (an import,
+            # type checks and an encode per line) on this thread, beside the model.
+            body = "\n".join(lines).encode()
+            self._write_api.write(self._bucket, self._org, record=body, write_precision=self._precision)
         except self._api_exception as err:
             if _classify(err.status) is _Outcome.REJECTED:
                 self._counts["dropped"].inc(len(lines))
