@@ -43,7 +43,7 @@ bundles trained for one epoch on generated data: weights quality is irrelevant t
 
 The machine is shared and has 2 cores: numbers are noisy, ratios (measured back to back,
 interleaved, medians of repeats) are the figures to trust. --quick runs the same sections
-smaller and on torch only unless --runtime says otherwise (about 3 minutes instead of 12).
+smaller and on torch only unless --runtime says otherwise (about 3 minutes instead of 13).
 """
 
 from __future__ import annotations
@@ -1283,7 +1283,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller runs, about 3 minutes instead of 12")
+    parser.add_argument("--quick", action="store_true", help="smaller runs, about 3 minutes instead of 13")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the figures (and the raw results) here")
     parser.add_argument("--runtime", choices=("torch", "onnx", "both"),
                         help="inference runtime(s) to measure (default: both; torch only with --quick)")
