@@ -1,3 +1,4 @@
+import logging
 import math
 import threading
 import time
@@ -7,8 +8,9 @@ import pytest
 
 from daemon.live.events import ScoreEvent
 from daemon.live.file_sink import FileSink, read_points
-from daemon.live.line_protocol import FIELD_NAMES, SCHEMA, decode, encode
+from daemon.live.line_protocol import FIELD_NAMES, SCHEMA, decode, encode, encode_each
 from daemon.live.metrics import Metrics
+from daemon.live.ratelimit import RateLimitedLog
 
 
 def event(**overrides) -> ScoreEvent:
@@ -85,6 +87,13 @@ def test_values_line_protocol_cannot_carry_are_refused_by_name(overrides, fragme
     with pytest.raises(ValueError) as err:
         encode(event(**overrides))
     assert fragment in str(err.value)
+
+
+def test_encode_each_keeps_the_good_events_in_order_and_logs_the_bad_one_by_sink(caplog):
+    good, bad, later = event(device="a"), event(device="b\nc"), event(device="d")
+    encoded = encode_each([good, bad, later], RateLimitedLog(logging.getLogger("test")), "file sink")
+    assert encoded == [(encode(good), good), (encode(later), later)]
+    assert "file sink: dropped a score event of device 'b\\nc'" in caplog.text
 
 
 def test_decode_names_what_is_wrong():

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from daemon.live.events import ScoreEvent
-from daemon.live.line_protocol import decode, encode
+from daemon.live.line_protocol import decode, encode_each
 from daemon.live.metrics import Metrics
 from daemon.live.ratelimit import RateLimitedLog
 
@@ -77,12 +77,7 @@ class FileSink:
     def submit(self, events: Iterable[ScoreEvent]) -> None:
         """Encode the events and queue them for the writer thread; never waits for the disk."""
         events = list(events)
-        lines = []
-        for event in events:
-            try:
-                lines.append(encode(event))
-            except (ValueError, TypeError) as err:  # e.g. a newline in a device id, a None score
-                self._ratelog.error("encode", "file sink: dropped a score event of device %r: %s", event.device, err)
+        lines = [line for line, _ in encode_each(events, self._ratelog, "file sink")]
         self._count(self._dropped, len(events) - len(lines))
         block = _Block(events, ("\n".join(lines) + "\n").encode() if lines else b"", len(lines))
         dropped = 0

@@ -46,7 +46,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Iterable
 
 from daemon.live.events import ScoreEvent
-from daemon.live.line_protocol import encode
+from daemon.live.line_protocol import encode_each
 from daemon.live.metrics import Metrics
 from daemon.live.ratelimit import RateLimitedLog
 from daemon.live.spool import Spool
@@ -233,13 +233,10 @@ class InfluxSink:
 
     def _encode_received(self, events: Iterable[ScoreEvent]) -> list[tuple[str, float]]:
         """(line, arrival time) of the events that can be encoded; the others are counted as dropped."""
-        encoded = []
-        for event in events:
-            try:
-                encoded.append((encode(event), event.received))
-            except (ValueError, TypeError) as err:  # e.g. a newline in a device id, a None score
-                self._counts["dropped"].inc()
-                self._ratelog.error("encode", "influx sink: dropped a score event of device %r: %s", event.device, err)
+        events = list(events)
+        encoded = [(line, event.received) for line, event in encode_each(events, self._ratelog, "influx sink")]
+        if len(encoded) < len(events):
+            self._counts["dropped"].inc(len(events) - len(encoded))
         return encoded
 
     def _deliver(self, encoded: list[tuple[str, float]]) -> None:

@@ -21,8 +21,10 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 from daemon.live.events import ScoreEvent
+from daemon.live.ratelimit import RateLimitedLog
 
 FLOAT = "%.9g"  # 9 significant digits tell every float32 apart (see the module docstring)
 
@@ -121,6 +123,18 @@ def encode(event: ScoreEvent) -> str:
         return _encode_parts(event)
     return (_series_template(event.device, event.model) + _fields_template(tuple(errors))) % (
         score, threshold, 1 if event.anomaly else 0, 1 if event.alert else 0, *values, round(float(event.ts) * 1000))
+
+
+def encode_each(events: Iterable[ScoreEvent], ratelog: RateLimitedLog, sink: str) -> list[tuple[str, ScoreEvent]]:
+    """(line, event) for every event that can be encoded, in order; each one that cannot (a
+    newline in a device id, a None score) is logged, rate-limited, as dropped by `sink`."""
+    encoded = []
+    for event in events:
+        try:
+            encoded.append((encode(event), event))
+        except (ValueError, TypeError) as err:
+            ratelog.error("encode", "%s: dropped a score event of device %r: %s", sink, event.device, err)
+    return encoded
 
 
 def _encode_parts(event: ScoreEvent) -> str:
