@@ -44,6 +44,7 @@ def test_embedded_broker_carries_messages_when_mosquitto_is_not_used(tmp_path):
             publisher.publish("t/x", str(i).encode())
         publisher.close()
         wait_until(lambda: len(received) == 50, 10, "50 messages through amqtt")
+        client.disconnect()  # before the broker stops: amqtt's shutdown can wait on a silent open client
         client.loop_stop()
 
 
