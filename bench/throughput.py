@@ -73,6 +73,7 @@ FEATURES = [f"s{i}" for i in range(8)]
 TOPIC = "sensors/{}/data"
 MOSQUITTO = os.environ.get("ANOMALYD_MOSQUITTO", "/usr/sbin/mosquitto")
 MAX_BATCH = 64
+PYTHON_SWITCH_INTERVAL = 0.005  # sys.getswitchinterval() of a fresh interpreter
 
 
 # =============================================================================================
@@ -497,11 +498,14 @@ def role_scoring(spec: dict) -> None:
     import numpy as np
 
     from daemon.live.alerting import AlertTracker
+    from daemon.live.config import BatchingConfig
     from daemon.live.events import WindowJob
     from daemon.live.metrics import Metrics
     from daemon.live.worker import ModelSlot, WindowQueue, Worker
     from daemon.scoring import Scorer
 
+    daemon_switch = BatchingConfig().switch_interval_us / 1e6  # what Service.start sets
+    sys.setswitchinterval(daemon_switch)
     scorer = Scorer.load(spec["bundle"], spec["runtime"], 1)
     duration = spec["seconds"]
     rng = np.random.default_rng(0)
@@ -526,10 +530,12 @@ def role_scoring(spec: dict) -> None:
             return n
         return timed(loop)
 
-    def contended():
+    def contended(switch_interval: float):
         """raw(batch) while another thread runs pure Python, as the MQTT thread does at full
-        ingest load: every return of the model to Python must win the GIL back."""
+        ingest load: every return of the model to Python must win the GIL back, waiting up to
+        the switch interval each time."""
         stop = threading.Event()
+        sys.setswitchinterval(switch_interval)
 
         def spin() -> None:
             while not stop.is_set():
@@ -542,6 +548,7 @@ def role_scoring(spec: dict) -> None:
         finally:
             stop.set()
             spinner.join()
+            sys.setswitchinterval(daemon_switch)
 
     def naive():
         def loop() -> int:
@@ -587,11 +594,13 @@ def role_scoring(spec: dict) -> None:
         sink.close()
         return (*result, in_model[0] / wall)
 
-    kinds = ("raw", "raw_batch1", "raw_gil_contended", "worker", "worker_nosink", "naive")
+    kinds = ("raw", "raw_batch1", "raw_gil_contended", "raw_gil_contended_python_default", "worker", "worker_nosink",
+             "naive")
     runs: dict[str, list] = {k: [] for k in kinds}
     cpu: dict[str, list] = {k: [] for k in kinds}
     ratios: dict[str, list] = {k: [] for k in ("worker", "worker_nosink", "worker_cpu", "worker_nosink_cpu",
-                                                "naive", "naive_cpu", "batching", "contended")}
+                                                "naive", "naive_cpu", "batching", "contended",
+                                                "contended_python_default")}
     model_share: dict[str, list] = {"worker": [], "worker_nosink": []}
 
     def pair(a: tuple, b: tuple) -> tuple:
@@ -607,9 +616,11 @@ def role_scoring(spec: dict) -> None:
         middle = raw(batch)
         *counting, counting_share = worker(None, count)
         after = raw(batch)
-        single_r, contended_r, naive_r = raw(single), contended(), naive()
+        single_r, contended_r, naive_r = raw(single), contended(daemon_switch), naive()
+        contended_default_r = contended(PYTHON_SWITCH_INTERVAL)
         last = raw(batch)
         measured = {"raw": pair(before, after), "raw_batch1": single_r, "raw_gil_contended": contended_r,
+                    "raw_gil_contended_python_default": contended_default_r,
                     "worker": tuple(with_file), "worker_nosink": tuple(counting), "naive": naive_r}
         for k, (wall, per_cpu) in measured.items():
             runs[k].append(wall)
@@ -622,6 +633,7 @@ def role_scoring(spec: dict) -> None:
         ratios["naive_cpu"].append(with_file[1] / naive_r[1])
         ratios["batching"].append(around_rest[0] / single_r[0])
         ratios["contended"].append(contended_r[0] / around_rest[0])
+        ratios["contended_python_default"].append(contended_default_r[0] / around_rest[0])
         model_share["worker"].append(file_share)
         model_share["worker_nosink"].append(counting_share)
 
@@ -634,6 +646,7 @@ def role_scoring(spec: dict) -> None:
            "naive_speedup": median(ratios["naive"]),
            "model_batching_gain": median(ratios["batching"]),
            "gil_contended_ratio": median(ratios["contended"]),
+           "gil_contended_ratio_python_default": median(ratios["contended_python_default"]),
            "worker_ratio_cpu": median(ratios["worker_cpu"]),
            "worker_nosink_ratio_cpu": median(ratios["worker_nosink_cpu"]),
            "naive_speedup_cpu": median(ratios["naive_cpu"]),
@@ -1190,6 +1203,7 @@ def summary(results: dict, quick: bool) -> dict:
             out[f"worker_model_share_{key}"] = val["worker_model_share"]
             out[f"model_batching_gain_{key}"] = val["model_batching_gain"]
             out[f"gil_contended_ratio_{key}"] = val["gil_contended_ratio"]
+            out[f"gil_contended_ratio_python_default_{key}"] = val["gil_contended_ratio_python_default"]
             out[f"raw_windows_per_s_{key}"] = val["median"]["raw"]
             out[f"worker_windows_per_s_{key}"] = val["median"]["worker"]
     su = results.get("sustained")
@@ -1254,6 +1268,8 @@ def table(results: dict, flat: dict) -> str:
                 f"{val['model_batching_gain']:.1f}x", "")
             add("  model beside a busy Python thread", f"{m['raw_gil_contended']:,.0f}", f"{m['raw']:,.0f} alone",
                 f"{val['gil_contended_ratio']:.2f}", "")
+            add("  same, Python's 5 ms switch interval", f"{m['raw_gil_contended_python_default']:,.0f}",
+                f"{m['raw']:,.0f} alone", f"{val['gil_contended_ratio_python_default']:.2f}", "")
     lat = results.get("latency")
     if lat:
         for key, goal in (("1000x1hz", "p99 <= 100 ms"), ("100x20hz", "")):

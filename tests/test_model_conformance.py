@@ -39,6 +39,33 @@ def test_state_dict_round_trip_reproduces_output(arch, tmp_path):
     torch.testing.assert_close(model(x), clone(x), rtol=0, atol=0)
 
 
+def test_the_inference_trace_scores_every_batch_size_exactly_like_the_model(arch):
+    """The torch runtime serves the trace, so the trace must not depend on the batch size it
+    was traced with (2) nor round differently from the eager model, on its first calls (which
+    TorchScript profiles) or later ones."""
+    from daemon.runtime import torch_backend
+
+    model = build_model(arch, 61, 3).eval()
+    backend = torch_backend(model, threads=1)
+    for batch in (1, 2, 7, 64) * 3:
+        x = torch.randn(batch, 61, 3)
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        assert (backend(x.numpy()) == expected).all(), f"batch {batch}"
+
+
+def test_without_a_tracer_the_model_runs_eagerly_and_says_so(monkeypatch, caplog):
+    from daemon import runtime
+
+    def no_tracer(*args, **kwargs):
+        raise AttributeError("module 'torch.jit' has no attribute 'trace'")
+
+    monkeypatch.setattr(torch.jit, "trace", no_tracer)
+    model = build_model("lstm", WINDOW, FEATURES).eval()
+    assert runtime.trace_for_inference(model) is model
+    assert "running it eagerly" in caplog.text
+
+
 def test_gradient_reaches_every_parameter(arch):
     model = build_model(arch, WINDOW, FEATURES).train()
     x = torch.randn(4, WINDOW, FEATURES)

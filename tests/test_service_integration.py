@@ -7,6 +7,7 @@ metrics and the health endpoint. Waits poll with deadlines; nothing asserts a wa
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -141,6 +142,17 @@ def test_metrics_move_and_health_follows_the_broker(bundle, mosquitto, tmp_path,
         wait_until(lambda: http_get(base + "/healthz")[0] == 200, 40, "healthy after broker start")
     finally:
         service.shutdown()
+
+
+def test_the_service_sets_the_configured_thread_switch_interval(bundle, mosquitto_session, tmp_path):
+    before = sys.getswitchinterval()
+    service = make_service(bundle, mosquitto_session, tmp_path, batching={"switch_interval_us": 300},
+                           local_store={"path": str(tmp_path / "scores.lp")})
+    try:
+        assert sys.getswitchinterval() == pytest.approx(300e-6)
+    finally:
+        service.shutdown()
+        sys.setswitchinterval(before)
 
 
 BAD_MESSAGES = [

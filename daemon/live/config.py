@@ -112,6 +112,9 @@ class BatchingConfig:
     max_wait_ms: int = _opt(50, "Longest wait for a batch to fill, from its oldest window.", lo=0)
     queue_size: int = _opt(10000, "Windows waiting for the model; beyond this the oldest are dropped.", lo=1)
     torch_threads: int = _opt(1, "Threads per forward pass; 1 is the most robust under CPU contention.", lo=1)
+    switch_interval_us: int = _opt(200, "Python's thread switch interval (sys.setswitchinterval). Python's own "
+                                        "5000 lets a busy ingest thread hold the model up to 5 ms at each "
+                                        "return from inference.", lo=1, hi=100_000)
 
 
 @dataclass(frozen=True)
