@@ -77,8 +77,8 @@ def trace_for_inference(model):
     Each return from C++ to Python has to win back the GIL. While another thread runs Python
     (the MQTT thread under load, a sink), every such return waits up to the interpreter's switch
     interval. Measured on 2 cores beside a busy Python thread: eager LSTM AE 0.05x its own
-    speed, traced 0.4x; with the daemon's 200 us switch interval (daemon.live.service),
-    0.54x eager and 0.9x traced (bench/throughput.py, "model beside a busy Python thread").
+    speed, traced 0.38x; with the daemon's 200 us switch interval (daemon.live.service),
+    0.54x eager and 0.80-0.96x traced (bench/throughput.py, "model beside a busy Python thread").
     The trace gives the same numbers to the last bit (tests/test_model_conformance.py).
 
     `torch.jit.trace` is deprecated in recent torch, and its successors (torch.compile,
