@@ -58,3 +58,14 @@ def test_minmax_scaler_maps_training_range_to_unit_interval():
     scaler = Scaler.fit("minmax", np.array([[2.0], [6.0]]))
     np.testing.assert_allclose(scaler.transform(np.array([[2.0], [4.0], [6.0]])).ravel(), [0, 0.5, 1])
     assert Scaler.from_dict(scaler.to_dict()).kind == "minmax"
+
+
+def test_windows_are_scaled_exactly_like_their_rows():
+    rng = np.random.default_rng(3)
+    scaler = Scaler.fit("zscore", rng.normal(5, 3, size=(500, 4)))
+    rows = rng.normal(5, 3, size=(240, 4)).astype(np.float32)
+    contiguous = rows.reshape(6, 40, 4)
+    sliding = windows(rows, 40, 7)  # a strided view, as offline scoring passes it
+    assert (scaler.transform(contiguous) == scaler.transform(rows).reshape(6, 40, 4)).all()
+    assert (scaler.transform(sliding) == np.stack([scaler.transform(w) for w in sliding])).all()
+    assert scaler.transform(contiguous).dtype == np.float32
