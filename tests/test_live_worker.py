@@ -21,9 +21,7 @@ def job(device: str = "d", value: float = 0.0, ts: float = 1.0, shape=(W, F)) ->
 
 
 class FakeScorer:
-    """Score = the window's value; feature errors = value * (1, 2). The worker calls its
-    stages as it calls the real Scorer's: model_input, then backend on the model thread, then
-    finish. `hold(n)` makes the n-th backend call wait until `release()`."""
+    """Score = the window's value; feature errors = value * (1, 2)."""
 
     def __init__(self, threshold: float = 1.0, name: str = "fake", fail: bool = False) -> None:
         self.features = ["a", "b"]
@@ -32,32 +30,12 @@ class FakeScorer:
         self.bundle = SimpleNamespace(name=name, stride=1)
         self.fail = fail
         self.batches: list[tuple[int, ...]] = []
-        self.calls = 0
-        self._held_call: int | None = None
-        self.holding = threading.Event()
-        self._released = threading.Event()
 
-    def hold(self, call: int) -> None:
-        self._held_call = call
-
-    def release(self) -> None:
-        self._released.set()
-
-    def model_input(self, raw: np.ndarray) -> np.ndarray:
+    def score_windows(self, raw: np.ndarray) -> WindowScores:
         self.batches.append(raw.shape)
-        return raw
-
-    def backend(self, model_input: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        if self.calls == self._held_call:
-            self.holding.set()
-            assert self._released.wait(5), "held too long"
         if self.fail:
             raise RuntimeError("model exploded")
-        return model_input
-
-    def finish(self, model_input: np.ndarray, reconstruction: np.ndarray) -> WindowScores:
-        value = reconstruction[:, 0, 0]
+        value = raw[:, 0, 0]
         return WindowScores(value.copy(), np.stack([value, 2 * value], axis=1))
 
 
@@ -274,21 +252,6 @@ def test_sink_exception_counts_dropped_points_and_the_worker_continues():
     assert [e.device for e in sink.wait_for(1)] == ["kept"]
     worker.stop()
     assert metrics.registry.get_sample_value("anomalyd_sink_points_total", {"result": "dropped"}) == 1
-
-
-def test_the_next_batch_is_prepared_while_the_model_computes_the_previous_one():
-    scorer, sink = FakeScorer(), FakeSink()
-    scorer.hold(1)
-    worker, queue, _ = make_worker(scorer, sink, max_batch=1)
-    queue.put(job("first"))
-    queue.put(job("second"))
-    worker.start()
-    assert scorer.holding.wait(5)
-    wait_until(lambda: len(scorer.batches) == 2)  # "second" scaled while "first" is in the model
-    assert sink.events == []
-    scorer.release()
-    assert [e.device for e in sink.wait_for(2)] == ["first", "second"]
-    worker.stop()
 
 
 def run_to_drain(jobs: int, max_batch: int, sink: FakeSink | None = None) -> tuple[Worker, FakeSink]:
