@@ -504,7 +504,7 @@ def role_scoring(spec: dict) -> None:
     from daemon.live.worker import ModelSlot, WindowQueue, Worker
     from daemon.scoring import Scorer
 
-    daemon_switch = BatchingConfig().switch_interval_us / 1e6  # what Service.start sets
+    daemon_switch = BatchingConfig().switch_interval_s  # what Service.start sets
     sys.setswitchinterval(daemon_switch)
     scorer = Scorer.load(spec["bundle"], spec["runtime"], 1)
     duration = spec["seconds"]

@@ -116,6 +116,11 @@ class BatchingConfig:
                                         "5000 lets a busy ingest thread hold the model up to 5 ms at each "
                                         "return from inference.", lo=1, hi=100_000)
 
+    @property
+    def switch_interval_s(self) -> float:
+        """`switch_interval_us` in the seconds `sys.setswitchinterval` takes."""
+        return self.switch_interval_us / 1e6
+
 
 @dataclass(frozen=True)
 class AlertingConfig:

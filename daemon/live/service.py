@@ -206,7 +206,7 @@ class Service:
         # Process-wide, so set by the service that owns the process, not by the worker. A thread
         # waiting for the GIL waits this long before the holder is asked to let go: the worker
         # coming back from the model waits behind the MQTT thread at every inference call.
-        sys.setswitchinterval(self.config.batching.switch_interval_us / 1e6)
+        sys.setswitchinterval(self.config.batching.switch_interval_s)
         if self.http is not None:
             self.http.start()
             log.info("metrics on %s/metrics, health on %s/healthz", self.http.url, self.http.url)
