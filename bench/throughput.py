@@ -655,6 +655,42 @@ def role_scoring(spec: dict) -> None:
            "torch_imported": "torch" in sys.modules})
 
 
+def role_shapes(spec: dict) -> None:
+    """RSS as batches of every size from 1 to MAX_BATCH windows go through the model: first as
+    the daemon runs it (loaded and warmed up like `load_scorers`, then `score_windows`), then
+    the same batches straight into the model, unpadded (torch only), in the same process."""
+    import numpy as np
+
+    from daemon.scoring import Scorer
+
+    scorer = Scorer.load(spec["bundle"], spec["runtime"], 1)
+    scorer.warm_up(MAX_BATCH)
+    pool = np.random.default_rng(0).normal(size=(MAX_BATCH, WINDOW, len(FEATURES))).astype(np.float32)
+    sizes = range(1, MAX_BATCH + 1)
+
+    def growth(run) -> float:
+        run(pool)  # first-use allocations of the path itself are not growth
+        before = rss_mb()
+        for _ in range(2):
+            for n in sizes:
+                run(pool[:n])
+        return rss_mb() - before
+
+    out = {"daemon_mb": growth(scorer.score_windows)}
+    if spec["runtime"] == "torch":
+        import torch
+
+        from daemon.runtime import load_torch_model, trace_for_inference
+
+        graph = trace_for_inference(load_torch_model(scorer.bundle))
+
+        def unpadded(x):
+            with torch.inference_mode():
+                graph(torch.from_numpy(np.ascontiguousarray(scorer.bundle.scaler.transform(x))))
+        out["unpadded_mb"] = growth(unpadded)
+    reply(out)
+
+
 # =============================================================================================
 # training the bench bundles (a child, so the parent never imports torch)
 # =============================================================================================
@@ -683,7 +719,7 @@ def role_train(spec: dict) -> None:
 
 
 ROLES = {"_publish": role_publish, "_bare": role_bare, "_daemon": role_daemon, "_scoring": role_scoring,
-         "_train": role_train}
+         "_shapes": role_shapes, "_train": role_train}
 
 
 # =============================================================================================
@@ -916,6 +952,20 @@ class Bench:
                 res[f"{arch}_{runtime}"] = child.wait_result(300)
                 shutil.rmtree(tmp, ignore_errors=True)
         self.results["scoring"] = res
+
+    def shapes(self) -> None:
+        """RSS growth once a live worker has met every batch size (uneven traffic does, over
+        hours): the 1M-message growth phase runs flat out, so its batches are all full."""
+        res = {}
+        for runtime in self.runtimes:
+            for arch in ("lstm", "conv"):
+                child = Child("_shapes", {"bundle": self.bundles[arch], "runtime": runtime},
+                              self.dir / "shapes.log", interactive=False)
+                res[f"{arch}_{runtime}"] = out = child.wait_result(300)
+                unpadded = f", unpadded model +{out['unpadded_mb']:.1f} MB" if "unpadded_mb" in out else ""
+                self.log(f"every batch size 1-{MAX_BATCH}, {arch} on {runtime}: daemon +{out['daemon_mb']:.1f} MB"
+                         + unpadded)
+        self.results["shapes"] = res
 
     def ingest(self) -> None:
         """Bare paho subscriber vs the daemon, same publisher load, QoS 0 and 1, interleaved."""
@@ -1169,7 +1219,8 @@ class Bench:
         try:
             self.train()
             phases = {"scoring": self.scoring, "ingest": self.ingest, "sustained": self.sustained_all,
-                      "latency": self.latency, "memory": self.memory, "growth": self.growth}
+                      "latency": self.latency, "memory": self.memory, "growth": self.growth,
+                      "shapes": self.shapes}
             for name in self.args.only or phases:
                 phases[name]()
         finally:
@@ -1228,6 +1279,10 @@ def summary(results: dict, quick: bool) -> dict:
     if gr:
         out["rss_growth_mb_1m_messages"] = gr["growth_mb"]  # measured over rss_growth_messages_measured
         out["rss_growth_messages_measured"] = gr["messages"]
+    for key, val in results.get("shapes", {}).items():
+        out[f"rss_growth_mb_every_batch_size_{key}"] = val["daemon_mb"]
+        if "unpadded_mb" in val:
+            out[f"rss_growth_mb_every_batch_size_{key}_unpadded"] = val["unpadded_mb"]
     return out
 
 
@@ -1285,6 +1340,9 @@ def table(results: dict, flat: dict) -> str:
     if gr:
         add(f"RSS growth over {gr['messages']:,.0f} messages (MB)", f"{gr['growth_mb']:+.1f}",
             f"{gr['rss_before_mb']:.0f} -> {gr['rss_after_mb']:.0f}", "", "~0")
+    for key, val in results.get("shapes", {}).items():
+        reference = f"+{val['unpadded_mb']:.1f} unpadded" if "unpadded_mb" in val else ""
+        add(f"RSS growth, every batch size 1-{MAX_BATCH}, {key} (MB)", f"{val['daemon_mb']:+.1f}", reference, "", "~0")
     headers = ("figure", "value", "ceiling / reference", "ratio", "goal")
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
@@ -1307,7 +1365,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="stride for the ingest comparison, high enough that inference is not the "
                              "bottleneck (default: %(default)s)")
     parser.add_argument("--only", type=lambda s: s.split(","), metavar="PHASES",
-                        help="comma list of: scoring, ingest, sustained, latency, memory, growth")
+                        help="comma list of: scoring, ingest, sustained, latency, memory, growth, shapes")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = parser.parse_args(argv)
     if not os.access(MOSQUITTO, os.X_OK):

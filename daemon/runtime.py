@@ -18,6 +18,10 @@ from daemon.errors import BundleError
 log = logging.getLogger(__name__)
 
 Backend = Callable[[np.ndarray], np.ndarray]
+# The most windows one model call takes. Neither runtime runs more windows a second beyond it
+# on the edge CPU (LSTM and Conv AE, batch 64 / 128 / 512: torch 9.1k / 8.5k / 8.2k and
+# 29.8k / 30.4k / 30.8k windows/s), and it bounds the shapes `padded_size` makes.
+MAX_MODEL_BATCH = 64
 RUNTIMES = ("torch", "onnx")
 # ONNX metadata key holding the sha256 of the weights a model.onnx was exported from
 # (written by daemon.onnx_export), so a bundle retrained in place is not served stale.
@@ -56,16 +60,40 @@ def load_torch_model(bundle: Bundle):
     return model
 
 
+def padded_size(n: int) -> int:
+    """The batch size the torch runtime runs `n` windows at: the next power of two up to 8,
+    then the next multiple of 8.
+
+    torch runs LSTM and Conv1d layers on oneDNN, which builds and keeps a kernel for every input
+    shape it meets: 0.4 MB per batch size for the LSTM AE and 0.9 MB for the Conv AE, so 27 and
+    55 MB of RSS once a live worker's batches have taken every size from 1 to 64 (they do, over
+    hours of uneven traffic; bench/throughput.py, "every batch size"). Padding bounds that to 11
+    shapes up to MAX_MODEL_BATCH at the price of at most 7 padded windows a batch. ONNX Runtime
+    keeps nothing per shape and is not padded."""
+    if n <= 8:
+        return 1 << max(n - 1, 0).bit_length()
+    return -(-n // 8) * 8
+
+
+def padded_sizes(max_batch: int) -> list[int]:
+    """Every size `padded_size` gives for batches of 1 to `max_batch` windows."""
+    return sorted({padded_size(n) for n in range(1, max_batch + 1)})
+
+
 def torch_backend(model, threads: int) -> Backend:
-    """The model as a batch function, run through `trace_for_inference`."""
+    """The model as a batch function, run through `trace_for_inference` at `padded_size`."""
     import torch
 
     torch.set_num_threads(threads)
     graph = trace_for_inference(model)
 
     def run(batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        size = padded_size(n)
+        if size != n:
+            batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
         with torch.inference_mode():
-            return graph(torch.from_numpy(batch)).numpy()
+            return graph(torch.from_numpy(batch)).numpy()[:n]
 
     return run
 

@@ -13,10 +13,8 @@ import numpy as np
 
 from daemon.bundle import Bundle, ScoreSpec, load_bundle
 from daemon.frames import Frame
-from daemon.runtime import Backend, load_backend
+from daemon.runtime import MAX_MODEL_BATCH, Backend, load_backend, padded_sizes
 from daemon.windowing import window_ends, windows
-
-BATCH = 512
 
 
 @dataclass
@@ -76,6 +74,13 @@ class Scorer:
     def threshold(self) -> float:
         return self.bundle.threshold.value
 
+    def warm_up(self, max_batch: int) -> None:
+        """Run the model once at every batch size the runtime will see for batches of up to
+        `max_batch` windows, so the memory and compile time each shape costs are paid at start,
+        not in the first hours of live traffic (see `daemon.runtime.padded_size`)."""
+        for size in padded_sizes(min(max_batch, MAX_MODEL_BATCH)):
+            self.backend(np.zeros((size, self.window, len(self.features)), dtype=np.float32))
+
     def score_windows(self, raw: np.ndarray) -> WindowScores:
         """Score raw (unscaled) windows `[B, window, features]` in the bundle's feature order.
 
@@ -86,11 +91,11 @@ class Scorer:
         if raw.ndim != 3 or raw.shape[1:] != (self.window, len(self.features)):
             raise ValueError(f"windows must have shape [batch, {self.window}, {len(self.features)}], got {raw.shape}")
         errors = np.empty((len(raw), len(self.features)), dtype=np.float32)
-        for start in range(0, len(raw), BATCH):
-            scaled = self.bundle.preprocess.apply(self.bundle.scaler.transform(raw[start:start + BATCH]),
-                                                  self.features)
+        for start in range(0, len(raw), MAX_MODEL_BATCH):
+            part = slice(start, start + MAX_MODEL_BATCH)
+            scaled = self.bundle.preprocess.apply(self.bundle.scaler.transform(raw[part]), self.features)
             scaled = np.ascontiguousarray(scaled)
-            errors[start:start + BATCH] = feature_errors(scaled, self.backend(scaled), self.bundle.score.error)
+            errors[part] = feature_errors(scaled, self.backend(scaled), self.bundle.score.error)
         return WindowScores(combine(errors, self.bundle.score, self.features), errors)
 
     def score_frame(self, frame: Frame, stride: int | None = None) -> FrameScores:

@@ -108,7 +108,8 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    max_batch: int = _opt(64, "Most windows per forward pass.", lo=1)
+    max_batch: int = _opt(64, "Most windows the worker scores together; the model takes them 64 at a time, "
+                                  "past which it gets no faster.", lo=1)
     max_wait_ms: int = _opt(50, "Longest wait for a batch to fill, from its oldest window.", lo=0)
     queue_size: int = _opt(10000, "Windows waiting for the model; beyond this the oldest are dropped.", lo=1)
     torch_threads: int = _opt(1, "Threads per forward pass; 1 is the most robust under CPU contention.", lo=1)

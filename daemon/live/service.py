@@ -82,12 +82,14 @@ def bundle_paths(config: Config) -> dict[str, str]:
 
 
 def load_scorers(config: Config) -> dict[str, Scorer]:
-    """Every bundle the config names, loaded and validated; the first bad one raises."""
+    """Every bundle the config names, loaded, validated and warmed up to the configured batch
+    size; the first bad one raises."""
     loaded: dict[str, Scorer] = {}  # by path: a bundle named by several routes is loaded once
     scorers = {}
     for route, path in bundle_paths(config).items():
         if path not in loaded:
             loaded[path] = Scorer.load(path, config.model.runtime, config.batching.torch_threads)
+            loaded[path].warm_up(config.batching.max_batch)
         scorers[route] = loaded[path]
     return scorers
 
