@@ -87,15 +87,30 @@ class Scorer:
         Raw windows are scaled, then preprocessed (the bundle's `preprocess`, e.g. centring slow
         features on their window mean), then reconstructed. Per-feature errors are reported
         unnormalised, in scaled units, so an operator can compare them against the training-time
-        errors in bundle.json."""
-        if raw.ndim != 3 or raw.shape[1:] != (self.window, len(self.features)):
-            raise ValueError(f"windows must have shape [batch, {self.window}, {len(self.features)}], got {raw.shape}")
+        errors in bundle.json. The three stages are public so the live worker can run the
+        model on a thread of its own between them; this is their only composition."""
+        self.check_shape(raw)
+        scores = np.empty(len(raw), dtype=np.float32)
         errors = np.empty((len(raw), len(self.features)), dtype=np.float32)
         for start in range(0, len(raw), MAX_MODEL_BATCH):
             part = slice(start, start + MAX_MODEL_BATCH)
-            scaled = self.bundle.preprocess.apply(self.bundle.scaler.transform(raw[part]), self.features)
-            scaled = np.ascontiguousarray(scaled)
-            errors[part] = feature_errors(scaled, self.backend(scaled), self.bundle.score.error)
+            model_input = self.model_input(raw[part])
+            result = self.finish(model_input, self.backend(model_input))
+            scores[part], errors[part] = result.scores, result.feature_errors
+        return WindowScores(scores, errors)
+
+    def check_shape(self, raw: np.ndarray) -> None:
+        if raw.ndim != 3 or raw.shape[1:] != (self.window, len(self.features)):
+            raise ValueError(f"windows must have shape [batch, {self.window}, {len(self.features)}], got {raw.shape}")
+
+    def model_input(self, raw: np.ndarray) -> np.ndarray:
+        """What the model sees for raw windows: scaled, preprocessed, contiguous."""
+        scaled = self.bundle.preprocess.apply(self.bundle.scaler.transform(raw), self.features)
+        return np.ascontiguousarray(scaled)
+
+    def finish(self, model_input: np.ndarray, reconstruction: np.ndarray) -> WindowScores:
+        """Scores and per-feature errors from the model's reconstruction of `model_input`."""
+        errors = feature_errors(model_input, reconstruction, self.bundle.score.error)
         return WindowScores(combine(errors, self.bundle.score, self.features), errors)
 
     def score_frame(self, frame: Frame, stride: int | None = None) -> FrameScores:

@@ -11,6 +11,7 @@ from daemon.live.events import ScoreEvent, WindowJob
 from daemon.live.metrics import Metrics
 from daemon.live.ratelimit import RateLimitedLog
 from daemon.live.worker import ModelSlot, WindowQueue, Worker
+from daemon.runtime import MAX_MODEL_BATCH
 from daemon.scoring import WindowScores
 
 W, F = 4, 2
@@ -21,7 +22,9 @@ def job(device: str = "d", value: float = 0.0, ts: float = 1.0, shape=(W, F)) ->
 
 
 class FakeScorer:
-    """Score = the window's value; feature errors = value * (1, 2)."""
+    """Score = the window's value; feature errors = value * (1, 2). The worker calls its
+    stages as it calls the real Scorer's: model_input, then backend on the model thread, then
+    finish. `hold(n)` makes the n-th backend call wait until `release()`."""
 
     def __init__(self, threshold: float = 1.0, name: str = "fake", fail: bool = False) -> None:
         self.features = ["a", "b"]
@@ -30,12 +33,32 @@ class FakeScorer:
         self.bundle = SimpleNamespace(name=name, stride=1)
         self.fail = fail
         self.batches: list[tuple[int, ...]] = []
+        self.calls = 0
+        self._held_call: int | None = None
+        self.holding = threading.Event()
+        self._released = threading.Event()
 
-    def score_windows(self, raw: np.ndarray) -> WindowScores:
+    def hold(self, call: int) -> None:
+        self._held_call = call
+
+    def release(self) -> None:
+        self._released.set()
+
+    def model_input(self, raw: np.ndarray) -> np.ndarray:
         self.batches.append(raw.shape)
+        return raw
+
+    def backend(self, model_input: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls == self._held_call:
+            self.holding.set()
+            assert self._released.wait(5), "held too long"
         if self.fail:
             raise RuntimeError("model exploded")
-        value = raw[:, 0, 0]
+        return model_input
+
+    def finish(self, model_input: np.ndarray, reconstruction: np.ndarray) -> WindowScores:
+        value = reconstruction[:, 0, 0]
         return WindowScores(value.copy(), np.stack([value, 2 * value], axis=1))
 
 
@@ -180,6 +203,18 @@ def test_batches_are_capped_at_max_batch():
     assert [shape[0] for shape in scorer.batches] == [3, 3, 1]
 
 
+def test_a_batch_larger_than_the_model_takes_is_scored_in_pieces_of_max_model_batch():
+    scorer, sink = FakeScorer(), FakeSink()
+    worker, queue, _ = make_worker(scorer, sink, max_batch=1000, queue_size=1000)
+    for i in range(MAX_MODEL_BATCH + 6):
+        queue.put(job(value=i))
+    worker.start()
+    events = sink.wait_for(MAX_MODEL_BATCH + 6)
+    worker.stop()
+    assert scorer.batches == [(MAX_MODEL_BATCH, W, F), (6, W, F)]
+    assert [e.score for e in events] == list(range(MAX_MODEL_BATCH + 6))
+
+
 def test_alert_follows_hysteresis_across_batches():
     sink = FakeSink()
     worker, queue, _ = make_worker(sink=sink, enter_after=2, leave_after=2, max_wait_s=0)
@@ -252,6 +287,21 @@ def test_sink_exception_counts_dropped_points_and_the_worker_continues():
     assert [e.device for e in sink.wait_for(1)] == ["kept"]
     worker.stop()
     assert metrics.registry.get_sample_value("anomalyd_sink_points_total", {"result": "dropped"}) == 1
+
+
+def test_the_next_batch_is_prepared_while_the_model_computes_the_previous_one():
+    scorer, sink = FakeScorer(), FakeSink()
+    scorer.hold(1)
+    worker, queue, _ = make_worker(scorer, sink, max_batch=1)
+    queue.put(job("first"))
+    queue.put(job("second"))
+    worker.start()
+    assert scorer.holding.wait(5)
+    wait_until(lambda: len(scorer.batches) == 2)  # "second" scaled while "first" is in the model
+    assert sink.events == []
+    scorer.release()
+    assert [e.device for e in sink.wait_for(2)] == ["first", "second"]
+    worker.stop()
 
 
 def run_to_drain(jobs: int, max_batch: int, sink: FakeSink | None = None) -> tuple[Worker, FakeSink]:

@@ -65,7 +65,7 @@ class Metrics:
         self.alerts_raised = Counter(PREFIX + "alerts_raised_total",
                                      "Transitions of a device into alert (after hysteresis).", registry=r)
         self.inference_seconds = Histogram(PREFIX + "inference_seconds",
-                                           "Time of one batched forward pass, scaling and scoring included.",
+                                           "Time of one batched forward pass on the model thread.",
                                            buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram(PREFIX + "batch_windows", "Windows per forward pass.",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
