@@ -58,7 +58,11 @@ class Daemon:
         self.write_config()
         self.process = subprocess.Popen([ANOMALYD, "run", "--config", str(self.config_path)],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        wait_until(lambda: '"broker_connected": true' in scrape(self.port, "/healthz"), 30, "daemon healthy")
+        try:
+            wait_until(lambda: '"broker_connected": true' in scrape(self.port, "/healthz"), 30, "daemon healthy")
+        except TimeoutError:
+            self.process.kill()  # a daemon that never got healthy must not outlive the test
+            raise
 
     def write_config(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config))
