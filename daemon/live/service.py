@@ -29,6 +29,7 @@ from daemon.live.config import Config, load_config
 from daemon.live.events import ScoreEvent
 from daemon.live.file_sink import FileSink
 from daemon.live.http_server import MetricsServer
+from daemon.live.memory import release_free_memory
 from daemon.live.influx_sink import InfluxSink
 from daemon.live.metrics import Metrics
 from daemon.live.mqtt_ingest import MessageHandler, MessagePipeline, MqttIngest
@@ -83,7 +84,8 @@ def bundle_paths(config: Config) -> dict[str, str]:
 
 def load_scorers(config: Config) -> dict[str, Scorer]:
     """Every bundle the config names, loaded, validated and warmed up to the configured batch
-    size; the first bad one raises."""
+    size; the first bad one raises. The warm-up's transient buffers go back to the OS after
+    (LSTM AE: 254 -> 248 MB)."""
     loaded: dict[str, Scorer] = {}  # by path: a bundle named by several routes is loaded once
     scorers = {}
     for route, path in bundle_paths(config).items():
@@ -91,6 +93,7 @@ def load_scorers(config: Config) -> dict[str, Scorer]:
             loaded[path] = Scorer.load(path, config.model.runtime, config.batching.torch_threads)
             loaded[path].warm_up(config.batching.max_batch)
         scorers[route] = loaded[path]
+    release_free_memory()
     return scorers
 
 
