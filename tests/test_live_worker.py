@@ -129,6 +129,21 @@ def test_take_returns_at_once_when_max_batch_is_queued():
     assert len(q) == 1
 
 
+def test_a_take_that_must_not_block_returns_only_a_ready_batch():
+    """The worker asks this while a batch is in the model: a full batch, or one whose oldest
+    window has waited max_wait_s, is ready; a few fresh windows are left to gather more."""
+    q = WindowQueue(100, Metrics())
+    for i in range(3):
+        q.put(job(value=i))
+    assert q.take(4, max_wait_s=10, block=False) == []
+    q.put(job(value=3))
+    assert [j.window[0, 0] for j in q.take(4, max_wait_s=10, block=False)] == [0, 1, 2, 3]
+    q.put(job(value=4))
+    time.sleep(0.02)
+    assert [j.window[0, 0] for j in q.take(4, max_wait_s=0.01, block=False)] == [4]
+    assert q.take(4, max_wait_s=0.01, block=False) == []
+
+
 def test_take_waits_at_most_max_wait_from_the_oldest_job():
     q = WindowQueue(100, Metrics())
     q.put(job())

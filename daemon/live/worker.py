@@ -98,10 +98,12 @@ class WindowQueue:
         """Up to `max_batch` jobs, oldest first. Returns as soon as `max_batch` are queued, or
         `max_wait_s` after the oldest queued job arrived, or at once once closed. Blocks while
         the queue is empty and open; returns [] only when closed and empty. With `block=False`
-        it returns what is queued at once, possibly nothing."""
+        it returns at once: the batch if it is ready by those rules, else nothing."""
         if not block:
             with self._cond:
-                return [self._items.popleft()[1] for _ in range(min(max_batch, len(self._items)))]
+                ready = (len(self._items) >= max_batch or self._closed
+                         or (self._items and time.monotonic() - self._items[0][0] >= max_wait_s))
+                return [self._items.popleft()[1] for _ in range(min(max_batch, len(self._items)))] if ready else []
         with self._cond:
             self._wanted = 1
             self._waiting = True
@@ -208,8 +210,11 @@ class Worker:
         in_flight: list[_InFlight] = []
         try:
             while not self._abandon:
-                # While a batch is in the model, take what is queued without waiting: the
-                # model is busy anyway, and the worker must be back to finish that batch.
+                # While a batch is in the model, take the next one only if it is ready (full,
+                # or its oldest window has waited max_wait_s): the worker must be back to
+                # finish the batch in flight, and small batches back to back would keep the
+                # model busy at a fraction of its batch-64 speed (at 3,000 windows/s: 9
+                # windows a batch and 0.70 cores, against 64 and 0.45 when waiting).
                 waiting = not in_flight
                 jobs = self._queue.take(self.max_batch, self.max_wait_s, block=waiting)
                 if not jobs and waiting:
