@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily
 
 PREFIX = "anomalyd_"
 
@@ -39,14 +40,29 @@ SINK_RESULTS = ("written", "retried", "spooled", "dropped")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class MessageCounts:
+    """`anomalyd_messages_total{result}`, counted in plain ints: the MQTT network thread counts
+    every message, and a prometheus_client Counter takes a lock each time (0.5-0.7 us a message
+    against about 0.1 for an int in a dict, timeit). Only that thread counts, so the ints need
+    no lock of their own; a scrape reads them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.counts = dict.fromkeys(MESSAGE_RESULTS, 0)  # the message path adds to these directly
+        registry.register(self)
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = CounterMetricFamily(PREFIX + "messages", "MQTT messages received, by result.", labels=["result"])
+        for result, count in self.counts.items():
+            family.add_metric([result], count)
+        return [family]
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)  # process_* (CPU, RSS, start time): restarts and leaks show up
-        self.messages = Counter(PREFIX + "messages_total", "MQTT messages received, by result.", ["result"], registry=r)
-        for result in MESSAGE_RESULTS:
-            self.messages.labels(result=result)
+        self.messages = MessageCounts(r)
         self.window_restarts = Counter(PREFIX + "window_restarts_total",
                                        "Device windows restarted because of a gap longer than the gap policy allows.",
                                        registry=r)

@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 
 from daemon.live.buffers import DeviceBuffers
 from daemon.live.config import MqttConfig
-from daemon.live.metrics import MESSAGE_RESULTS, Metrics
+from daemon.live.metrics import Metrics
 from daemon.live.payload import PayloadParser, Rejected
 from daemon.live.ratelimit import RateLimitedLog
 from daemon.live.worker import WindowQueue
@@ -46,8 +46,7 @@ class MessagePipeline:
         self._parse = parser.parse_fields
         self._push = buffers.push_values
         self._put = queue.put
-        self._results = {result: metrics.messages.labels(result=result) for result in MESSAGE_RESULTS}
-        self._ok = self._results["ok"]
+        self._counts = metrics.messages.counts
         self._rejects = RateLimitedLog(log)
         self.last_ok: float | None = None  # arrival time of the last accepted reading
         metrics.read_at_scrape(metrics.last_message_age, self._last_message_age)
@@ -63,12 +62,12 @@ class MessagePipeline:
             if type(job) is Rejected:
                 return self._reject(job)
             self._put(job)
-        self._ok.inc()
+        self._counts["ok"] += 1
         self.last_ok = now
         return "ok"
 
     def _reject(self, rejected: Rejected) -> str:
-        self._results[rejected.reason].inc()
+        self._counts[rejected.reason] += 1
         self._rejects.warning(rejected.reason, "message rejected (%s): %s", rejected.reason, rejected.detail)
         return rejected.reason
 
@@ -83,7 +82,7 @@ class MqttIngest:
         self.settings = settings
         self._handler = handler
         self._metrics = metrics
-        self._internal_errors = metrics.messages.labels(result="internal_error")
+        self._counts = metrics.messages.counts
         self._log = RateLimitedLog(log, interval=30.0)
         self._connected = False
         self._subscribed = False
@@ -140,7 +139,7 @@ class MqttIngest:
             try:
                 callback(*args)
             except Exception as exc:  # an escaping exception would end paho's network thread
-                self._internal_errors.inc()
+                self._counts["internal_error"] += 1
                 self._log.error("internal:" + callback.__name__, "bug in MQTT callback %s: %r",
                                 callback.__name__, exc, exc_info=True)
         return guarded
@@ -149,7 +148,7 @@ class MqttIngest:
         try:
             self._handler(msg.topic, msg.payload, time.time())
         except Exception as exc:  # as in _guard, without a wrapper call per message
-            self._internal_errors.inc()
+            self._counts["internal_error"] += 1
             self._log.error("internal:_on_message", "bug in MQTT callback _on_message: %r", exc, exc_info=True)
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
