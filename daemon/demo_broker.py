@@ -64,6 +64,15 @@ async def _cancel_leftovers() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _started_broker(broker_class: type, config: dict, loop: asyncio.AbstractEventLoop):
+    """The broker built inside its own loop: amqtt creates its shutdown future in the current
+    loop, and one built outside it never saw shutdown, so every demo ended with amqtt's 5 s
+    broadcast timeout."""
+    broker = broker_class(config, loop=loop)
+    await broker.start()
+    return broker
+
+
 @contextlib.contextmanager
 def _amqtt() -> Iterator[tuple[str, int]]:
     try:
@@ -78,10 +87,9 @@ def _amqtt() -> Iterator[tuple[str, int]]:
     loop = asyncio.new_event_loop()
     config = {"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
               "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
-    broker = Broker(config, loop=loop)
     thread = threading.Thread(target=loop.run_forever, name="amqtt", daemon=True)
     thread.start()
-    asyncio.run_coroutine_threadsafe(broker.start(), loop).result(timeout=10)
+    broker = asyncio.run_coroutine_threadsafe(_started_broker(Broker, config, loop), loop).result(timeout=10)
     try:
         log.info("demo broker: embedded amqtt on 127.0.0.1:%d", port)
         yield "127.0.0.1", port

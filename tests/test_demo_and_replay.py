@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 import paho.mqtt.client as mqtt
@@ -36,8 +37,9 @@ def _subscriber(host: str, port: int, topic: str) -> tuple[mqtt.Client, list[byt
     return client, received
 
 
-def test_embedded_broker_carries_messages_when_mosquitto_is_not_used(tmp_path):
+def test_embedded_broker_carries_messages_when_mosquitto_is_not_used_and_stops_cleanly(tmp_path, caplog):
     with local_broker(tmp_path, prefer_mosquitto=False) as (host, port):
+        caplog.set_level(logging.WARNING, logger="amqtt")  # the demo silences amqtt; this test listens
         client, received = _subscriber(host, port, "t/#")
         publisher = Publisher(host, port)
         for i in range(50):
@@ -46,6 +48,8 @@ def test_embedded_broker_carries_messages_when_mosquitto_is_not_used(tmp_path):
         wait_until(lambda: len(received) == 50, 10, "50 messages through amqtt")
         client.disconnect()  # before the broker stops: amqtt's shutdown can wait on a silent open client
         client.loop_stop()
+    # A broker built outside its event loop never saw its own shutdown: 5 s and this warning.
+    assert "Failed to cleanly shutdown broadcast loop" not in caplog.text
 
 
 def test_replay_publishes_each_row_as_a_reading_of_the_device(mosquitto_session, tmp_path, unique_name):
