@@ -621,7 +621,7 @@ def role_scoring(spec: dict) -> None:
     runs: dict[str, list] = {k: [] for k in kinds}
     cpu: dict[str, list] = {k: [] for k in kinds}
     ratios: dict[str, list] = {k: [] for k in ("worker", "worker_nosink", "worker_cpu", "worker_nosink_cpu",
-                                                "naive", "naive_cpu", "batching", "contended",
+                                                "naive", "naive_cpu", "naive_ceiling", "batching", "contended",
                                                 "contended_python_default")}
     model_share: dict[str, list] = {"worker": [], "worker_nosink": []}
 
@@ -653,6 +653,7 @@ def role_scoring(spec: dict) -> None:
             ratios[name + "_cpu"].append(value[1] / base[1])
         ratios["naive"].append(with_file[0] / naive_r[0])
         ratios["naive_cpu"].append(with_file[1] / naive_r[1])
+        ratios["naive_ceiling"].append(around_rest[0] / naive_r[0])  # a worker as fast as the model
         ratios["batching"].append(around_rest[0] / single_r[0])
         ratios["contended"].append(contended_r[0] / around_rest[0])
         ratios["contended_python_default"].append(contended_default_r[0] / around_rest[0])
@@ -670,6 +671,7 @@ def role_scoring(spec: dict) -> None:
            "worker_ratio": median(ratios["worker"]),
            "worker_nosink_ratio": median(ratios["worker_nosink"]),
            "naive_speedup": median(ratios["naive"]),
+           "naive_speedup_ceiling": median(ratios["naive_ceiling"]),
            "model_batching_gain": median(ratios["batching"]),
            "gil_contended_ratio": median(ratios["contended"]),
            "gil_contended_ratio_python_default": median(ratios["contended_python_default"]),
@@ -1276,6 +1278,7 @@ def summary(results: dict, quick: bool) -> dict:
         for key, val in sc.items():
             out[f"worker_ratio_{key}"] = val["worker_ratio"]
             out[f"naive_speedup_{key}"] = val["naive_speedup"]
+            out[f"naive_speedup_ceiling_{key}"] = val["naive_speedup_ceiling"]
             out[f"worker_ratio_cpu_{key}"] = val["worker_ratio_cpu"]
             out[f"worker_model_share_{key}"] = val["worker_model_share"]
             out[f"model_batching_gain_{key}"] = val["model_batching_gain"]
@@ -1347,6 +1350,8 @@ def table(results: dict, flat: dict) -> str:
             add("  share of its time in the model", "", "", f"{val['worker_nosink_model_share']:.2f}", "")
             add("  worker vs one window per call", f"{m['worker']:,.0f}", f"{m['naive']:,.0f} naive",
                 f"{val['naive_speedup']:.1f}x", ">= 20x")
+            add("  the most any worker can be: raw batch 64 vs one window per call", f"{m['raw']:,.0f}",
+                f"{m['naive']:,.0f} naive", f"{val['naive_speedup_ceiling']:.1f}x", "")
             add("  model alone: batch 64 vs batch 1", f"{m['raw']:,.0f}", f"{m['raw_batch1']:,.0f} raw batch 1",
                 f"{val['model_batching_gain']:.1f}x", "")
             pl = val["part_load"]
