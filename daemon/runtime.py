@@ -18,9 +18,9 @@ from daemon.errors import BundleError
 log = logging.getLogger(__name__)
 
 Backend = Callable[[np.ndarray], np.ndarray]
-# The most windows one model call takes. Neither runtime runs more windows a second beyond it
-# on the edge CPU (LSTM and Conv AE, batch 64 / 128 / 512: torch 9.1k / 8.5k / 8.2k and
-# 29.8k / 30.4k / 30.8k windows/s), and it bounds the shapes `padded_size` makes.
+# The most windows one model call takes. Past it no runtime gains more than noise on the edge
+# CPU (torch at batch 64 / 128 / 512: LSTM AE 9.1k / 8.5k / 8.2k windows/s, Conv AE 29.8k /
+# 30.4k / 30.8k), and it bounds the shapes `padded_size` makes.
 MAX_MODEL_BATCH = 64
 RUNTIMES = ("torch", "onnx")
 # ONNX metadata key holding the sha256 of the weights a model.onnx was exported from

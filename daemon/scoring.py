@@ -87,9 +87,10 @@ class Scorer:
         Raw windows are scaled, then preprocessed (the bundle's `preprocess`, e.g. centring slow
         features on their window mean), then reconstructed. Per-feature errors are reported
         unnormalised, in scaled units, so an operator can compare them against the training-time
-        errors in bundle.json. The three stages are public so the live worker can run the
-        model on a thread of its own between them; this is their only composition."""
-        self.check_shape(raw)
+        errors in bundle.json. The stages (`model_input`, the backend, `finish`) are public so the
+        live worker can run the model on a thread of its own between them."""
+        if raw.ndim != 3 or raw.shape[1:] != (self.window, len(self.features)):
+            raise ValueError(f"windows must have shape [batch, {self.window}, {len(self.features)}], got {raw.shape}")
         scores = np.empty(len(raw), dtype=np.float32)
         errors = np.empty((len(raw), len(self.features)), dtype=np.float32)
         for start in range(0, len(raw), MAX_MODEL_BATCH):
@@ -98,10 +99,6 @@ class Scorer:
             result = self.finish(model_input, self.backend(model_input))
             scores[part], errors[part] = result.scores, result.feature_errors
         return WindowScores(scores, errors)
-
-    def check_shape(self, raw: np.ndarray) -> None:
-        if raw.ndim != 3 or raw.shape[1:] != (self.window, len(self.features)):
-            raise ValueError(f"windows must have shape [batch, {self.window}, {len(self.features)}], got {raw.shape}")
 
     def model_input(self, raw: np.ndarray) -> np.ndarray:
         """What the model sees for raw windows: scaled, preprocessed, contiguous."""

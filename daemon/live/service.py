@@ -29,8 +29,8 @@ from daemon.live.config import Config, load_config
 from daemon.live.events import ScoreEvent
 from daemon.live.file_sink import FileSink
 from daemon.live.http_server import MetricsServer
-from daemon.live.memory import release_free_memory
 from daemon.live.influx_sink import InfluxSink
+from daemon.live.memory import release_free_memory
 from daemon.live.metrics import Metrics
 from daemon.live.mqtt_ingest import MessageHandler, MessagePipeline, MqttIngest
 from daemon.live.payload import PayloadParser
