@@ -570,14 +570,22 @@ def role_scoring(spec: dict) -> None:
         finally:
             in_model[0] += time.perf_counter() - started
 
+    def job(i: int) -> WindowJob:
+        return WindowJob(f"dev{i % 1000}", 1.7e9 + i, pool[i % 4096], 1.7e9 + i)
+
+    def daemon_worker(queue_size: int, sink) -> tuple[Metrics, WindowQueue, Worker]:
+        """A Worker as the service builds it, on a queue of its own."""
+        metrics = Metrics()
+        queue = WindowQueue(queue_size, metrics)
+        return metrics, queue, Worker(queue, {"": ModelSlot(scorer, AlertTracker(3, 5))}, sink, metrics, MAX_BATCH,
+                                      0.05)
+
     def worker(sink_path: str | None, count: int):
         """(windows/s by the wall clock, per CPU-second, share of the wall time in the model)."""
-        metrics = Metrics()
-        queue = WindowQueue(count, metrics)
-        for i in range(count):
-            queue.put(WindowJob(f"dev{i % 1000}", 1.7e9 + i, pool[i % 4096], 1.7e9 + i))
         sink, timing = timed_file_sink(sink_path, count) if sink_path else (_CountingSink(count),) * 2
-        work = Worker(queue, {"": ModelSlot(scorer, AlertTracker(3, 5))}, sink, metrics, MAX_BATCH, 0.05)
+        _, queue, work = daemon_worker(count, sink)
+        for i in range(count):
+            queue.put(job(i))
 
         def loop() -> int:
             work.start()
@@ -598,15 +606,13 @@ def role_scoring(spec: dict) -> None:
     def paced(rate: float) -> dict:
         """The worker fed `rate` windows/s from this thread, as ingest would at part load:
         CPU-us per window (the feeding loop's few us included) and windows per forward pass."""
-        metrics = Metrics()
-        queue = WindowQueue(100_000, metrics)
         sink = _CountingSink(0)
-        work = Worker(queue, {"": ModelSlot(scorer, AlertTracker(3, 5))}, sink, metrics, MAX_BATCH, 0.05)
+        metrics, queue, work = daemon_worker(100_000, sink)
         work.start()
         cpu, start, n = time.process_time(), time.perf_counter(), 0
         while (elapsed := time.perf_counter() - start) < 4 * duration:
             for _ in range(int(elapsed * rate) - n):
-                queue.put(WindowJob(f"dev{n % 1000}", 1.7e9 + n, pool[n % 4096], 1.7e9 + n))
+                queue.put(job(n))
                 n += 1
             time.sleep(0.005)
         while sink.count < n:
