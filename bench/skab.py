@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from daemon.detection import detect  # noqa: E402
-from daemon.evaluation import report, nab_scores  # noqa: E402
-from daemon.frames import Frame, load_csv  # noqa: E402
-from daemon.models import ARCHITECTURES  # noqa: E402
-from daemon.training import TrainConfig  # noqa: E402
+from daemon.offline.detection import detect  # noqa: E402
+from daemon.offline.evaluation import report, nab_scores  # noqa: E402
+from daemon.offline.frames import Frame, load_csv  # noqa: E402
+from daemon.core.models import ARCHITECTURES  # noqa: E402
+from daemon.offline.training import TrainConfig  # noqa: E402
 
 TRAIN_ROWS = 400  # SKAB's train_test_split(train_size=400, shuffle=False)
 GROUPS = ("valve1", "valve2", "other")
@@ -93,15 +93,15 @@ def _test_part(item: Labelled, predicted: np.ndarray) -> dict:
 
 
 def _scorer(result, threads: int):
-    from daemon.runtime import torch_backend
-    from daemon.scoring import Scorer
+    from daemon.core.runtime import torch_backend
+    from daemon.core.scoring import Scorer
 
     return Scorer(result.bundle, torch_backend(result.model, threads))
 
 
 def job_a(args: tuple[Labelled, TrainConfig]) -> dict:
     """Protocol A for one file and one architecture."""
-    from daemon.training import train
+    from daemon.offline.training import train
 
     item, config = args
     started = time.time()
@@ -115,7 +115,7 @@ def job_a(args: tuple[Labelled, TrainConfig]) -> dict:
 
 def job_b(args: tuple[Frame, list[Labelled], TrainConfig]) -> dict:
     """Protocol B for one architecture: train on anomaly-free, test on every labelled file."""
-    from daemon.training import train
+    from daemon.offline.training import train
 
     normal, items, config = args
     started = time.time()

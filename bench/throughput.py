@@ -348,7 +348,7 @@ def timed_file_sink(path: str, target: int = 0) -> tuple:
     `ts`, now - event.ts is the publish-to-sink latency of that window. Latencies are kept
     only while `recording`. `reached` is set once `target` events are written (no polling
     thread to take the GIL from the worker being measured)."""
-    from daemon.live.file_sink import FileSink
+    from daemon.live.sinks.file import FileSink
 
     class Timing:
         def __init__(self) -> None:
@@ -375,7 +375,7 @@ def timed_file_sink(path: str, target: int = 0) -> tuple:
 def role_daemon(spec: dict) -> None:
     """The real Service from a generated config, its FileSink timed by `timed_file_sink`."""
     from daemon.live.config import load_config
-    from daemon.live.logsetup import configure_logging
+    from daemon.live.telemetry.logsetup import configure_logging
     from daemon.live.service import Service
 
     config = load_config(spec["config"])
@@ -501,9 +501,9 @@ def role_scoring(spec: dict) -> None:
     from daemon.live.alerting import AlertTracker
     from daemon.live.config import BatchingConfig
     from daemon.live.events import WindowJob
-    from daemon.live.metrics import Metrics
+    from daemon.live.telemetry.metrics import Metrics
     from daemon.live.worker import ModelSlot, WindowQueue, Worker
-    from daemon.scoring import Scorer
+    from daemon.core.scoring import Scorer
 
     daemon_switch = BatchingConfig().switch_interval_s  # what Service.start sets
     sys.setswitchinterval(daemon_switch)
@@ -695,7 +695,7 @@ def role_shapes(spec: dict) -> None:
     the same batches straight into the model, unpadded (torch only), in the same process."""
     import numpy as np
 
-    from daemon.scoring import Scorer
+    from daemon.core.scoring import Scorer
 
     scorer = Scorer.load(spec["bundle"], spec["runtime"], 1)
     scorer.warm_up(MAX_BATCH)
@@ -714,7 +714,7 @@ def role_shapes(spec: dict) -> None:
     if spec["runtime"] == "torch":
         import torch
 
-        from daemon.runtime import load_torch_model, trace_for_inference
+        from daemon.core.runtime import load_torch_model, trace_for_inference
 
         graph = trace_for_inference(load_torch_model(scorer.bundle))
 
@@ -732,9 +732,9 @@ def role_shapes(spec: dict) -> None:
 def role_train(spec: dict) -> None:
     import numpy as np
 
-    from daemon.frames import Frame
-    from daemon.onnx_export import export_onnx
-    from daemon.training import TrainConfig, save, train
+    from daemon.offline.frames import Frame
+    from daemon.offline.onnx_export import export_onnx
+    from daemon.offline.training import TrainConfig, save, train
 
     rng = np.random.default_rng(0)
     n = 2000

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from daemon import __version__
-from daemon.errors import UserError
+from daemon.core.errors import UserError
 
 # name -> one-line summary. A command's module (and so torch, matplotlib...) is imported only
 # when that command runs or shows its help: `anomalyd run` should not pay for training code.

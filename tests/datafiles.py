@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon import synthetic
+from daemon.offline import synthetic
 from daemon.cli import main
 
 FAST_TRAIN = ["--arch", "mlp", "--window", "20", "--epochs", "8", "--seed", "0", "--no-onnx"]

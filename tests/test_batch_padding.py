@@ -4,14 +4,15 @@ live worker met used to grow RSS for hours."""
 
 import numpy as np
 
-from daemon import runtime, synthetic
-from daemon.frames import Frame
+from daemon.core import runtime
+from daemon.offline import synthetic
+from daemon.offline.frames import Frame
 from daemon.live import service
 from daemon.live.config import build
-from daemon.models import build_model
-from daemon.runtime import MAX_MODEL_BATCH, padded_size, padded_sizes
-from daemon.scoring import Scorer
-from daemon.training import TrainConfig, save, train
+from daemon.core.models import build_model
+from daemon.core.runtime import MAX_MODEL_BATCH, padded_size, padded_sizes
+from daemon.core.scoring import Scorer
+from daemon.offline.training import TrainConfig, save, train
 
 
 def test_a_batch_is_padded_to_a_power_of_two_up_to_8_then_to_a_multiple_of_8():

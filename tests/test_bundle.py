@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from daemon.bundle import load_bundle
+from daemon.core.bundle import load_bundle
 from daemon.cli import main
-from daemon.errors import BundleError
-from daemon.frames import load_csv
-from daemon.scoring import Scorer
-from daemon.training import TrainConfig, save, train
+from daemon.core.errors import BundleError
+from daemon.offline.frames import load_csv
+from daemon.core.scoring import Scorer
+from daemon.offline.training import TrainConfig, save, train
 from datafiles import faults_csv, normal_csv, train_bundle
 
 
@@ -24,7 +24,7 @@ def test_loaded_bundle_scores_exactly_like_the_trained_model(tmp_path):
     frame = load_csv(normal_csv(tmp_path, rows=600))
     result = train([frame], TrainConfig(arch="lstm", window=16, epochs=2, seed=3))
     windows = np.random.default_rng(0).normal(size=(5, 16, len(frame.features))).astype(np.float32)
-    from daemon.runtime import torch_backend
+    from daemon.core.runtime import torch_backend
     before = Scorer(result.bundle, torch_backend(result.model, 1)).score_windows(windows)
     save(result, tmp_path / "m")
     after = Scorer.load(tmp_path / "m").score_windows(windows)
@@ -115,7 +115,7 @@ def test_damaged_bundle_is_one_line_naming_file_and_field(bundle_dir, tmp_path, 
 def test_garbage_weights_with_matching_checksum_are_reported(bundle_dir, tmp_path):
     def edit(d):
         (d / "model.safetensors").write_bytes(b"not a safetensors file at all")
-        from daemon.bundle import sha256_of
+        from daemon.core.bundle import sha256_of
         _set("weights.sha256", sha256_of(d / "model.safetensors"))(d)
     with pytest.raises(BundleError, match=r"model\.safetensors: cannot read weights"):
         Scorer.load(_damaged(bundle_dir, tmp_path, edit))

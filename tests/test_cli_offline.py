@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from daemon import synthetic
+from daemon.offline import synthetic
 from daemon.cli import main
 from datafiles import faults_csv, normal_csv, train_bundle
 

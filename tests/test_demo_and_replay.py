@@ -9,8 +9,8 @@ import threading
 import paho.mqtt.client as mqtt
 
 from daemon.cli import main
-from daemon.demo_broker import local_broker
-from daemon.publisher import Publisher
+from daemon.demo.broker import local_broker
+from daemon.offline.publisher import Publisher
 from datafiles import faults_csv
 from servers import wait_until
 

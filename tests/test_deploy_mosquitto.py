@@ -27,8 +27,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from daemon.live.config import build
-from daemon.live.metrics import Metrics
-from daemon.live.mqtt_ingest import MqttIngest
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.ingest.mqtt import MqttIngest
 from servers import HOST, MOSQUITTO_BIN, ServerProcess, find_binary, free_port, wait_until
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"

@@ -1,8 +1,8 @@
 """Every query in deploy/ names only what the daemon really writes.
 
 The names come from the code, not from a copied list: Prometheus metric names, their label
-names and the bounded label values from a fresh `daemon.live.metrics.Metrics` registry, and the
-InfluxDB measurement, tags and fields from `daemon.live.line_protocol.SCHEMA`. Checked: the
+names and the bounded label values from a fresh `daemon.live.telemetry.metrics.Metrics` registry, and the
+InfluxDB measurement, tags and fields from `daemon.live.sinks.line_protocol.SCHEMA`. Checked: the
 Grafana dashboard (Flux and PromQL targets, template variables, annotations, legends,
 overrides, transformations), the Grafana alert rule and the Prometheus alert rules. The
 checkers are themselves tested on broken queries, so a check that silently matches nothing
@@ -21,8 +21,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from daemon.live.line_protocol import SCHEMA
-from daemon.live.metrics import Metrics
+from daemon.live.sinks.line_protocol import SCHEMA
+from daemon.live.telemetry.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))

@@ -34,12 +34,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import synthetic
+from daemon.offline import synthetic
 from daemon.cli import main as cli_main
 from daemon.live.config import load_config
-from daemon.live.file_sink import read_points
+from daemon.live.sinks.file import read_points
 from daemon.live.service import Service
-from daemon.publisher import Publisher, payload
+from daemon.offline.publisher import Publisher, payload
 from datafiles import normal_csv, train_bundle
 from servers import find_binary, wait_until
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from daemon.evaluation import (
+from daemon.offline.evaluation import (
     Confusion,
     EventStats,
     confusion,

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from daemon.live.buffers import DeviceBuffers
+from daemon.live.ingest.buffers import DeviceBuffers
 from daemon.live.events import Reading, WindowJob
-from daemon.live.metrics import Metrics
-from daemon.live.payload import Rejected
-from daemon.windowing import window_ends, windows
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.ingest.payload import Rejected
+from daemon.core.windowing import window_ends, windows
 
 F = 2
 

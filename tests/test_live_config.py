@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import yaml
 
-from daemon.errors import ConfigError
+from daemon.core.errors import ConfigError
 from daemon.live.config import (
     Config,
     build,

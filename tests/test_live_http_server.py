@@ -5,8 +5,8 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.live.http_server import MetricsServer
-from daemon.live.metrics import Metrics
+from daemon.live.telemetry.http_server import MetricsServer
+from daemon.live.telemetry.metrics import Metrics
 
 
 def get(url: str, accept: str | None = None) -> tuple[int, str, str]:

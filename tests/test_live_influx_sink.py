@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from daemon.live.events import ScoreEvent
-from daemon.live.influx_sink import InfluxSink
-from daemon.live.metrics import Metrics
-from daemon.live.spool import Spool
+from daemon.live.sinks.influx import InfluxSink
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.sinks.spool import Spool
 from servers import free_port, sample_count, wait_until
 
 T0 = 1_700_000_000.0

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from daemon.live.events import ScoreEvent
-from daemon.live.file_sink import FileSink, read_points
-from daemon.live.line_protocol import FIELD_NAMES, SCHEMA, decode, encode, encode_each
-from daemon.live.metrics import Metrics
-from daemon.live.ratelimit import RateLimitedLog
+from daemon.live.sinks.file import FileSink, read_points
+from daemon.live.sinks.line_protocol import FIELD_NAMES, SCHEMA, decode, encode, encode_each
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.telemetry.ratelimit import RateLimitedLog
 
 
 def event(**overrides) -> ScoreEvent:

@@ -12,11 +12,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from servers import wait_until
 
-from daemon.live.buffers import DeviceBuffers
+from daemon.live.ingest.buffers import DeviceBuffers
 from daemon.live.config import MqttConfig
-from daemon.live.metrics import Metrics
-from daemon.live.mqtt_ingest import MessagePipeline, MqttIngest
-from daemon.live.payload import PayloadParser
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.ingest.mqtt import MessagePipeline, MqttIngest
+from daemon.live.ingest.payload import PayloadParser
 from daemon.live.worker import WindowQueue
 
 FEATURES = ["a", "b"]
@@ -89,7 +89,7 @@ def test_pipeline_is_fast_enough_for_the_hot_path():
 
 
 def test_ingest_side_never_imports_torch():
-    code = "import sys, daemon.live.mqtt_ingest, daemon.live.config; assert 'torch' not in sys.modules"
+    code = "import sys, daemon.live.ingest.mqtt, daemon.live.config; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
 

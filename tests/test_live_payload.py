@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from daemon.live.events import Reading
-from daemon.live.metrics import MESSAGE_RESULTS
-from daemon.live.payload import PayloadParser, Rejected, topic_problem
+from daemon.live.telemetry.metrics import MESSAGE_RESULTS
+from daemon.live.ingest.payload import PayloadParser, Rejected, topic_problem
 
 FEATURES = ["temp", "pressure", "vibration"]
 NOW = 1_700_000_000.0

@@ -1,7 +1,7 @@
 """Per-device models: which pipeline, and so which bundle, a device's messages reach."""
 
-from daemon.live.payload import PayloadParser
-from daemon.live.routing import DeviceRouter
+from daemon.live.ingest.payload import PayloadParser
+from daemon.live.ingest.routing import DeviceRouter
 
 
 class Recorder:

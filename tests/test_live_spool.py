@@ -1,6 +1,6 @@
 import pytest
 
-from daemon.live.spool import Spool
+from daemon.live.sinks.spool import Spool
 
 
 def lines(prefix: str, n: int) -> list[str]:

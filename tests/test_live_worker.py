@@ -8,11 +8,11 @@ import pytest
 
 from daemon.live.alerting import AlertTracker
 from daemon.live.events import ScoreEvent, WindowJob
-from daemon.live.metrics import Metrics
-from daemon.live.ratelimit import RateLimitedLog
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.telemetry.ratelimit import RateLimitedLog
 from daemon.live.worker import ModelSlot, WindowQueue, Worker
-from daemon.runtime import MAX_MODEL_BATCH
-from daemon.scoring import WindowScores
+from daemon.core.runtime import MAX_MODEL_BATCH
+from daemon.core.scoring import WindowScores
 
 W, F = 4, 2
 
@@ -347,7 +347,7 @@ def test_freed_memory_is_returned_to_the_os_once_the_queue_empties_after_many_wi
 
 
 def test_release_free_memory_works_on_this_c_library():
-    from daemon.live.memory import release_free_memory
+    from daemon.live.telemetry.memory import release_free_memory
 
     assert release_free_memory() is True
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from daemon.models import ARCHITECTURES, build_model, default_params
+from daemon.core.models import ARCHITECTURES, build_model, default_params
 
 WINDOW, FEATURES = 24, 5
 
@@ -43,7 +43,7 @@ def test_the_inference_trace_reconstructs_every_batch_size_exactly_like_the_mode
     """The torch runtime serves the trace, so the trace must not depend on the batch size it
     was traced with (2) nor round differently from the eager model, on its first calls (which
     TorchScript profiles) or later ones."""
-    from daemon.runtime import trace_for_inference
+    from daemon.core.runtime import trace_for_inference
 
     model = build_model(arch, 61, 3).eval()
     graph = trace_for_inference(model)
@@ -55,7 +55,7 @@ def test_the_inference_trace_reconstructs_every_batch_size_exactly_like_the_mode
 
 def test_the_torch_runtime_pads_a_batch_without_changing_its_windows(arch):
     """Padding only changes how the kernels block the batch: a few float32 ulps at most."""
-    from daemon.runtime import torch_backend
+    from daemon.core.runtime import torch_backend
 
     model = build_model(arch, 61, 3).eval()
     backend = torch_backend(model, threads=1)
@@ -67,7 +67,7 @@ def test_the_torch_runtime_pads_a_batch_without_changing_its_windows(arch):
 
 
 def test_without_a_tracer_the_model_runs_eagerly_and_says_so(monkeypatch, caplog):
-    from daemon import runtime
+    from daemon.core import runtime
 
     def no_tracer(*args, **kwargs):
         raise AttributeError("module 'torch.jit' has no attribute 'trace'")

@@ -13,14 +13,14 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from daemon import synthetic  # noqa: E402
+from daemon.offline import synthetic  # noqa: E402
 from daemon.commands import export_onnx as export_command  # noqa: E402
-from daemon.errors import BundleError  # noqa: E402
-from daemon.frames import Frame  # noqa: E402
-from daemon.onnx_export import export_onnx  # noqa: E402
-from daemon.runtime import ONNX_WEIGHTS_KEY  # noqa: E402
-from daemon.scoring import Scorer  # noqa: E402
-from daemon.training import TrainConfig, save, train  # noqa: E402
+from daemon.core.errors import BundleError  # noqa: E402
+from daemon.offline.frames import Frame  # noqa: E402
+from daemon.offline.onnx_export import export_onnx  # noqa: E402
+from daemon.core.runtime import ONNX_WEIGHTS_KEY  # noqa: E402
+from daemon.core.scoring import Scorer  # noqa: E402
+from daemon.offline.training import TrainConfig, save, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = 16

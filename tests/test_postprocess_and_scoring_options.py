@@ -1,4 +1,4 @@
-"""Alert hysteresis (daemon.postprocess), max-over-features scores, the scaler floor, and that
+"""Alert hysteresis (daemon.core.postprocess), max-over-features scores, the scaler floor, and that
 all of them travel in bundle.json and are applied by the one detection path."""
 
 import json
@@ -6,15 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from daemon.bundle import Bundle, ScoreSpec, load_bundle
-from daemon.detection import detect
-from daemon.errors import BundleError, UserError
-from daemon.frames import Frame, load_csv
-from daemon.postprocess import AlertSpec, Hysteresis, alert_flags
-from daemon.scaling import Scaler
-from daemon.scoring import Scorer, combine
-from daemon.thresholds import Threshold
-from daemon.training import TrainConfig, floor_scale, save, train
+from daemon.core.bundle import Bundle, ScoreSpec, load_bundle
+from daemon.offline.detection import detect
+from daemon.core.errors import BundleError, UserError
+from daemon.offline.frames import Frame, load_csv
+from daemon.core.postprocess import AlertSpec, Hysteresis, alert_flags
+from daemon.core.scaling import Scaler
+from daemon.core.scoring import Scorer, combine
+from daemon.core.thresholds import Threshold
+from daemon.offline.training import TrainConfig, floor_scale, save, train
 from datafiles import normal_csv, train_bundle
 
 

@@ -1,6 +1,6 @@
 """Slow-feature handling: `score.exclude` (features that are model input but do not vote) and
 `preprocess.demean` (centre features on their window mean), chosen from training rows, stored
-in bundle.json and applied by the one scoring path. Plus: daemon.thresholds imports scipy lazily."""
+in bundle.json and applied by the one scoring path. Plus: daemon.core.thresholds imports scipy lazily."""
 
 import json
 import subprocess
@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from daemon.bundle import ScoreSpec, load_bundle
-from daemon.errors import BundleError, UserError
-from daemon.frames import load_csv
-from daemon.preprocess import Preprocess, lag1_autocorrelation, resolve_features, slow_features
-from daemon.scoring import Scorer, combine
-from daemon.training import TrainConfig, save, train
+from daemon.core.bundle import ScoreSpec, load_bundle
+from daemon.core.errors import BundleError, UserError
+from daemon.offline.frames import load_csv
+from daemon.core.preprocess import Preprocess, lag1_autocorrelation, resolve_features, slow_features
+from daemon.core.scoring import Scorer, combine
+from daemon.offline.training import TrainConfig, save, train
 from datafiles import normal_csv, train_bundle
 
 FEATURES = ["vibration", "current", "pressure", "flow", "temperature"]
@@ -97,7 +97,7 @@ def test_bundle_stores_and_serving_applies_exclude_and_demean(tmp_path):
 
 
 def _backend(result):
-    from daemon.runtime import torch_backend
+    from daemon.core.runtime import torch_backend
 
     return torch_backend(result.model, 1)
 
@@ -149,6 +149,6 @@ def test_cli_train_options(tmp_path):
 
 
 def test_thresholds_import_does_not_load_scipy():
-    code = "import sys, daemon.bundle, daemon.thresholds; print('scipy.stats' in sys.modules)"
+    code = "import sys, daemon.core.bundle, daemon.core.thresholds; print('scipy.stats' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

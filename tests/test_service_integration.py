@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon import synthetic
+from daemon.offline import synthetic
 from daemon.live.config import build
-from daemon.live.file_sink import read_points
+from daemon.live.sinks.file import read_points
 from daemon.live.service import Service
-from daemon.publisher import Publisher, payload
+from daemon.offline.publisher import Publisher, payload
 from datafiles import normal_csv, train_bundle
 from servers import sample_count, wait_until
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daemon import synthetic
-from daemon.live.file_sink import read_points
-from daemon.publisher import Publisher, payload
+from daemon.offline import synthetic
+from daemon.live.sinks.file import read_points
+from daemon.offline.publisher import Publisher, payload
 from datafiles import normal_csv, train_bundle
 from servers import free_port, wait_until
 

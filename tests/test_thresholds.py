@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from daemon.thresholds import Threshold, calibrate, parse_method
+from daemon.core.thresholds import Threshold, calibrate, parse_method
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from daemon.scaling import Scaler
-from daemon.training import split_runs
-from daemon.frames import Frame
-from daemon.windowing import window_ends, windows
+from daemon.core.scaling import Scaler
+from daemon.offline.training import split_runs
+from daemon.offline.frames import Frame
+from daemon.core.windowing import window_ends, windows
 
 
 def test_window_count_follows_rows_window_and_stride():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from daemon.bundle import load_bundle
+from daemon.core.bundle import load_bundle
 from daemon.commands.common import formatter
-from daemon.errors import UserError
+from daemon.core.errors import UserError
 from daemon.live.config import ModelConfig, example_yaml, read_yaml, validate
 
 

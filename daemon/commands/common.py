@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from daemon.frames import DEFAULT_LABEL_COLUMN, NAN_POLICIES, Frame, load_csv
+from daemon.offline.frames import DEFAULT_LABEL_COLUMN, NAN_POLICIES, Frame, load_csv
 
 EXAMPLE_HEADER = "example:\n"
 

@@ -17,18 +17,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from daemon import synthetic
+from daemon.offline import synthetic
 from daemon.commands.common import formatter
-from daemon.demo_broker import local_broker
-from daemon.demo_report import DeviceRun, plot_devices, summary_table
-from daemon.errors import UserError
-from daemon.evaluation import segments
+from daemon.demo.broker import local_broker
+from daemon.demo.report import DeviceRun, plot_devices, summary_table
+from daemon.core.errors import UserError
+from daemon.offline.evaluation import segments
 from daemon.live.config import build, read_yaml
-from daemon.live.logsetup import configure_logging
-from daemon.live.metrics import Metrics
+from daemon.live.telemetry.logsetup import configure_logging
+from daemon.live.telemetry.metrics import Metrics
 from daemon.live.service import Service, build_sink
-from daemon.live.tee_sink import RecordingSink
-from daemon.publisher import Publisher, payload
+from daemon.live.sinks.tee import RecordingSink
+from daemon.offline.publisher import Publisher, payload
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ import json
 import math
 from pathlib import Path
 
-from daemon import plots
+from daemon.offline import plots
 from daemon.commands.common import add_data_options, formatter, read_frames
-from daemon.detection import FileResult, evaluate_frames
-from daemon.scoring import Scorer
+from daemon.offline.detection import FileResult, evaluate_frames
+from daemon.core.scoring import Scorer
 
 EPILOG = """\
 Scoring is streaming-causal: a window's score belongs to its last row; rows before the first

@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.onnx_export import export_onnx
+    from daemon.offline.onnx_export import export_onnx
 
     started = time.monotonic()
     path = export_onnx(args.model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from daemon import synthetic
+from daemon.offline import synthetic
 from daemon.commands.common import formatter
 
 EPILOG = f"""\

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from daemon.bundle import load_bundle
+from daemon.core.bundle import load_bundle
 from daemon.commands.common import formatter
 
 

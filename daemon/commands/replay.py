@@ -10,8 +10,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from daemon.commands.common import add_data_options, formatter, read_frames, split_list
-from daemon.errors import UserError
-from daemon.publisher import Publisher, payload
+from daemon.core.errors import UserError
+from daemon.offline.publisher import Publisher, payload
 
 EPILOG = """\
 Each row becomes one JSON message {"ts": <row time>, "<feature>": <value>, ...} on TOPIC,

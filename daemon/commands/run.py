@@ -7,7 +7,7 @@ import logging
 
 from daemon.commands.common import formatter
 from daemon.live.config import load_config
-from daemon.live.logsetup import configure_logging
+from daemon.live.telemetry.logsetup import configure_logging
 from daemon.live.service import Service
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from daemon.commands.common import add_data_options, formatter, read_frames
-from daemon.detection import detect
-from daemon.scoring import Scorer
+from daemon.offline.detection import detect
+from daemon.core.scoring import Scorer
 
 EPILOG = """\
 output columns: timestamp (RFC 3339, UTC, time of the window's last row), score, threshold,

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from daemon import plots
+from daemon.offline import plots
 from daemon.commands.common import add_data_options, formatter, read_frames, split_list
-from daemon.errors import DataError, UserError
-from daemon.models import ARCHITECTURES, default_params
-from daemon.scaling import SCALER_KINDS
-from daemon.bundle import SCORE_REDUCTIONS
-from daemon.training import CALIBRATE_ON, TrainConfig, save, train
+from daemon.core.errors import DataError, UserError
+from daemon.core.models import ARCHITECTURES, default_params
+from daemon.core.scaling import SCALER_KINDS
+from daemon.core.bundle import SCORE_REDUCTIONS
+from daemon.offline.training import CALIBRATE_ON, TrainConfig, save, train
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _check_positive(**values: float) -> None:
 def _export_onnx(directory: Path) -> None:
     """model.onnx next to the weights, so `runtime: onnx` works without a separate step;
     skipped (with a note) where the onnx packages are not installed."""
-    from daemon.onnx_export import export_onnx
+    from daemon.offline.onnx_export import export_onnx
 
     try:
         export_onnx(directory)

@@ -1,6 +1,6 @@
 """Per-device alert hysteresis for the live service.
 
-The state machine itself is `daemon.postprocess.Hysteresis`, the one `anomalyd evaluate`
+The state machine itself is `daemon.core.postprocess.Hysteresis`, the one `anomalyd evaluate`
 runs offline, so live alerts and offline metrics cannot disagree. This module adds what a
 service with many devices needs: only devices in alert or part-way through a streak are
 stored (a quiet device costs nothing), a count of active alerts, and a lock, because updates
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from daemon.postprocess import AlertSpec, Hysteresis
+from daemon.core.postprocess import AlertSpec, Hysteresis
 
 
 class AlertTracker:

@@ -27,8 +27,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from daemon.errors import ConfigError
-from daemon.live.payload import topic_problem
+from daemon.core.errors import ConfigError
+from daemon.live.ingest.payload import topic_problem
 
 ENV_MQTT_PASSWORD = "ANOMALYD_MQTT_PASSWORD"
 ENV_INFLUXDB_TOKEN = "ANOMALYD_INFLUXDB_TOKEN"

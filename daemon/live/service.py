@@ -22,23 +22,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.errors import UserError
+from daemon.core.errors import UserError
 from daemon.live.alerting import AlertTracker
-from daemon.live.buffers import DeviceBuffers
+from daemon.live.ingest.buffers import DeviceBuffers
 from daemon.live.config import Config, load_config
 from daemon.live.events import ScoreEvent
-from daemon.live.file_sink import FileSink
-from daemon.live.http_server import MetricsServer
-from daemon.live.influx_sink import InfluxSink
-from daemon.live.memory import release_free_memory
-from daemon.live.metrics import Metrics
-from daemon.live.mqtt_ingest import MessageHandler, MessagePipeline, MqttIngest
-from daemon.live.payload import PayloadParser
-from daemon.live.routing import DeviceRouter
-from daemon.live.sdnotify import SystemdNotifier
-from daemon.live.spool import Spool
+from daemon.live.sinks.file import FileSink
+from daemon.live.telemetry.http_server import MetricsServer
+from daemon.live.sinks.influx import InfluxSink
+from daemon.live.telemetry.memory import release_free_memory
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.ingest.mqtt import MessageHandler, MessagePipeline, MqttIngest
+from daemon.live.ingest.payload import PayloadParser
+from daemon.live.ingest.routing import DeviceRouter
+from daemon.live.telemetry.sdnotify import SystemdNotifier
+from daemon.live.sinks.spool import Spool
 from daemon.live.worker import ModelSlot, Sink, WindowQueue, Worker
-from daemon.scoring import Scorer
+from daemon.core.scoring import Scorer
 
 log = logging.getLogger(__name__)
 

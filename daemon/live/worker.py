@@ -27,15 +27,15 @@ import numpy as np
 
 from daemon.live.alerting import AlertTracker
 from daemon.live.events import ScoreEvent, WindowJob
-from daemon.live.memory import release_free_memory
-from daemon.live.metrics import Metrics
-from daemon.live.ratelimit import RateLimitedLog
-from daemon.runtime import MAX_MODEL_BATCH
-from daemon.scoring import Scorer, WindowScores
+from daemon.live.telemetry.memory import release_free_memory
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.telemetry.ratelimit import RateLimitedLog
+from daemon.core.runtime import MAX_MODEL_BATCH
+from daemon.core.scoring import Scorer, WindowScores
 
 log = logging.getLogger(__name__)
 
-# Windows scored between two returns of freed memory to the OS (daemon.live.memory), done only
+# Windows scored between two returns of freed memory to the OS (daemon.live.telemetry.memory), done only
 # when the queue is empty, so it never delays a waiting window: ~19 MB of 60 x 8 windows.
 TRIM_EVERY_WINDOWS = 10_000
 

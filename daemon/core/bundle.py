@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from daemon.errors import BundleError
-from daemon.postprocess import AlertSpec
-from daemon.preprocess import Preprocess
-from daemon.scaling import SCALER_KINDS, Scaler
-from daemon.thresholds import Threshold
+from daemon.core.errors import BundleError
+from daemon.core.postprocess import AlertSpec
+from daemon.core.preprocess import Preprocess
+from daemon.core.scaling import SCALER_KINDS, Scaler
+from daemon.core.thresholds import Threshold
 
 FORMAT = "anomalyd-bundle"
 FORMAT_VERSION = 1
@@ -40,7 +40,7 @@ class ScoreSpec:
     by seven healthy ones). The division keeps one noisy sensor from drowning the rest.
     `exclude` names features the model still reads (as context for the others) but whose own
     error does not vote: by default the slow sensors (temperatures), whose level drifts after
-    a fault has ended and would otherwise keep the alert on (see daemon.preprocess)."""
+    a fault has ended and would otherwise keep the alert on (see daemon.core.preprocess)."""
 
     error: str = "mse"
     feature_scale: tuple[float, ...] | None = None
@@ -70,7 +70,7 @@ class Bundle:
     training: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
     path: Path | None = None
-    # Per-window preprocessing before the model (daemon.preprocess); empty in old bundles.
+    # Per-window preprocessing before the model (daemon.core.preprocess); empty in old bundles.
     preprocess: Preprocess = field(default_factory=Preprocess)
 
     @property

@@ -1,6 +1,6 @@
 """Per-device ring buffers that turn a stream of readings into model windows.
 
-Windows follow `daemon.windowing` exactly: the first window ends at a device's `window`-th
+Windows follow `daemon.core.windowing` exactly: the first window ends at a device's `window`-th
 sample, then one every `stride` samples, so live scores line up with offline evaluation.
 
 Each device owns a preallocated ring of `window` float32 rows in a bytearray (1.9 KB for
@@ -41,9 +41,9 @@ from typing import Callable
 import numpy as np
 
 from daemon.live.events import Reading, WindowJob
-from daemon.live.metrics import Metrics
-from daemon.live.payload import Rejected
-from daemon.live.ratelimit import RateLimitedLog
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.ingest.payload import Rejected
+from daemon.live.telemetry.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

@@ -46,10 +46,10 @@ from collections import deque
 from typing import TYPE_CHECKING, Iterable
 
 from daemon.live.events import ScoreEvent
-from daemon.live.line_protocol import encode_each
-from daemon.live.metrics import Metrics
-from daemon.live.ratelimit import RateLimitedLog
-from daemon.live.spool import Spool
+from daemon.live.sinks.line_protocol import encode_each
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.telemetry.ratelimit import RateLimitedLog
+from daemon.live.sinks.spool import Spool
 
 if TYPE_CHECKING:
     from influxdb_client.rest import ApiException

@@ -13,8 +13,8 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Sequence
 
-from daemon.live.mqtt_ingest import MessageHandler
-from daemon.live.payload import PayloadParser, Rejected
+from daemon.live.ingest.mqtt import MessageHandler
+from daemon.live.ingest.payload import PayloadParser, Rejected
 
 _TOPIC_CACHE = 16384  # topics whose route is remembered; emptied when full
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.errors import DataError
+from daemon.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

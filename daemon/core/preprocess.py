@@ -16,7 +16,7 @@ offset getting in the way. Pure numpy: the ONNX runtime path needs no torch for 
 `slow_features` picks such sensors from the training rows only: a feature is "slow" when its
 pooled lag-1 autocorrelation over the training runs is at least `SLOW_AUTOCORR` (drift
 dominates sample-to-sample noise). Training uses it for `demean="auto"` and for the score's
-`exclude="auto"` (see daemon.bundle.ScoreSpec). The chosen names, not the rule, go into
+`exclude="auto"` (see daemon.core.bundle.ScoreSpec). The chosen names, not the rule, go into
 bundle.json, so serving never re-decides and an operator can edit the list.
 """
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from daemon.live.events import ScoreEvent
-from daemon.live.ratelimit import RateLimitedLog
+from daemon.live.telemetry.ratelimit import RateLimitedLog
 
 FLOAT = "%.9g"  # 9 significant digits tell every float32 apart (see the module docstring)
 

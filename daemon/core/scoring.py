@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.bundle import Bundle, ScoreSpec, load_bundle
-from daemon.frames import Frame
-from daemon.runtime import MAX_MODEL_BATCH, Backend, load_backend, padded_sizes
-from daemon.windowing import window_ends, windows
+from daemon.core.bundle import Bundle, ScoreSpec, load_bundle
+from daemon.offline.frames import Frame
+from daemon.core.runtime import MAX_MODEL_BATCH, Backend, load_backend, padded_sizes
+from daemon.core.windowing import window_ends, windows
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Scorer:
     def warm_up(self, max_batch: int) -> None:
         """Run the model once at every batch size the runtime will see for batches of up to
         `max_batch` windows, so the memory and compile time each shape costs are paid at start,
-        not in the first hours of live traffic (see `daemon.runtime.padded_size`)."""
+        not in the first hours of live traffic (see `daemon.core.runtime.padded_size`)."""
         for size in padded_sizes(min(max_batch, MAX_MODEL_BATCH)):
             self.backend(np.zeros((size, self.window, len(self.features)), dtype=np.float32))
 

@@ -22,18 +22,18 @@ import numpy as np
 import torch
 
 from daemon import __version__
-from daemon.bundle import SCORE_REDUCTIONS, WEIGHTS_FILE, Bundle, ScoreSpec
-from daemon.errors import DataError, UserError
-from daemon.evaluation import segments
-from daemon.frames import Frame
-from daemon.models import AutoEncoder, build_model, default_params
-from daemon.postprocess import AlertSpec
-from daemon.preprocess import Preprocess, resolve_features
-from daemon.runtime import torch_backend
-from daemon.scaling import Scaler
-from daemon.scoring import FrameScores, Scorer
-from daemon.thresholds import Threshold, calibrate
-from daemon.windowing import windows
+from daemon.core.bundle import SCORE_REDUCTIONS, WEIGHTS_FILE, Bundle, ScoreSpec
+from daemon.core.errors import DataError, UserError
+from daemon.offline.evaluation import segments
+from daemon.offline.frames import Frame
+from daemon.core.models import AutoEncoder, build_model, default_params
+from daemon.core.postprocess import AlertSpec
+from daemon.core.preprocess import Preprocess, resolve_features
+from daemon.core.runtime import torch_backend
+from daemon.core.scaling import Scaler
+from daemon.core.scoring import FrameScores, Scorer
+from daemon.core.thresholds import Threshold, calibrate
+from daemon.core.windowing import windows
 
 log = logging.getLogger(__name__)
 

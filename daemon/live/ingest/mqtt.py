@@ -22,11 +22,11 @@ from typing import Callable
 
 import paho.mqtt.client as mqtt
 
-from daemon.live.buffers import DeviceBuffers
+from daemon.live.ingest.buffers import DeviceBuffers
 from daemon.live.config import MqttConfig
-from daemon.live.metrics import Metrics
-from daemon.live.payload import PayloadParser, Rejected
-from daemon.live.ratelimit import RateLimitedLog
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.ingest.payload import PayloadParser, Rejected
+from daemon.live.telemetry.ratelimit import RateLimitedLog
 from daemon.live.worker import WindowQueue
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from daemon.errors import UserError
+from daemon.core.errors import UserError
 
 log = logging.getLogger(__name__)
 MOSQUITTO_PATHS = ("mosquitto", "/usr/sbin/mosquitto")

@@ -12,8 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from daemon.bundle import Bundle
-from daemon.errors import BundleError
+from daemon.core.bundle import Bundle
+from daemon.core.errors import BundleError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ Backend = Callable[[np.ndarray], np.ndarray]
 MAX_MODEL_BATCH = 64
 RUNTIMES = ("torch", "onnx")
 # ONNX metadata key holding the sha256 of the weights a model.onnx was exported from
-# (written by daemon.onnx_export), so a bundle retrained in place is not served stale.
+# (written by daemon.offline.onnx_export), so a bundle retrained in place is not served stale.
 ONNX_WEIGHTS_KEY = "anomalyd.weights_sha256"
 
 
@@ -41,7 +41,7 @@ def load_torch_model(bundle: Bundle):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from daemon.models import build_model
+    from daemon.core.models import build_model
 
     try:
         model = build_model(bundle.arch, bundle.window, len(bundle.features), bundle.arch_params)

@@ -14,7 +14,7 @@ from collections import deque
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from daemon.errors import UserError
+from daemon.core.errors import UserError
 
 MAX_IN_FLIGHT = 1000
 

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from daemon.live.events import ScoreEvent
-from daemon.live.line_protocol import decode, encode_each
-from daemon.live.metrics import Metrics
-from daemon.live.ratelimit import RateLimitedLog
+from daemon.live.sinks.line_protocol import decode, encode_each
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.telemetry.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.bundle import Bundle, load_bundle
-from daemon.errors import BundleError, UserError
-from daemon.runtime import ONNX_WEIGHTS_KEY
+from daemon.core.bundle import Bundle, load_bundle
+from daemon.core.errors import BundleError, UserError
+from daemon.core.runtime import ONNX_WEIGHTS_KEY
 
 INPUT_NAME = "windows"
 OUTPUT_NAME = "reconstruction"
@@ -36,7 +36,7 @@ def export_onnx(bundle_dir: str | os.PathLike[str], tolerance: float = TOLERANCE
     torch's by more than `tolerance` (the file is then not written)."""
     import torch
 
-    from daemon.runtime import load_torch_model
+    from daemon.core.runtime import load_torch_model
 
     try:
         import onnx  # noqa: F401 - the exporter and _stamp need it

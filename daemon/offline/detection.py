@@ -1,5 +1,5 @@
 """Offline detection on labelled runs: score each file through the serving `Scorer`, turn
-window flags into alert states with the bundle's hysteresis (`daemon.postprocess`, the same
+window flags into alert states with the bundle's hysteresis (`daemon.core.postprocess`, the same
 state machine the live daemon runs per device) and into per-row predictions the way the daemon
 would have produced them, and pool the metrics. `anomalyd evaluate` and the benchmarks both
 call `detect` / `evaluate_frames`."""
@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daemon.errors import DataError
-from daemon.evaluation import Report, report
-from daemon.frames import Frame
-from daemon.postprocess import alert_flags
-from daemon.scoring import FrameScores, Scorer, row_flags
+from daemon.core.errors import DataError
+from daemon.offline.evaluation import Report, report
+from daemon.offline.frames import Frame
+from daemon.core.postprocess import alert_flags
+from daemon.core.scoring import FrameScores, Scorer, row_flags
 
 
 @dataclass

@@ -12,9 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from daemon.evaluation import segments  # noqa: E402
+from daemon.offline.evaluation import segments  # noqa: E402
 from daemon.live.events import ScoreEvent  # noqa: E402
-from daemon.synthetic import Synthetic  # noqa: E402
+from daemon.offline.synthetic import Synthetic  # noqa: E402
 
 
 @dataclass

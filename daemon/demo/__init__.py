@@ -1,0 +1,1 @@
+"""The self-contained demo: an embedded broker and the report it draws."""

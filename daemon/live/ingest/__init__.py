@@ -1,0 +1,1 @@
+"""Ingest: message sources, the payload parser, routing and per-device ring buffers."""

@@ -1,0 +1,1 @@
+"""Sinks: where score events go (InfluxDB, a file), the disk spool and the line protocol."""
