@@ -11,7 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from daemon.live.events import ScoreEvent
-from daemon.live.sinks.influx import InfluxSink
+from daemon.live.config import InfluxdbConfig
+from daemon.live.sinks.influx import Backoff, InfluxSink
 from daemon.live.telemetry.metrics import Metrics
 from daemon.live.sinks.spool import Spool
 from servers import free_port, sample_count, wait_until
@@ -29,13 +30,13 @@ def events(model: str, n: int, start: int = 0, devices: int = 4) -> list[ScoreEv
             for i in range(start, start + n)]
 
 
-def make_sink(url: str, spool_dir, metrics: Metrics, **overrides) -> InfluxSink:
-    options = dict(url=url, org="org", bucket="bucket", token="token", batch_size=500, flush_interval_s=0.05,
-                   metrics=metrics, timeout_ms=2000, backoff_initial_s=0.05, backoff_max_s=0.4)
-    options.update(overrides)
-    if "spool" not in options:
-        options["spool"] = Spool(spool_dir, max_bytes=50_000_000)
-    return InfluxSink(**options)
+def make_sink(url: str, spool_dir, metrics: Metrics, spool: Spool | None = None, max_queue: int | None = None,
+              **settings) -> InfluxSink:
+    """The sink as the service builds it, from the config's influxdb section, with a short back-off."""
+    config = InfluxdbConfig(**{"enabled": True, "url": url, "org": "org", "bucket": "bucket", "token": "token",
+                               "batch_size": 500, "flush_interval_ms": 50, "timeout_ms": 2000, **settings})
+    return InfluxSink(config, spool or Spool(spool_dir, max_bytes=50_000_000), metrics, max_queue=max_queue,
+                      backoff=Backoff(initial_s=0.05, max_s=0.4))
 
 
 def count(metrics: Metrics, result: str) -> float:
@@ -246,7 +247,7 @@ def test_submit_never_waits_for_a_hanging_database(metrics, tmp_path):
     assert sink.status()["queued_points"] == 0  # ...but nothing queued is left in memory
     # Once the connection drops, the hanging write fails and the writer ends (within this test,
     # so its last log line is not written into a closed capture stream after it).
-    wait_until(lambda: not any(t.name == "influx-sink" and t.is_alive() for t in threading.enumerate()), 10,
+    wait_until(lambda: not any(t.name == "anomalyd-influx-sink" and t.is_alive() for t in threading.enumerate()), 10,
                "writer thread ended")
 
 

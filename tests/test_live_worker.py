@@ -107,9 +107,9 @@ def make_worker(scorer=None, sink=None, enter_after=1, leave_after=1, queue_size
     return worker, queue, metrics
 
 
-# ---- WindowQueue ------------------------------------------------------------------------------
+# ---- WindowQueue (the bounded queue's behaviour: tests/test_live_bounded_queue.py) -------------
 
-def test_full_queue_drops_the_oldest_window_and_counts_it():
+def test_full_queue_drops_the_oldest_window_and_counts_it(caplog):
     metrics = Metrics()
     q = WindowQueue(3, metrics)
     for i in range(5):
@@ -117,66 +117,19 @@ def test_full_queue_drops_the_oldest_window_and_counts_it():
     assert len(q) == 3
     assert [j.window[0, 0] for j in q.take(10, 0)] == [2, 3, 4]
     assert dropped(metrics, "queue_full") == 2
+    assert "window queue: dropped 1 windows" in caplog.text  # rate-limited: the second drop is held back
 
 
-def test_take_returns_at_once_when_max_batch_is_queued():
-    q = WindowQueue(100, Metrics())
-    for i in range(5):
-        q.put(job(value=i))
-    started = time.monotonic()
-    assert [j.window[0, 0] for j in q.take(4, max_wait_s=10)] == [0, 1, 2, 3]
-    assert time.monotonic() - started < 1
-    assert len(q) == 1
-
-
-def test_a_take_that_must_not_block_returns_only_a_ready_batch():
-    """The worker asks this while a batch is in the model: a full batch, or one whose oldest
-    window has waited max_wait_s, is ready; a few fresh windows are left to gather more."""
-    q = WindowQueue(100, Metrics())
-    for i in range(3):
-        q.put(job(value=i))
-    assert q.take(4, max_wait_s=10, block=False) == []
-    q.put(job(value=3))
-    assert [j.window[0, 0] for j in q.take(4, max_wait_s=10, block=False)] == [0, 1, 2, 3]
-    q.put(job(value=4))
-    time.sleep(0.02)
-    assert [j.window[0, 0] for j in q.take(4, max_wait_s=0.01, block=False)] == [4]
-    assert q.take(4, max_wait_s=0.01, block=False) == []
-
-
-def test_take_waits_at_most_max_wait_from_the_oldest_job():
-    q = WindowQueue(100, Metrics())
-    q.put(job())
-    started = time.monotonic()
-    assert len(q.take(10, max_wait_s=0.1)) == 1
-    assert 0.05 < time.monotonic() - started < 2
-
-
-def test_take_does_not_wait_again_for_a_job_that_already_waited():
-    q = WindowQueue(100, Metrics())
-    q.put(job())
-    time.sleep(0.25)
-    started = time.monotonic()
-    assert len(q.take(10, max_wait_s=0.2)) == 1
-    assert time.monotonic() - started < 0.15
-
-
-def test_take_wakes_when_another_thread_fills_the_batch():
-    q = WindowQueue(100, Metrics())
-    threading.Timer(0.05, lambda: [q.put(job()) for _ in range(3)]).start()
-    started = time.monotonic()
-    assert len(q.take(3, max_wait_s=10)) == 3
-    assert time.monotonic() - started < 5
-
-
-def test_close_wakes_a_waiting_take_and_later_puts_are_dropped():
+def test_windows_put_after_close_or_discarded_are_counted_as_dropped():
     metrics = Metrics()
     q = WindowQueue(100, metrics)
-    threading.Timer(0.05, q.close).start()
-    assert q.take(10, max_wait_s=10) == []
+    q.put(job())
+    q.put(job())
+    assert q.discard() == 2
+    q.close()
     q.put(job())
     assert len(q) == 0
-    assert dropped(metrics, "queue_full") == 1
+    assert dropped(metrics, "queue_full") == 3
 
 
 def test_queue_depth_is_readable_at_scrape_time():

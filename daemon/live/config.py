@@ -146,6 +146,11 @@ class InfluxdbConfig:
     spool_max_bytes: int = _opt(100_000_000, "Spool size limit; beyond it the oldest points are dropped.", lo=0)
     timeout_ms: int = _opt(5000, "HTTP timeout of one write.", lo=1)
 
+    @property
+    def flush_interval_s(self) -> float:
+        """`flush_interval_ms` in seconds, the unit of the sink's clocks."""
+        return self.flush_interval_ms / 1000
+
 
 @dataclass(frozen=True)
 class LocalStoreConfig:

@@ -20,54 +20,23 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from daemon.core.errors import UserError
 from daemon.live.alerting import AlertTracker
 from daemon.live.ingest.buffers import DeviceBuffers
 from daemon.live.config import Config, load_config
-from daemon.live.events import ScoreEvent
-from daemon.live.sinks.file import FileSink
+from daemon.live.sinks.factory import build_sink
 from daemon.live.telemetry.http_server import MetricsServer
-from daemon.live.sinks.influx import InfluxSink
 from daemon.live.telemetry.memory import release_free_memory
 from daemon.live.telemetry.metrics import Metrics
 from daemon.live.ingest.mqtt import MessageHandler, MessagePipeline, MqttIngest
 from daemon.live.ingest.payload import PayloadParser
 from daemon.live.ingest.routing import DeviceRouter
 from daemon.live.telemetry.sdnotify import SystemdNotifier
-from daemon.live.sinks.spool import Spool
 from daemon.live.worker import ModelSlot, Sink, WindowQueue, Worker
 from daemon.core.scoring import Scorer
 
 log = logging.getLogger(__name__)
-
-
-class DiscardSink:
-    """No store configured: scores only move the metrics. Logged once at start."""
-
-    healthy = True
-
-    def submit(self, events: list[ScoreEvent]) -> None:
-        pass
-
-    def status(self) -> dict[str, object]:
-        return {"healthy": True, "sink": "none"}
-
-    def close(self, timeout: float = 10.0) -> bool:
-        return True
-
-
-def build_sink(config: Config, metrics: Metrics):
-    influx = config.influxdb
-    if influx.enabled:
-        spool = Spool(Path(influx.spool_dir), influx.spool_max_bytes)
-        return InfluxSink(influx.url, influx.org or "", influx.bucket, influx.token or "", influx.batch_size,
-                          influx.flush_interval_ms / 1000, spool, metrics, influx.timeout_ms)
-    if config.local_store.path:
-        return FileSink(config.local_store.path, metrics)
-    log.warning("neither influxdb.enabled nor local_store.path is set: scores go to metrics only")
-    return DiscardSink()
 
 
 def alert_settings(config: Config, scorer: Scorer) -> tuple[int, int]:

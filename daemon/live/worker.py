@@ -9,8 +9,7 @@ GIL), the worker thread finishes the batch before it (errors, threshold, hystere
 line protocol in the sink) and prepares the next. On 2 cores that overlaps the worker's own
 Python, ~15 us a window, with the forward pass; bench/throughput.py measures the gain.
 
-The queue drops the OLDEST window when full: under overload, fresh windows are worth more
-than stale ones, and `put` must never block the MQTT network thread.
+The queue drops the OLDEST window when full (see `WindowQueue`).
 """
 
 from __future__ import annotations
@@ -18,15 +17,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import Mapping
 
 import numpy as np
 
 from daemon.live.alerting import AlertTracker
+from daemon.live.bounded_queue import BoundedQueue
 from daemon.live.events import ScoreEvent, WindowJob
+from daemon.live.sinks.base import Sink
 from daemon.live.telemetry.memory import release_free_memory
 from daemon.live.telemetry.metrics import Metrics
 from daemon.live.telemetry.ratelimit import RateLimitedLog
@@ -40,102 +40,22 @@ log = logging.getLogger(__name__)
 TRIM_EVERY_WINDOWS = 10_000
 
 
-class Sink(Protocol):
-    """What the worker writes to: InfluxSink, FileSink, or anything with this shape."""
-
-    @property
-    def healthy(self) -> bool:
-        """False while writes fail (drives /healthz)."""
-
-    def submit(self, events: list[ScoreEvent]) -> None:
-        """Accept scored windows without blocking (buffer and write elsewhere)."""
-
-    def status(self) -> dict[str, object]:
-        """Details for /healthz."""
-
-    def close(self, timeout: float = 10.0) -> bool:
-        """Flush what was accepted and stop; True when everything was flushed."""
-
-
-class WindowQueue:
-    """Bounded FIFO of windows between ingest and the worker. Thread-safe for any number of
-    producers and one consumer (`take` is the worker's alone)."""
+class WindowQueue(BoundedQueue[WindowJob]):
+    """Windows between ingest and the worker. When full, the OLDEST window is dropped: under
+    overload fresh windows are worth more than stale ones, and `put` must never block the MQTT
+    network thread. Every drop, and every window put after `close`, is counted in
+    windows_dropped{reason="queue_full"} and logged, rate-limited. `take` is the worker's alone."""
 
     def __init__(self, maxsize: int, metrics: Metrics) -> None:
-        if maxsize < 1:
-            raise ValueError(f"queue maxsize must be >= 1, got {maxsize}")
-        self.maxsize = maxsize
-        self._metrics = metrics
-        self._items: deque[tuple[float, WindowJob]] = deque()  # (monotonic enqueue time, job)
-        self._cond = threading.Condition(threading.Lock())
-        self._wanted = 1  # queue length at which a waiting `take` needs waking
-        self._waiting = False  # a `take` is blocked in wait(): only then does `put` notify
-        self._closed = False
+        super().__init__(maxsize, self._dropped)
+        self._drops = metrics.windows_dropped.labels(reason="queue_full")
+        self._ratelog = RateLimitedLog(log, interval=30.0)
         metrics.read_at_scrape(metrics.queue_depth, self.__len__)
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def put(self, job: WindowJob) -> None:
-        """Enqueue without blocking; when full, drop the oldest window. After `close`, the job
-        itself is dropped. Drops are counted in windows_dropped."""
-        with self._cond:
-            if self._closed:
-                self._metrics.windows_dropped.labels(reason="queue_full").inc()
-                return
-            if len(self._items) >= self.maxsize:
-                self._items.popleft()
-                self._metrics.windows_dropped.labels(reason="queue_full").inc()
-            self._items.append((time.monotonic(), job))
-            if self._waiting and len(self._items) >= self._wanted:
-                self._cond.notify()
-
-    def take(self, max_batch: int, max_wait_s: float, block: bool = True) -> list[WindowJob]:
-        """Up to `max_batch` jobs, oldest first. Returns as soon as `max_batch` are queued, or
-        `max_wait_s` after the oldest queued job arrived, or at once once closed. Blocks while
-        the queue is empty and open; returns [] only when closed and empty. With `block=False`
-        it returns at once: the batch if it is ready by those rules, else nothing."""
-        if not block:
-            with self._cond:
-                ready = (len(self._items) >= max_batch or self._closed
-                         or (self._items and time.monotonic() - self._items[0][0] >= max_wait_s))
-                return [self._items.popleft()[1] for _ in range(min(max_batch, len(self._items)))] if ready else []
-        with self._cond:
-            self._wanted = 1
-            self._waiting = True
-            try:
-                while not self._items and not self._closed:
-                    self._cond.wait()
-                if self._items:
-                    deadline = self._items[0][0] + max_wait_s
-                    self._wanted = max_batch
-                    while len(self._items) < max_batch and not self._closed:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            break
-                        self._cond.wait(remaining)
-            finally:
-                self._waiting = False
-            self._wanted = 1
-            return [self._items.popleft()[1] for _ in range(min(max_batch, len(self._items)))]
-
-    def close(self) -> None:
-        """Stop accepting windows and wake the worker; queued windows can still be taken."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def discard(self) -> int:
-        """Drop every queued window, counting them in windows_dropped. Returns how many."""
-        with self._cond:
-            n = len(self._items)
-            self._items.clear()
-        self._metrics.windows_dropped.labels(reason="queue_full").inc(n)
-        return n
+    def _dropped(self, jobs: list[WindowJob]) -> None:
+        self._drops.inc(len(jobs))
+        self._ratelog.warning("queue_full", "window queue: dropped %d windows, oldest first (queue of %d full: "
+                              "the model is not keeping up; or stopping without draining)", len(jobs), self.maxsize)
 
 
 @dataclass(frozen=True)

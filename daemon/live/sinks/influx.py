@@ -1,13 +1,13 @@
 """Write score events to InfluxDB (or anything speaking `/api/v2/write`), surviving outages.
 
 The caller (the scoring worker) must never wait for the database, so `submit` only encodes
-the events and appends the lines to a bounded in-memory queue; one writer thread does the
-network I/O. Encoding on the caller's thread is deliberate: Python running on a second thread
-beside the model slows the model several times over (GIL hand-offs at every torch op; see
-bench/throughput.py), and the worker has to pay for the encoding either way.
+the events and queues their lines in the sink's `BufferedWriter`; its thread does the network
+I/O. Encoding on the caller's thread is deliberate: Python running on a second thread beside
+the model slows the model (GIL hand-offs at every torch op; bench/throughput.py measures it),
+and the worker has to pay for the encoding either way.
 
     submit ─► queue (≤ max_queue lines) ─► writer ─► batch of ≤ batch_size lines
-                │ queue full: spill queue + new lines to the spool, oldest first
+                │ queue full: the oldest queued lines spill to the spool
                 │ (the caller pays for local disk I/O then, never for the network)
                 ▼
     spool (disk, bounded) ◄── first failed attempt of a batch, and every batch after it while
@@ -28,9 +28,9 @@ point is keyed by measurement, tags and millisecond timestamp, so InfluxDB overw
 duplicate with identical values; VictoriaMetrics keeps both samples unless it runs with
 `-dedup.minScrapeInterval=1ms`.
 
-Ordering: at most one batch can be reordered: the one in flight while `submit` spills the
-queue, which is spooled after the spilled points if its write then fails. Points carry their
-own timestamps, so this changes the arrival order only, never the stored series.
+Ordering: at most one batch can be reordered: the one in flight while the queue spills, which
+is spooled after the spilled points if its write then fails. Points carry their own
+timestamps, so this changes the arrival order only, never the stored series.
 
 `publish_to_sink_seconds` is observed for points written from memory; spooled points were
 delayed by the outage, which the `spooled` counter and `healthy` already report.
@@ -40,16 +40,17 @@ from __future__ import annotations
 
 import enum
 import logging
-import threading
 import time
-from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
+from daemon.live.config import InfluxdbConfig
 from daemon.live.events import ScoreEvent
+from daemon.live.sinks.base import Backlog, BufferedWriter
 from daemon.live.sinks.line_protocol import encode_each
+from daemon.live.sinks.spool import Spool
 from daemon.live.telemetry.metrics import Metrics
 from daemon.live.telemetry.ratelimit import RateLimitedLog
-from daemon.live.sinks.spool import Spool
 
 if TYPE_CHECKING:
     from influxdb_client.rest import ApiException
@@ -67,169 +68,82 @@ class _Outcome(enum.Enum):
     REJECTED = "rejected"  # the server refused the data itself; retrying cannot help
 
 
-class InfluxSink:
-    """Batched, retried, disk-spooled writer. Takes ownership of `spool` (closed by `close`)."""
+@dataclass(frozen=True)
+class Backoff:
+    """Wait between attempts while the database fails: doubles from `initial_s` up to `max_s`."""
 
-    def __init__(self, url: str, org: str, bucket: str, token: str, batch_size: int, flush_interval_s: float,
-                 spool: Spool, metrics: Metrics, timeout_ms: int = 10_000, *, max_queue: int | None = None,
-                 backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
-        if batch_size <= 0 or flush_interval_s <= 0:
-            raise ValueError(f"influx sink: batch_size and flush_interval_s must be > 0, "
-                             f"got {batch_size} and {flush_interval_s}")
-        self._url = url
-        self._org = org
-        self._bucket = bucket
-        self._batch_size = batch_size
-        self._flush_interval = flush_interval_s
-        self._max_queue = max_queue if max_queue is not None else 10 * batch_size
+    initial_s: float = 0.5
+    max_s: float = 30.0
+
+    def after(self, current: float) -> float:
+        return min(current * 2, self.max_s)
+
+
+class InfluxSink:
+    """Batched, retried, disk-spooled writer. Takes ownership of `spool` (closed by `close`).
+
+    `max_queue` bounds the lines waiting in memory (default: 10 batches)."""
+
+    def __init__(self, settings: InfluxdbConfig, spool: Spool, metrics: Metrics, *, max_queue: int | None = None,
+                 backoff: Backoff = Backoff()) -> None:
+        if settings.url is None or settings.bucket is None:
+            raise ValueError("influx sink: influxdb.url and influxdb.bucket must be set")
+        self._url = settings.url
+        self._org = settings.org or ""
+        self._bucket = settings.bucket
+        self._batch_size = settings.batch_size
+        self._max_queue = max_queue if max_queue is not None else 10 * settings.batch_size
         self._spool = spool
         self._metrics = metrics
-        self._backoff_initial = backoff_initial_s
-        self._backoff_max = backoff_max_s
-        # Imported here, not at module level: influxdb-client and its dependencies cost ~20 MB
-        # of RSS, which a daemon writing to a local file (or only to metrics) need not pay.
+        self._backoff_policy = backoff
+        # Imported here, not at module level: influxdb-client and its dependencies cost memory
+        # that a daemon writing to a local file (or only to metrics) need not pay.
         from influxdb_client import InfluxDBClient, WritePrecision
         from influxdb_client.client.write_api import SYNCHRONOUS
         from influxdb_client.rest import ApiException
 
         self._api_exception = ApiException
         self._precision = WritePrecision.MS
-        self._client = InfluxDBClient(url=url, token=token, org=org, timeout=timeout_ms)
+        self._client = InfluxDBClient(url=self._url, token=settings.token or "", org=self._org,
+                                      timeout=settings.timeout_ms)  # the client takes milliseconds
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self._counts = {result: metrics.sink_points.labels(result=result)
                         for result in ("written", "retried", "spooled", "dropped")}
         metrics.read_at_scrape(metrics.spool_bytes, lambda: spool.pending_bytes)
         self._ratelog = RateLimitedLog(log, interval=30.0)
 
-        self._cond = threading.Condition()
-        self._queue: deque[tuple[str, float]] = deque()  # (line, arrival time), oldest first
-        self._first_queued_at: float | None = None  # monotonic time the oldest queued point arrived
-        self._stopping = False
-        self._healthy = True
-        self._last_error: str | None = None
-        self._failures = 0  # consecutive failed attempts
-        self._backoff = backoff_initial_s
+        self._backoff = backoff.initial_s
         self._retry_at = 0.0  # monotonic time before which the database is not tried again
-        self._thread = threading.Thread(target=self._run, name="influx-sink", daemon=True)
-        self._thread.start()
+        self._writer: BufferedWriter[tuple[str, float]] = BufferedWriter(  # items: (line, arrival time)
+            "influx sink", self._deliver, self._spill, max_queued=self._max_queue, batch_size=settings.batch_size,
+            max_wait_s=settings.flush_interval_s, backlog=Backlog(self._retry_due_in, self._replay_one))
 
     # -- caller side ------------------------------------------------------------------------
 
     @property
     def healthy(self) -> bool:
         """False from a failed write until the next successful one."""
-        return self._healthy
+        return self._writer.healthy
 
     def status(self) -> dict[str, object]:
         """Details for /healthz."""
-        return {"healthy": self._healthy, "url": self._url, "queued_points": len(self._queue),
-                "spool_bytes": self._spool.pending_bytes, "last_error": self._last_error}
+        return {"healthy": self._writer.healthy, "url": self._url, "queued_points": self._writer.queued,
+                "spool_bytes": self._spool.pending_bytes, "last_error": self._writer.last_error}
 
     def submit(self, events: Iterable[ScoreEvent]) -> None:
         """Encode events and queue their lines for writing. Never waits for the database: when
-        the queue is full, the queue and these lines go to the spool instead (local disk I/O only)."""
-        encoded = self._encode_received(events)
-        with self._cond:
-            if self._stopping:
-                raise RuntimeError("influx sink is closed: submit after close()")
-            if not encoded:
-                return
-            if len(self._queue) + len(encoded) <= self._max_queue:
-                if not self._queue:
-                    self._first_queued_at = time.monotonic()
-                    self._cond.notify()
-                self._queue.extend(encoded)
-                if len(self._queue) >= self._batch_size:
-                    self._cond.notify()
-                return
-            spill = self._take_all()
-        self._ratelog.warning("queue-full", "influx sink: in-memory queue full (%d points, writer behind); "
-                              "spilled %d points to the spool", self._max_queue, len(spill) + len(encoded))
-        self._to_spool([line for line, _ in spill + encoded])
+        the queue is full, its oldest lines go to the spool (local disk I/O only)."""
+        self._writer.submit(self._encode_received(events))
 
     def close(self, timeout: float = 10.0) -> bool:
         """Write or spool what is queued, then stop. Returns False if the writer was still busy
-        after `timeout` (a hanging write); the queue is then spooled from here."""
-        with self._cond:
-            if self._stopping:
-                return not self._thread.is_alive()
-            self._stopping = True
-            self._cond.notify()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            with self._cond:
-                leftover = self._take_all()
-            self._to_spool([line for line, _ in leftover])
-            log.warning("influx sink: writer still busy after %.1f s (a write to %s is hanging); spooled %d queued "
-                        "points, the batch in flight is spooled if its write fails", timeout, self._url, len(leftover))
+        after `timeout` (a hanging write); the queue is then spooled from here, and the batch
+        in flight is spooled if its write fails."""
+        if not self._writer.close(timeout):
             return False
         self._client.close()
         self._spool.close()
         return True
-
-    # -- writer thread ----------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while True:
-            try:
-                if self._step():
-                    return
-            except Exception as err:  # a bug or a broken disk: the writer must not die silently
-                self._healthy = False
-                self._last_error = f"writer: {type(err).__name__}: {err}"
-                self._ratelog.error("writer", "influx sink: writer step failed, retrying in %.1f s", self._backoff,
-                                    exc_info=True)
-                time.sleep(self._backoff)
-
-    def _step(self) -> bool:
-        """Wait for work, then deliver one due batch and/or replay one spooled batch. Returns
-        True once stopping and nothing is queued."""
-        with self._cond:
-            while not self._stopping:
-                timeout = self._time_to_next_action()
-                if timeout is not None and timeout <= 0:
-                    break
-                self._cond.wait(timeout)
-            stopping = self._stopping
-            batch = self._take_due(force=stopping)
-        if batch:
-            self._deliver(batch)
-        if not stopping and self._retry_due():
-            self._replay_one()
-        return stopping and not batch
-
-    def _time_to_next_action(self) -> float | None:
-        """Seconds until a batch is due or a retry of the spool is; None waits for `submit`."""
-        now = time.monotonic()
-        waits = []
-        if self._queue:
-            if len(self._queue) >= self._batch_size:
-                return 0.0
-            waits.append(self._first_queued_at + self._flush_interval - now)
-        if not self._spool.empty:
-            waits.append(self._retry_at - now)
-        return min(waits) if waits else None
-
-    def _take_all(self) -> list[tuple[str, float]]:
-        taken = list(self._queue)
-        self._queue.clear()
-        self._first_queued_at = None
-        return taken
-
-    def _take_due(self, force: bool) -> list[tuple[str, float]]:
-        """Up to `batch_size` queued lines if a batch is full or the oldest waited long enough."""
-        if not self._queue:
-            return []
-        due = force or len(self._queue) >= self._batch_size
-        if not due and time.monotonic() < self._first_queued_at + self._flush_interval:
-            return []
-        taken = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
-        if not self._queue:
-            self._first_queued_at = None
-        return taken
-
-    def _retry_due(self) -> bool:
-        return not self._spool.empty and time.monotonic() >= self._retry_at
 
     def _encode_received(self, events: Iterable[ScoreEvent]) -> list[tuple[str, float]]:
         """(line, arrival time) of the events that can be encoded; the others are counted as dropped."""
@@ -238,6 +152,12 @@ class InfluxSink:
         if len(encoded) < len(events):
             self._counts["dropped"].inc(len(events) - len(encoded))
         return encoded
+
+    # -- writer thread ----------------------------------------------------------------------
+
+    def _retry_due_in(self) -> float | None:
+        """Seconds until the spool's next replay is due; None while the spool is empty."""
+        return None if self._spool.empty else self._retry_at - time.monotonic()
 
     def _deliver(self, encoded: list[tuple[str, float]]) -> None:
         """A live batch: to the database if nothing older waits and the back-off allows, else
@@ -253,6 +173,13 @@ class InfluxSink:
                 self._metrics.publish_to_sink_seconds.observe(now - received)
         elif outcome is _Outcome.RETRY:
             self._to_spool(lines)
+
+    def _spill(self, encoded: list[tuple[str, float]]) -> None:
+        """Lines the writer cannot send from memory (the queue overflowed, its write failed
+        unexpectedly, or `close` timed out) go to the spool, oldest first."""
+        self._ratelog.warning("spill", "influx sink: %d points could not wait in memory (queue of %d full, or the "
+                              "writer is stuck or stopped); spooled them", len(encoded), self._max_queue)
+        self._to_spool([line for line, _ in encoded])
 
     def _replay_one(self) -> None:
         """Write the spool's oldest batch; ack it on success, keep it for the next try otherwise."""
@@ -306,25 +233,16 @@ class InfluxSink:
             self._failed(f"{type(err).__name__}: {err}", None)
             return _Outcome.RETRY
         self._counts["written"].inc(len(lines))
-        if not self._healthy:
-            log.info("influx sink: writes to %s succeed again after %d failed attempts", self._url, self._failures)
-        self._healthy = True
-        self._failures = 0
-        self._backoff = self._backoff_initial
+        self._writer.record_success()
+        self._backoff = self._backoff_policy.initial_s
         self._retry_at = 0.0
         return _Outcome.WRITTEN
 
     def _failed(self, error: str, retry_after: float | None) -> None:
-        if self._healthy:
-            log.warning("influx sink: write to %s failed (%s); spooling to disk and retrying with back-off",
-                        self._url, error)
-        else:
-            self._ratelog.warning("write-failed", "influx sink: write to %s still failing (%s)", self._url, error)
-        self._healthy = False
-        self._last_error = error
-        self._failures += 1
+        self._writer.record_failure(f"write to {self._url} failed ({error}); spooling to disk and retrying "
+                                    f"with back-off")
         self._retry_at = time.monotonic() + max(self._backoff, retry_after or 0.0)
-        self._backoff = min(self._backoff * 2, self._backoff_max)
+        self._backoff = self._backoff_policy.after(self._backoff)
 
 
 def _classify(status: int | None) -> _Outcome:

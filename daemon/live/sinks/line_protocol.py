@@ -7,9 +7,9 @@ One line per `ScoreEvent`:
 Timestamps are integer milliseconds (write with precision `ms`): VictoriaMetrics stores
 milliseconds anyway, and a window's end time never needs more. Floats are written with 9
 significant digits (`%.9g`): scores and errors are float32 computations, and 9 digits tell
-every float32 apart (float32(written value) is the value). `repr` would write 17 digits, 8 of them noise, at four times
-the cost, and this runs for every scored window. `SCHEMA` is the one place the
-names live, so dashboards, alert rules and tests import them instead of copying strings.
+every float32 apart (float32(written value) is the value). `repr` would write 17 digits, 8 of
+them noise, and cost more on a path that runs for every scored window. `SCHEMA` is the one place
+the names live, so dashboards, alert rules and tests import them instead of copying strings.
 
 Line protocol has no NaN or infinity: a non-finite float field is left out of the line
 rather than failing the whole batch at the server. It cannot carry a newline either, nor an
@@ -96,8 +96,8 @@ def _feature_key(feature: str) -> str:
     return "," + _escape(SCHEMA.feature_field(feature), f"feature name {feature!r}") + "="
 
 
-# The usual event (every value finite) is one %-format of a cached template: ~2x faster than
-# assembling the parts, which matters because the FileSink encodes on the scoring thread.
+# The usual event (every value finite) is one %-format of a cached template, cheaper than
+# assembling the parts, which matters because the sinks encode on the scoring thread.
 # Literal "%" in names is escaped as "%%".
 @functools.lru_cache(maxsize=8192)
 def _series_template(device: str, model: str) -> str:

@@ -6,7 +6,7 @@ import threading
 from collections import defaultdict
 
 from daemon.live.events import ScoreEvent
-from daemon.live.worker import Sink
+from daemon.live.sinks.base import Sink
 
 
 class RecordingSink:
