@@ -1,5 +1,10 @@
+import os
+import stat
+
 import pytest
 
+from daemon.cli import main as cli_main
+from daemon.live.config import read_yaml, validate
 from daemon.live.sinks.spool import Spool
 
 
@@ -161,3 +166,61 @@ def test_a_corrupt_cursor_is_named(tmp_path):
     (tmp_path / "cursor").write_text("garbage")
     with pytest.raises(ValueError, match="cursor"):
         Spool(tmp_path, max_bytes=100)
+
+
+@pytest.fixture
+def umask_022():
+    """The usual default umask, under which new files would be world-readable."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def modes(directory) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
+
+
+def test_the_spool_directory_is_0700_and_its_files_0600_whatever_the_umask(tmp_path, umask_022):
+    directory = tmp_path / "var" / "spool"
+    spool = Spool(directory, max_bytes=10_000, segment_bytes=10)
+    spool.append(lines("a", 5))
+    spool.append(lines("b", 5))  # a second segment
+    spool.ack(spool.read_oldest(2))  # writes the cursor
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    files = modes(directory)
+    assert {"lock", "cursor"} < set(files) and len(segments(directory)) == 2
+    assert set(files.values()) == {0o600}
+    spool.close()
+
+
+def test_a_spool_left_with_open_modes_is_made_private_on_open(tmp_path, umask_022):
+    directory = tmp_path / "spool"
+    first = Spool(directory, max_bytes=10_000)
+    first.append(lines("a", 3))
+    first.ack(first.read_oldest(1))
+    first.close()
+    directory.chmod(0o755)
+    for path in directory.iterdir():
+        path.chmod(0o644)
+
+    second = Spool(directory, max_bytes=10_000)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert set(modes(directory).values()) == {0o600}
+    assert drain(second) == ["a001", "a002"]
+    second.close()
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_a_spool_size_the_spool_refuses_is_rejected_by_the_config_naming_the_field(tmp_path, capsys, size):
+    with pytest.raises(ValueError):
+        Spool(tmp_path / "spool", max_bytes=size)
+    path = tmp_path / "config.yaml"
+    path.write_text(f"influxdb: {{spool_max_bytes: {size}}}\n")
+    problem = f"influxdb.spool_max_bytes: must be an integer >= 1, got {size}"
+    assert validate(read_yaml(path)) == [problem]
+
+    assert cli_main(["check-config", str(path)]) == 2
+    assert problem in capsys.readouterr().err
+    assert cli_main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and problem in err

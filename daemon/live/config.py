@@ -143,7 +143,7 @@ class InfluxdbConfig:
     batch_size: int = _opt(500, "Points per write request.", lo=1)
     flush_interval_ms: int = _opt(1000, "Longest time a point waits before being written.", lo=1)
     spool_dir: str = _opt("/var/lib/anomalyd/spool", "Where points wait on disk while the server is down.")
-    spool_max_bytes: int = _opt(100_000_000, "Spool size limit; beyond it the oldest points are dropped.", lo=0)
+    spool_max_bytes: int = _opt(100_000_000, "Spool size limit; beyond it the oldest points are dropped.", lo=1)
     timeout_ms: int = _opt(5000, "HTTP timeout of one write.", lo=1)
 
     @property

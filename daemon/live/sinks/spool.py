@@ -21,6 +21,10 @@ Durability: every append is flushed to the OS, which survives a crash of the pro
 On reopen, a torn last line (crash mid-write) is cut off: that point was never acknowledged
 to anyone, so nothing that was counted is lost.
 
+Privacy: the spool holds the whole fleet's scores, so the directory is mode 0700 and every
+file in it 0600, set by the spool itself whatever the process umask (a service started by
+hand under root's default umask would otherwise leave them world-readable).
+
 One spool per directory at a time: a second `Spool` on the same directory (another daemon with
 the same config, or a reload that forgot to close the old sink) would send every point twice,
 so it is refused while the first holds the directory's lock (released by `close`).
@@ -41,6 +45,8 @@ log = logging.getLogger(__name__)
 SEGMENT_SUFFIX = ".seg"
 CURSOR_NAME = "cursor"
 LOCK_NAME = "lock"
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,9 @@ class Spool:
         if max_bytes <= 0 or segment_bytes <= 0:
             raise ValueError(f"spool max_bytes and segment_bytes must be > 0, got {max_bytes} and {segment_bytes}")
         self._dir = Path(directory)
-        self._dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self._dir / LOCK_NAME, "w")
+        self._dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        _make_private_dir(self._dir)
+        self._lock_file = _open_private(self._dir / LOCK_NAME, "wb")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -159,6 +166,9 @@ class Spool:
 
     def _open_existing(self) -> None:
         """Pick up what a previous process left: segments, cursor, and a torn last line."""
+        for path in self._dir.iterdir():  # files written under another umask, or copied in
+            if path.is_file():
+                os.chmod(path, PRIVATE_FILE)
         seqs = sorted(int(p.name[: -len(SEGMENT_SUFFIX)]) for p in self._dir.glob("*" + SEGMENT_SUFFIX))
         cursor_seq, cursor_offset = self._read_cursor()
         for seq in [s for s in seqs if s < cursor_seq]:  # acked, but deleted only after the cursor moved
@@ -170,7 +180,7 @@ class Spool:
         if not seqs:
             return
         self._cut_torn_line(seqs[-1])
-        self._tail = open(self._segment_path(seqs[-1]), "ab")
+        self._tail = _open_private(self._segment_path(seqs[-1]), "ab")
         self._advance(cursor_offset if cursor_seq == seqs[0] else 0)
         if self._pending_bytes():
             log.info("spool %s: %d bytes left by a previous run will be replayed first", self._dir,
@@ -190,8 +200,8 @@ class Spool:
     def _write_cursor(self, seq: int, offset: int) -> None:
         path = self._dir / CURSOR_NAME
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(f"{seq} {offset}\n")
+        with _open_private(tmp, "wb") as f:
+            f.write(f"{seq} {offset}\n".encode())
             if self._fsync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -215,7 +225,7 @@ class Spool:
             self._tail.close()
         seq = self._next_seq
         self._next_seq += 1
-        self._tail = open(self._segment_path(seq), "ab")
+        self._tail = _open_private(self._segment_path(seq), "ab")
         self._sizes[seq] = 0
         return seq
 
@@ -252,3 +262,28 @@ class Spool:
             dropped += rest.count(b"\n", 0, cut)
             self._advance(self._head_offset + cut)
         return dropped
+
+
+def _open_private(path: Path, mode: str) -> BinaryIO:
+    """Open for writing ("ab" appends, "wb" truncates) with mode 0600, whatever the umask and
+    whatever mode the file had."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
+    fd = os.open(path, flags, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+        return os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _make_private_dir(directory: Path) -> None:
+    """Mode 0700 for the spool directory. A directory this process does not own (so cannot
+    chmod) is used as it is, with a warning: the files in it are 0600 regardless."""
+    try:
+        os.chmod(directory, PRIVATE_DIR)
+    except PermissionError:
+        mode = directory.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("spool %s: mode %04o, not owned by this process so not made 0700; its files are 0600",
+                        directory, mode)
