@@ -26,7 +26,8 @@ from daemon.offline.evaluation import segments
 from daemon.live.config import build, read_yaml
 from daemon.live.telemetry.logsetup import configure_logging
 from daemon.live.telemetry.metrics import Metrics
-from daemon.live.service import Service, build_sink
+from daemon.live.assembly import build_sink
+from daemon.live.service import Service
 from daemon.live.sinks.tee import RecordingSink
 from daemon.offline.publisher import Publisher, payload
 

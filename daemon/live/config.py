@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import yaml
 
 from daemon.core.errors import ConfigError
-from daemon.live.ingest.payload import topic_problem
+from daemon.live.ingest.topics import topic_problem
 
 ENV_MQTT_PASSWORD = "ANOMALYD_MQTT_PASSWORD"
 ENV_INFLUXDB_TOKEN = "ANOMALYD_INFLUXDB_TOKEN"

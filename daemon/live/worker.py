@@ -71,7 +71,6 @@ class WindowQueue:
         self._wanted = 1  # queue length at which a waiting `take` needs waking
         self._waiting = False  # a `take` is blocked in wait(): only then does `put` notify
         self._closed = False
-        metrics.read_at_scrape(metrics.queue_depth, self.__len__)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -178,7 +177,6 @@ class Worker:
         self._errors = RateLimitedLog(log)
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="anomalyd-model")
         self._thread = threading.Thread(target=self._run, name="anomalyd-worker", daemon=True)
-        metrics.read_at_scrape(metrics.alerts_active, self._active_alerts)
 
     def start(self) -> None:
         self._thread.start()
@@ -190,9 +188,6 @@ class Worker:
         """Use `models` from the next batch on, e.g. after a SIGHUP reload. Queued windows
         whose route is gone or whose shape does not fit the new model are dropped."""
         self._models = dict(models)
-
-    def _active_alerts(self) -> int:
-        return sum(slot.alerts.active_count() for slot in self._models.values())
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Close the queue and end the thread. With `drain`, queued windows are scored first;

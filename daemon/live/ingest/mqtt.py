@@ -1,4 +1,4 @@
-"""MQTT input: paho client lifecycle, and the per-message path parse -> buffer -> queue.
+"""MQTT source: the paho client's lifecycle, feeding each message to a `MessageHandler`.
 
 Everything here runs on paho's network thread, which also answers keepalives: a callback that
 blocks gets the connection dropped by the broker, and an exception that escapes a callback
@@ -16,63 +16,17 @@ published while the daemon is away are then queued by the broker (mosquitto keep
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Callable
 
 import paho.mqtt.client as mqtt
 
-from daemon.live.ingest.buffers import DeviceBuffers
 from daemon.live.config import MqttConfig
+from daemon.live.ingest.pipeline import MessageHandler
 from daemon.live.telemetry.metrics import Metrics
-from daemon.live.ingest.payload import PayloadParser, Rejected
 from daemon.live.telemetry.ratelimit import RateLimitedLog
-from daemon.live.worker import WindowQueue
 
 log = logging.getLogger(__name__)
-
-MessageHandler = Callable[[str, bytes, float], object]  # (topic, payload, arrival epoch seconds)
-
-
-class MessagePipeline:
-    """parse -> ring buffer -> window queue for one message, counting its result. Broker-free,
-    so it is tested and benchmarked without MQTT."""
-
-    def __init__(self, parser: PayloadParser, buffers: DeviceBuffers, queue: WindowQueue, metrics: Metrics) -> None:
-        self.parser = parser
-        self._buffers = buffers
-        self._queue = queue
-        # Bound methods looked up once: this runs for every message.
-        self._parse = parser.parse_fields
-        self._push = buffers.push_values
-        self._put = queue.put
-        self._counts = metrics.messages.counts
-        self._rejects = RateLimitedLog(log)
-        self.last_ok: float | None = None  # arrival time of the last accepted reading
-        metrics.read_at_scrape(metrics.last_message_age, self._last_message_age)
-
-    def __call__(self, topic: str, payload: bytes, now: float) -> str:
-        """Handle one message; returns its result label."""
-        parsed = self._parse(topic, payload, now)
-        if type(parsed) is Rejected:
-            return self._reject(parsed)
-        device, ts, values = parsed
-        job = self._push(device, ts, values, now)
-        if job is not None:
-            if type(job) is Rejected:
-                return self._reject(job)
-            self._put(job)
-        self._counts["ok"] += 1
-        self.last_ok = now
-        return "ok"
-
-    def _reject(self, rejected: Rejected) -> str:
-        self._counts[rejected.reason] += 1
-        self._rejects.warning(rejected.reason, "message rejected (%s): %s", rejected.reason, rejected.detail)
-        return rejected.reason
-
-    def _last_message_age(self) -> float:
-        return math.nan if self.last_ok is None else max(0.0, time.time() - self.last_ok)
 
 
 class MqttIngest:
