@@ -190,3 +190,54 @@ def test_persistent_session_receives_what_was_published_while_the_daemon_was_awa
     ingest_factory(handle, metrics, client_id=client_id, persistent_session=True, qos=1)
     wait_until(lambda: len(queue) == 1, 10, "the queued readings")
     assert results(metrics) == {"ok": 5}
+
+
+def restart_broker(broker, persistence: bool) -> None:
+    """Stop the broker gracefully and start it again, with or without its persistence file."""
+    broker.stop()
+    conf = broker.conf_path.read_text()
+    broker.conf_path.write_text(conf.replace("persistence true", f"persistence {str(persistence).lower()}"))
+    broker.start()
+
+
+def connects(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("anomalyd_mqtt_connects_total")
+
+
+def sessions_lost(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("anomalyd_mqtt_sessions_lost_total")
+
+
+def test_a_persistent_session_the_broker_lost_is_a_warning_naming_the_gap_and_is_counted(
+        mosquitto, ingest_factory, caplog):
+    handle, queue, metrics = pipeline(window=1)
+    ingest = ingest_factory(handle, metrics, persistent_session=True)
+    pub = Publisher(mosquitto.port)
+    pub.send("sensors/pump-1/data", reading(time.time()))
+    pub.close()
+    wait_until(lambda: len(queue) == 1, 10, "a reading before the restart")
+    last_message = handle.last_ok
+    restart_broker(mosquitto, persistence=False)  # the broker comes back without our session
+    wait_until(lambda: connects(metrics) == 2 and ingest.subscribed, 15, "reconnect and resubscribe")
+    reconnected = time.time()
+    assert sessions_lost(metrics) == 1
+    [warning] = [r for r in caplog.records if "lost the persistent session" in r.getMessage()]
+    assert warning.levelname == "WARNING"
+    gap = float(warning.getMessage().split(" in the ")[1].split(" s since the last message received")[0])
+    assert 0 < gap <= reconnected - last_message
+
+
+def test_a_session_the_broker_kept_is_not_counted_as_lost(mosquitto, ingest_factory):
+    handle, queue, metrics = pipeline(window=1)
+    ingest = ingest_factory(handle, metrics, persistent_session=True)
+    restart_broker(mosquitto, persistence=True)
+    wait_until(lambda: connects(metrics) == 2 and ingest.subscribed, 15, "reconnect and resubscribe")
+    assert sessions_lost(metrics) == 0
+
+
+def test_a_clean_session_is_never_counted_as_lost(mosquitto, ingest_factory):
+    handle, queue, metrics = pipeline(window=1)
+    ingest = ingest_factory(handle, metrics, persistent_session=False)
+    restart_broker(mosquitto, persistence=False)
+    wait_until(lambda: connects(metrics) == 2 and ingest.subscribed, 15, "reconnect and resubscribe")
+    assert sessions_lost(metrics) == 0

@@ -102,9 +102,13 @@ class Route:
 
 
 def route_stream(stream: StreamConfig, scorer: Scorer) -> StreamConfig:
-    """The stream settings a route's buffers run with: the config's, with the stride it
-    leaves null taken from the bundle."""
-    return dataclasses.replace(stream, stride=stream.stride or scorer.bundle.stride)
+    """The stream settings a route's buffers run with: the config's, with what it leaves null
+    taken from the bundle: the stride, and the sample period learnt from the training data,
+    so the gap rule is on unless neither names a period."""
+    period = stream.sample_period_seconds
+    if period is None:
+        period = getattr(scorer.bundle, "sample_period_seconds", None)  # absent from older bundles
+    return dataclasses.replace(stream, stride=stream.stride or scorer.bundle.stride, sample_period_seconds=period)
 
 
 def build_routes(config: Config, scorers: Mapping[str, Scorer], queue: WindowQueue, metrics: Metrics,

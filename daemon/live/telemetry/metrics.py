@@ -179,6 +179,9 @@ class Metrics:
             self.sink_points.labels(result=result)
         self.mqtt_connected = Gauge(PREFIX + "mqtt_connected", "1 while connected to the MQTT broker.", registry=r)
         self.mqtt_reconnects = Counter(PREFIX + "mqtt_connects_total", "Successful MQTT (re)connections.", registry=r)
+        self.mqtt_sessions_lost = Counter(PREFIX + "mqtt_sessions_lost_total",
+                                          "Reconnects on which the broker had lost the persistent session: messages "
+                                          "published while disconnected are gone.", registry=r)
         self.config_reloads = Counter(PREFIX + "config_reloads_total", "SIGHUP reloads, by result.", ["result"],
                                       registry=r)
         for result in ("ok", "failed"):
