@@ -7,7 +7,7 @@ import numpy as np
 from daemon.core import runtime
 from daemon.offline import synthetic
 from daemon.offline.frames import Frame
-from daemon.live import service
+from daemon.live import assembly
 from daemon.live.config import build
 from daemon.core.models import build_model
 from daemon.core.runtime import MAX_MODEL_BATCH, padded_size, padded_sizes
@@ -80,5 +80,5 @@ def test_the_daemon_warms_each_model_up_to_the_configured_batch_size(tmp_path, m
     save(tiny_training(), tmp_path / "m")
     warmed = []
     monkeypatch.setattr(Scorer, "warm_up", lambda scorer, max_batch: warmed.append(max_batch))
-    service.load_scorers(build({"model": {"path": str(tmp_path / "m")}, "batching": {"max_batch": 16}}))
+    assembly.load_scorers(build({"model": {"path": str(tmp_path / "m")}, "batching": {"max_batch": 16}}))
     assert warmed == [16]

@@ -251,14 +251,6 @@ def test_submit_never_waits_for_a_hanging_database(metrics, tmp_path):
                "writer thread ended")
 
 
-def test_spool_bytes_gauge_reads_the_spool_at_scrape_time(metrics, tmp_path):
-    sink = make_sink(f"http://127.0.0.1:{free_port()}", tmp_path / "spool", metrics)
-    sink.submit(events("m", 10))
-    wait_until(lambda: count(metrics, "spooled") == 10, 5, "points spooled")
-    assert metrics.registry.get_sample_value("anomalyd_sink_spool_bytes") == sink.status()["spool_bytes"] > 0
-    assert sink.close()
-
-
 def test_submit_after_close_is_an_error(metrics, tmp_path):
     sink = make_sink(f"http://127.0.0.1:{free_port()}", tmp_path / "spool", metrics)
     assert sink.close()

@@ -132,14 +132,6 @@ def test_windows_put_after_close_or_discarded_are_counted_as_dropped():
     assert dropped(metrics, "queue_full") == 3
 
 
-def test_queue_depth_is_readable_at_scrape_time():
-    metrics = Metrics()
-    q = WindowQueue(100, metrics)
-    q.put(job())
-    q.put(job())
-    assert counter(metrics, "anomalyd_queue_windows") == 2
-
-
 # ---- Worker -----------------------------------------------------------------------------------
 
 def test_queued_jobs_are_scored_in_one_batch_and_become_score_events():
@@ -156,7 +148,6 @@ def test_queued_jobs_are_scored_in_one_batch_and_become_score_events():
     assert counter(metrics, "anomalyd_windows_scored_total") == 2
     assert counter(metrics, "anomalyd_anomalous_windows_total") == 1
     assert counter(metrics, "anomalyd_alerts_raised_total") == 1
-    assert counter(metrics, "anomalyd_alerts_active") == 1
     assert counter(metrics, "anomalyd_inference_seconds_count") == 1
     assert counter(metrics, "anomalyd_batch_windows_sum") == 2
 
@@ -373,7 +364,7 @@ def test_each_route_is_scored_by_its_own_model_and_alert_states():
     assert sorted((e.device, e.model, e.anomaly, e.alert) for e in events) == [
         ("f", "fan", False, False), ("f", "fan", True, False), ("p", "pump", True, True), ("p", "pump", True, True)]
     assert pump.batches == [(2, W, F)] and fan.batches == [(2, W, F)]
-    assert counter(metrics, "anomalyd_alerts_active") == 1
+    assert sum(slot.alerts.active_count() for slot in models.values()) == 1
 
 
 def test_windows_of_a_route_that_lost_its_model_are_dropped_and_counted():

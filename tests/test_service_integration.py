@@ -247,3 +247,31 @@ def test_daemon_reconnects_after_broker_restart_and_gets_what_was_queued_while_i
     stamps = sorted(p["ts"] for p in read_points(store))
     assert stamps[-1] == pytest.approx(runs[device].timestamps[-1], abs=1e-3)
     assert len(stamps) == (200 - WINDOW + 1) + (100 - WINDOW + 1)
+
+
+def scraped(service: Service, name: str) -> float | None:
+    """One unlabelled sample from the service's own /metrics endpoint."""
+    status, text = http_get(service.http.url + "/metrics")
+    assert status == 200
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split(" ", 1)[1])
+    return None
+
+
+def test_metrics_read_the_state_of_every_model_devices_route(bundle, mosquitto_session, tmp_path, unique_name):
+    fan, pump = f"fan-{unique_name[:30]}", f"pump-{unique_name[:30]}"
+    service = make_service(bundle, mosquitto_session, tmp_path, model={"devices": {"fan-*": str(bundle)}},
+                           local_store={"path": str(tmp_path / "scores.lp")})
+    try:
+        assert len(service.routes) == 2
+        assert np.isnan(scraped(service, "anomalyd_last_message_age_seconds"))
+        publish(mosquitto_session, device_runs([fan], None, rows=30))  # the model.devices route only
+        wait_until(lambda: metric(service, "anomalyd_messages_total", result="ok") >= 30, 15, "fan readings")
+        assert 0 <= scraped(service, "anomalyd_last_message_age_seconds") < 60
+        publish(mosquitto_session, device_runs([pump], None, rows=30))  # the model.path route
+        wait_until(lambda: metric(service, "anomalyd_messages_total", result="ok") >= 60, 15, "pump readings")
+        assert 0 <= scraped(service, "anomalyd_last_message_age_seconds") < 60
+        assert scraped(service, "anomalyd_devices") == 2
+    finally:
+        service.shutdown()

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import yaml
 
 from daemon.core.errors import ConfigError
-from daemon.live.ingest.payload import topic_problem
+from daemon.live.ingest.topics import topic_problem
 
 ENV_MQTT_PASSWORD = "ANOMALYD_MQTT_PASSWORD"
 ENV_INFLUXDB_TOKEN = "ANOMALYD_INFLUXDB_TOKEN"
@@ -95,8 +95,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class StreamConfig:
     stride: int | None = _opt(None, "Score every N new samples per device (null = the bundle's stride).", lo=1)
-    sample_period_seconds: float | None = _opt(None, "Expected seconds between a device's samples "
-                                                     "(null = no gap check).", above=0)
+    sample_period_seconds: float | None = _opt(None, "Expected seconds between a device's samples (null = the "
+                                                     "bundle's, learnt from its training data; no gap check "
+                                                     "if the bundle has none).", above=0)
     gap_factor: float = _opt(5.0, "A gap longer than gap_factor x sample_period restarts the device's window.",
                              lo=1)
     max_future_seconds: float = _opt(300.0, "Reject readings stamped further than this ahead of this host's "

@@ -8,16 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass(frozen=True)
-class Reading:
-    """One validated sample of one device, features in the model's order."""
-
-    device: str
-    ts: float  # data time, epoch seconds
-    values: np.ndarray  # float32 [features]
-    received: float  # wall-clock epoch seconds when the message arrived
-
-
 @dataclass(slots=True)
 class WindowJob:
     """A full window ready to score, copied out of the device's ring buffer."""

@@ -1,15 +1,10 @@
-"""Wire the live stages together and own the process lifecycle.
+"""The live service's lifecycle: start, signals, reload, health, shutdown.
 
-    MqttIngest ─► MessagePipeline (parse ─► DeviceBuffers ─► WindowQueue) ─► Worker ─► sink
-                                                                   Metrics + MetricsServer
-
-With `model.devices`, a DeviceRouter in front sends each device to its own route (bundle,
-parser, buffers, alert states); the queue, the worker and the sink are shared.
-
-The stages know nothing of each other; this module builds them from a `Config`, answers
-/healthz, and handles signals: SIGTERM/SIGINT stop intake, score what is queued, flush the
-sink and return; SIGHUP reloads the config's model and alerting sections, validating the new
-bundle before swapping it in (a bad bundle keeps the old one and logs why).
+`daemon.live.assembly` builds the stages from a `Config`; this module runs them. It answers
+/healthz, exports every route's state at scrape time (`Metrics.live_state`), and handles
+signals: SIGTERM/SIGINT stop intake, score what is queued, flush the sink and return; SIGHUP
+reloads the config's model and alerting sections, validating the new bundle before swapping
+it in (a bad bundle keeps the old one and logs why).
 """
 
 from __future__ import annotations
@@ -19,63 +14,17 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 from daemon.core.errors import UserError
-from daemon.live.alerting import AlertTracker
-from daemon.live.ingest.buffers import DeviceBuffers
-from daemon.live.config import Config, load_config
-from daemon.live.sinks.factory import build_sink
-from daemon.live.telemetry.http_server import MetricsServer
-from daemon.live.telemetry.memory import release_free_memory
-from daemon.live.telemetry.metrics import Metrics
-from daemon.live.ingest.mqtt import MessageHandler, MessagePipeline, MqttIngest
-from daemon.live.ingest.payload import PayloadParser
-from daemon.live.ingest.routing import DeviceRouter
-from daemon.live.telemetry.sdnotify import SystemdNotifier
-from daemon.live.worker import ModelSlot, Sink, WindowQueue, Worker
 from daemon.core.scoring import Scorer
+from daemon.live.assembly import Route, assemble, build_routes, load_scorers, message_handler, model_slots
+from daemon.live.config import Config, load_config
+from daemon.live.telemetry.http_server import MetricsServer
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.telemetry.sdnotify import SystemdNotifier
+from daemon.live.sinks.base import Sink
 
 log = logging.getLogger(__name__)
-
-
-def alert_settings(config: Config, scorer: Scorer) -> tuple[int, int]:
-    """Hysteresis from the config when set there, else the bundle's (what `evaluate` used)."""
-    spec = scorer.bundle.alert
-    return (config.alerting.enter_after or spec.enter_after, config.alerting.leave_after or spec.leave_after)
-
-
-def bundle_paths(config: Config) -> dict[str, str]:
-    """Route key -> bundle directory, in matching order: model.devices globs, then "" for
-    model.path (every device no glob matches)."""
-    return {**config.model.devices, "": config.model.path}
-
-
-def load_scorers(config: Config) -> dict[str, Scorer]:
-    """Every bundle the config names, loaded, validated and warmed up to the configured batch
-    size; the first bad one raises. The warm-up's transient buffers go back to the OS after
-    (LSTM AE: 254 -> 248 MB)."""
-    loaded: dict[str, Scorer] = {}  # by path: a bundle named by several routes is loaded once
-    scorers = {}
-    for route, path in bundle_paths(config).items():
-        if path not in loaded:
-            loaded[path] = Scorer.load(path, config.model.runtime, config.batching.torch_threads)
-            loaded[path].warm_up(config.batching.max_batch)
-        scorers[route] = loaded[path]
-    release_free_memory()
-    return scorers
-
-
-@dataclass
-class Route:
-    """One bundle and the devices it scores. Everything here depends on the bundle's window
-    and features, so a reload that changes them rebuilds the route's buffers."""
-
-    key: str  # a model.devices glob, or "" for model.path
-    scorer: Scorer
-    alerts: AlertTracker
-    buffers: DeviceBuffers
-    pipeline: MessagePipeline
 
 
 class Service:
@@ -84,15 +33,10 @@ class Service:
         self.config = config
         self.config_path = config_path
         self.metrics = metrics or Metrics()
-        scorers = load_scorers(config)
-        self.queue = WindowQueue(config.batching.queue_size, self.metrics)
-        self.sink = sink if sink is not None else build_sink(config, self.metrics)
-        self.routes = self._routes(config, scorers, {})
-        b = config.batching
-        self.worker = Worker(self.queue, self._slots(config), self.sink, self.metrics, b.max_batch,
-                             b.max_wait_ms / 1000)
-        self.ingest = MqttIngest(config.mqtt, self._handler(), self.metrics)
-        self.metrics.read_at_scrape(self.metrics.devices, lambda: sum(len(r.buffers) for r in self.routes))
+        stages = assemble(config, self.metrics, sink)
+        self.queue, self.sink, self.routes = stages.queue, stages.sink, stages.routes
+        self.worker, self.ingest = stages.worker, stages.ingest
+        self.metrics.live_state.read_from(self)
         self._announce(config)
         self.http = (MetricsServer(config.metrics.address, config.metrics.port, self.metrics.registry, self.health)
                      if config.metrics.enabled else None)
@@ -109,46 +53,7 @@ class Service:
     def scorer(self) -> Scorer:
         return self.default_route.scorer
 
-    # ---- construction ---------------------------------------------------------------------
-
-    def _routes(self, config: Config, scorers: dict[str, Scorer], old: dict[str, Route]) -> list[Route]:
-        """Routes for `scorers`, keeping the alert states of an old route with the same key, and
-        its buffers too when its window, features, stride and stream settings are unchanged."""
-        def shape(scorer: Scorer) -> tuple:
-            return scorer.window, scorer.features, scorer.bundle.stride
-
-        routes = []
-        for key, scorer in scorers.items():
-            previous = old.get(key)
-            spec = alert_settings(config, scorer)
-            if previous is None:
-                alerts = AlertTracker(*spec)
-            else:
-                alerts = previous.alerts
-                alerts.set_spec(*spec)
-                if config.stream == self.config.stream and shape(scorer) == shape(previous.scorer):
-                    routes.append(Route(key, scorer, alerts, previous.buffers, previous.pipeline))
-                    continue
-            s, lim = config.stream, config.limits
-            buffers = DeviceBuffers(scorer.window, s.stride or scorer.bundle.stride, len(scorer.features),
-                                    s.sample_period_seconds, s.gap_factor, lim.max_devices, lim.idle_evict_seconds,
-                                    self.metrics, on_evict=alerts.forget, route=key,
-                                    clock_reset_seconds=s.clock_reset_seconds)
-            parser = PayloadParser(scorer.features, config.mqtt.topic, config.mqtt.device_level,
-                                   lim.max_payload_bytes, s.max_future_seconds)
-            routes.append(Route(key, scorer, alerts, buffers, MessagePipeline(parser, buffers, self.queue,
-                                                                               self.metrics)))
-        return routes
-
-    def _slots(self, config: Config) -> dict[str, ModelSlot]:
-        return {r.key: ModelSlot(r.scorer, r.alerts, config.alerting.threshold) for r in self.routes}
-
-    def _handler(self) -> MessageHandler:
-        """The default route's pipeline itself when there is one route (no routing cost)."""
-        default = self.default_route.pipeline
-        if len(self.routes) == 1:
-            return default
-        return DeviceRouter(default.parser, [(r.key, r.pipeline) for r in self.routes[:-1]], default)
+    # ---- models ---------------------------------------------------------------------------
 
     def _announce(self, config: Config) -> None:
         """Log every route's bundle and export it as anomalyd_model_info."""
@@ -240,11 +145,11 @@ class Service:
             if getattr(config, section) != getattr(self.config, section):
                 log.warning("reload: changes to section %r need a restart; keeping the running settings", section)
         old = self.scorer.bundle.name
-        routes = self._routes(config, scorers, {r.key: r for r in self.routes})
+        routes = build_routes(config, scorers, self.queue, self.metrics, {r.key: r for r in self.routes})
         rebuilt = [r.key or "*" for r in routes if r.buffers not in {o.buffers for o in self.routes}]
         self.routes, self.config = routes, config
-        self.ingest.swap_handler(self._handler())
-        self.worker.swap_models(self._slots(config))
+        self.ingest.swap_handler(message_handler(routes))
+        self.worker.swap_models(model_slots(config, routes))
         self._announce(config)
         self.metrics.config_reloads.labels(result="ok").inc()
         log.info("reloaded: model %s -> %s%s", old, self.scorer.bundle.name,

@@ -50,7 +50,6 @@ class WindowQueue(BoundedQueue[WindowJob]):
         super().__init__(maxsize, self._dropped)
         self._drops = metrics.windows_dropped.labels(reason="queue_full")
         self._ratelog = RateLimitedLog(log, interval=30.0)
-        metrics.read_at_scrape(metrics.queue_depth, self.__len__)
 
     def _dropped(self, jobs: list[WindowJob]) -> None:
         self._drops.inc(len(jobs))
@@ -98,7 +97,6 @@ class Worker:
         self._errors = RateLimitedLog(log)
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="anomalyd-model")
         self._thread = threading.Thread(target=self._run, name="anomalyd-worker", daemon=True)
-        metrics.read_at_scrape(metrics.alerts_active, self._active_alerts)
 
     def start(self) -> None:
         self._thread.start()
@@ -110,9 +108,6 @@ class Worker:
         """Use `models` from the next batch on, e.g. after a SIGHUP reload. Queued windows
         whose route is gone or whose shape does not fit the new model are dropped."""
         self._models = dict(models)
-
-    def _active_alerts(self) -> int:
-        return sum(slot.alerts.active_count() for slot in self._models.values())
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Close the queue and end the thread. With `drain`, queued windows are scored first;

@@ -3,16 +3,16 @@
 Windows follow `daemon.core.windowing` exactly: the first window ends at a device's `window`-th
 sample, then one every `stride` samples, so live scores line up with offline evaluation.
 
-Each device owns a preallocated ring of `window` float32 rows in a bytearray (1.9 KB for
-window 60 x 8 features: 19 MB for 10 000 devices). Sample `i` goes to row `i % window`: it is
-packed to float32 bytes once (`struct`, the same round-to-nearest as numpy's cast) and stored
-by one slice assignment, under half the cost of a numpy row assignment from a tuple. Emitting
-a window joins the two halves of the ring, oldest first, into a new bytearray viewed as a
-`[window, features]` float32 array: about as cheap as copying one contiguous slice, so the
-ring needs no second copy of each sample (an earlier layout kept `2 * window` rows for that).
+Each device owns a preallocated ring of `window` float32 rows in a bytearray (window x
+features x 4 bytes). Sample `i` goes to row `i % window`: it is packed to float32 bytes once
+(`struct`, the same round-to-nearest as numpy's cast) and stored by one slice assignment,
+cheaper than a numpy row assignment from a tuple. Emitting a window joins the two halves of
+the ring, oldest first, into a new bytearray viewed as a `[window, features]` float32 array:
+about as cheap as copying one contiguous slice, so the ring needs no second copy of each
+sample.
 
-Gap rule: when `sample_period` is set and a reading arrives more than
-`gap_factor * sample_period` seconds (data time) after the device's previous one, the device's
+Gap rule: when `stream.sample_period_seconds` is set and a reading arrives more than
+`gap_factor * sample_period_seconds` (data time) after the device's previous one, the device's
 window restarts from that reading. A window spanning the gap would glue two unrelated stretches
 of signal together and score as an anomaly that is only a network outage.
 
@@ -23,26 +23,26 @@ the reading is accepted, the window restarts from it and `anomalyd_clock_resets_
 it. Without the rule such a device would be dropped silently until its clock caught up with
 the wrong time again, minutes or years later.
 
-Threading: `push` runs on the MQTT network thread; `evict_idle` may be called from any thread
-(a housekeeping timer). A lock guards the device table; uncontended it costs well under a
-microsecond per push. `push` itself sweeps idle devices about every `idle_evict_seconds / 4`
-(arrival time), so silent devices free their slots even if nobody calls `evict_idle`.
+Threading: `push_values` runs on the ingest thread; `evict_idle` may be called from any
+thread (a housekeeping timer). A lock guards the device table. `push_values` itself sweeps
+idle devices about every `idle_evict_seconds / 4` (arrival time), so silent devices free
+their slots even if nobody calls `evict_idle`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-from daemon.live.events import Reading, WindowJob
-from daemon.live.telemetry.metrics import Metrics
+from daemon.live.config import LimitsConfig, StreamConfig
+from daemon.live.events import WindowJob
 from daemon.live.ingest.payload import Rejected
+from daemon.live.telemetry.metrics import Metrics
 from daemon.live.telemetry.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -58,23 +58,28 @@ class _Device:
 
 
 class DeviceBuffers:
-    def __init__(self, window: int, stride: int, n_features: int, sample_period: float | None,
-                 gap_factor: float, max_devices: int, idle_evict_seconds: float, metrics: Metrics,
-                 on_evict: Callable[[str], None] | None = None, route: str = "",
-                 clock_reset_seconds: float = math.inf) -> None:
-        """`on_evict(device)` lets per-device state elsewhere (alert hysteresis) forget a device
-        together with its buffer. `route` is stamped on every window, so the worker knows
-        which model scores it. `len()` is the device count (the service exports it)."""
-        if window < 1 or stride < 1 or n_features < 1:
-            raise ValueError(f"window, stride and n_features must be >= 1, got {window}, {stride}, {n_features}")
+    def __init__(self, window: int, n_features: int, stream: StreamConfig, limits: LimitsConfig, metrics: Metrics,
+                 *, on_evict: Callable[[str], None] | None = None, route: str = "") -> None:
+        """`stream` is the route's stream settings with `stride` resolved (the config's, else
+        the bundle's) and `sample_period_seconds` None when gaps are not checked; `limits`
+        bounds the device table. `on_evict(device)` lets per-device state elsewhere (alert
+        hysteresis) forget a device together with its buffer. `route` is stamped on every
+        window, so the worker knows which model scores it. `len()` is the device count."""
+        if stream.stride is None:
+            raise ValueError("stream.stride must be resolved to the bundle's stride before building buffers")
+        if window < 1 or stream.stride < 1 or n_features < 1:
+            raise ValueError(f"window, stride and n_features must be >= 1, got {window}, {stream.stride}, "
+                             f"{n_features}")
         self.window = window
-        self.stride = stride
+        self.stride = stream.stride
         self.n_features = n_features
-        self.max_gap = None if sample_period is None else gap_factor * sample_period
-        self.clock_reset_seconds = clock_reset_seconds
+        self.stream = stream
+        period = stream.sample_period_seconds
+        self.max_gap = None if period is None else stream.gap_factor * period
+        self.clock_reset_seconds = stream.clock_reset_seconds
+        self.max_devices = limits.max_devices
+        self.idle_evict_seconds = limits.idle_evict_seconds
         self._log = RateLimitedLog(log)
-        self.max_devices = max_devices
-        self.idle_evict_seconds = idle_evict_seconds
         self._metrics = metrics
         self._on_evict = on_evict
         self._devices: dict[str, _Device] = {}
@@ -82,20 +87,18 @@ class DeviceBuffers:
         self._pack = struct.Struct(f"={n_features}f").pack
         self._row_bytes = 4 * n_features
         self._ring_bytes = window * n_features * 4
-        self._sweep_every = idle_evict_seconds / 4
+        self._sweep_every = limits.idle_evict_seconds / 4
         self._next_sweep: float | None = None
         self._route = route
 
     def __len__(self) -> int:
         return len(self._devices)
 
-    def push(self, reading: Reading) -> WindowJob | Rejected | None:
-        """Append one reading; return a window when this reading completes one."""
-        return self.push_values(reading.device, reading.ts, reading.values, reading.received)
-
-    def push_values(self, device: str, ts: float, values, received: float) -> WindowJob | Rejected | None:
-        """`push` without the `Reading`: `values` is any sequence of `n_features` numbers in
-        model order (the message path passes the parser's tuple straight through)."""
+    def push_values(self, device: str, ts: float, values: Sequence[float], received: float
+                    ) -> WindowJob | Rejected | None:
+        """Append one reading (`values`: `n_features` numbers in model order, as the parser
+        returns them; `ts` data time and `received` arrival time, epoch seconds). Returns a
+        window when this reading completes one."""
         if self._next_sweep is None or received >= self._next_sweep:
             self._next_sweep = received + self._sweep_every
             self.evict_idle(received)

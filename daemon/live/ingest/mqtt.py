@@ -1,4 +1,4 @@
-"""MQTT input: paho client lifecycle, and the per-message path parse -> buffer -> queue.
+"""MQTT source: the paho client's lifecycle, feeding each message to a `MessageHandler`.
 
 Everything here runs on paho's network thread, which also answers keepalives: a callback that
 blocks gets the connection dropped by the broker, and an exception that escapes a callback
@@ -11,68 +11,28 @@ to a broker that restarted without persistence. MQTT 3.1.1 is used so that
 `persistent_session` maps onto clean_session=False with a fixed client id: QoS>=1 messages
 published while the daemon is away are then queued by the broker (mosquitto keeps at most
 `max_queued_messages` per client, default 1000; raise it on the broker).
+
+A broker that answers a reconnect with "session present: False" although a persistent session
+was asked for has lost it (restarted without persistence, or expired it): what devices
+published in between is gone for good. That is a WARNING naming the gap's length (since the
+last message received) and counts in `anomalyd_mqtt_sessions_lost_total`, so the hole in the
+data is visible where operators look, not only in an INFO line.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Callable
 
 import paho.mqtt.client as mqtt
 
-from daemon.live.ingest.buffers import DeviceBuffers
 from daemon.live.config import MqttConfig
+from daemon.live.ingest.pipeline import MessageHandler
 from daemon.live.telemetry.metrics import Metrics
-from daemon.live.ingest.payload import PayloadParser, Rejected
 from daemon.live.telemetry.ratelimit import RateLimitedLog
-from daemon.live.worker import WindowQueue
 
 log = logging.getLogger(__name__)
-
-MessageHandler = Callable[[str, bytes, float], object]  # (topic, payload, arrival epoch seconds)
-
-
-class MessagePipeline:
-    """parse -> ring buffer -> window queue for one message, counting its result. Broker-free,
-    so it is tested and benchmarked without MQTT."""
-
-    def __init__(self, parser: PayloadParser, buffers: DeviceBuffers, queue: WindowQueue, metrics: Metrics) -> None:
-        self.parser = parser
-        self._buffers = buffers
-        self._queue = queue
-        # Bound methods looked up once: this runs for every message.
-        self._parse = parser.parse_fields
-        self._push = buffers.push_values
-        self._put = queue.put
-        self._counts = metrics.messages.counts
-        self._rejects = RateLimitedLog(log)
-        self.last_ok: float | None = None  # arrival time of the last accepted reading
-        metrics.read_at_scrape(metrics.last_message_age, self._last_message_age)
-
-    def __call__(self, topic: str, payload: bytes, now: float) -> str:
-        """Handle one message; returns its result label."""
-        parsed = self._parse(topic, payload, now)
-        if type(parsed) is Rejected:
-            return self._reject(parsed)
-        device, ts, values = parsed
-        job = self._push(device, ts, values, now)
-        if job is not None:
-            if type(job) is Rejected:
-                return self._reject(job)
-            self._put(job)
-        self._counts["ok"] += 1
-        self.last_ok = now
-        return "ok"
-
-    def _reject(self, rejected: Rejected) -> str:
-        self._counts[rejected.reason] += 1
-        self._rejects.warning(rejected.reason, "message rejected (%s): %s", rejected.reason, rejected.detail)
-        return rejected.reason
-
-    def _last_message_age(self) -> float:
-        return math.nan if self.last_ok is None else max(0.0, time.time() - self.last_ok)
 
 
 class MqttIngest:
@@ -88,6 +48,9 @@ class MqttIngest:
         self._subscribed = False
         self._sub_mid: int | None = None
         self._stopping = False
+        self._ever_connected = False
+        self._last_message: float | None = None  # arrival time of the last message, any result
+        self._disconnected_at: float | None = None
 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id,
                              clean_session=not settings.persistent_session, protocol=mqtt.MQTTv311)
@@ -145,8 +108,9 @@ class MqttIngest:
         return guarded
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        received = self._last_message = time.time()
         try:
-            self._handler(msg.topic, msg.payload, time.time())
+            self._handler(msg.topic, msg.payload, received)
         except Exception as exc:  # as in _guard, without a wrapper call per message
             self._counts["internal_error"] += 1
             self._log.error("internal:_on_message", "bug in MQTT callback _on_message: %r", exc, exc_info=True)
@@ -159,10 +123,22 @@ class MqttIngest:
             return
         self._set_connected(True)
         self._metrics.mqtt_reconnects.inc()
+        if self.settings.persistent_session and self._ever_connected and not flags.session_present:
+            self._session_lost()
+        self._ever_connected = True
         log.info("connected to %s:%d (session present: %s); subscribing to %r qos %d", self.settings.host,
                  self.settings.port, flags.session_present, self.settings.topic, self.settings.qos)
         self._subscribed = False
         _, self._sub_mid = client.subscribe(self.settings.topic, self.settings.qos)
+
+    def _session_lost(self) -> None:
+        self._metrics.mqtt_sessions_lost.inc()
+        since, event = ((self._last_message, "the last message received") if self._last_message is not None
+                        else (self._disconnected_at, "the disconnect"))
+        gap = time.time() - since if since is not None else float("nan")
+        log.warning("broker %s:%d lost the persistent session of client %r (session present: False): messages "
+                    "published in the %.1f s since %s are gone", self.settings.host, self.settings.port,
+                    self.settings.client_id, gap, event)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         self._log.warning("connect", "cannot reach MQTT broker %s:%d; retrying", self.settings.host,
@@ -181,6 +157,7 @@ class MqttIngest:
                        reason_code: mqtt.ReasonCode, properties: object) -> None:
         self._set_connected(False)
         if not self._stopping:
+            self._disconnected_at = time.time()
             self._log.warning("disconnect", "disconnected from MQTT broker %s:%d (%s); reconnecting",
                               self.settings.host, self.settings.port, reason_code)
 

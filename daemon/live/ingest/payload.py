@@ -1,16 +1,16 @@
-"""Turn one MQTT message into a `Reading` or a `Rejected` with a bounded reason.
+"""Turn one message into (device, ts, values) or a `Rejected` with a bounded reason.
 
-This runs on the paho network thread for every message (tens of thousands a second), so the
-common case is kept short (profiled with py-spy under load; see bench/throughput.py):
-- the topic is matched by splitting on "/" and the device id checked by one regex, once per
-  topic: topics that passed are remembered (bounded), so a known topic is one dict lookup;
+This runs on the ingest thread for every message, so the common case is kept short (the
+message path's cost is measured by bench/throughput.py):
+- the device id comes from the topic by splitting on "/" and one regex, once per topic:
+  topics that passed are remembered (`TopicMemory`), so a known topic is one dict lookup;
 - a UTF-8 JSON object is decoded by the json module's C scanner directly, skipping the
-  encoding detection and wrapper layers of `json.loads` (half its cost for a ~120-byte
-  payload); anything unusual (another encoding, a BOM, trailing data, an error) goes through
-  `json.loads` itself, so what is accepted and every error message stay exactly its own;
+  encoding detection and wrapper layers of `json.loads`; anything unusual (another encoding,
+  a BOM, trailing data, an error) goes through `json.loads` itself, so what is accepted and
+  every error message stay exactly its own;
 - features are fetched with one `itemgetter` and checked in one loop; a value that fails
-  the check sends the message through the original step-by-step validation, which names
-  the first offending feature.
+  the check sends the message through the step-by-step validation, which names the first
+  offending feature.
 
 Wire format: topic `sensors/<device>/data` (configurable), payload
 `{"ts": <epoch seconds or RFC 3339>, "<feature>": <number>, ...}`. A missing `ts` means the
@@ -33,7 +33,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from daemon.live.events import Reading
+from daemon.live.ingest.topics import TopicMemory, topic_problem
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -41,7 +41,6 @@ _MISSING = object()
 # Epoch seconds this large are almost certainly milliseconds (year 33658 in seconds).
 _MILLIS_HINT = 1e12
 _EPOCH_LIMIT = 1e18  # far beyond any clock, but large enough to recognise milliseconds
-_TOPIC_CACHE = 16384  # validated topics remembered, ~170 bytes each; emptied when full
 _scan_json = json.JSONDecoder().scan_once  # the C scanner behind json.loads
 
 
@@ -66,26 +65,6 @@ class Rejected:
 
     reason: str
     detail: str
-
-
-def topic_problem(pattern: str, device_level: int) -> str | None:
-    """Why `pattern` (an MQTT subscription filter) cannot carry a device id at
-    `device_level`, or None if it can. Shared with config validation."""
-    levels = pattern.split("/")
-    for i, level in enumerate(levels):
-        if ("+" in level and level != "+") or ("#" in level and level != "#"):
-            return f"{pattern!r}: a wildcard must fill a whole topic level"
-        if level == "#" and i != len(levels) - 1:
-            return f"{pattern!r}: '#' must be the last topic level"
-    if device_level < 0:
-        return f"device level must be >= 0, got {device_level}"
-    if device_level >= len(levels):
-        if levels[-1] == "#":
-            return None
-        return f"{pattern!r} has {len(levels)} levels, so there is no level {device_level} for the device id"
-    if levels[device_level] not in ("+", "#"):
-        return f"level {device_level} of {pattern!r} is {levels[device_level]!r}, not a wildcard ('+' or '#')"
-    return None
 
 
 def _parse_timestamp(value: object, now: float, max_future_seconds: float) -> float | str:
@@ -114,7 +93,8 @@ def _parse_timestamp(value: object, now: float, max_future_seconds: float) -> fl
     return ts
 
 
-Fields = tuple  # (device, ts, values): a parsed reading before it becomes a `Reading`
+# A parsed reading: (device id, data time in epoch seconds, feature values in model order).
+Fields = tuple[str, float, tuple[float, ...]]
 
 
 class PayloadParser:
@@ -136,20 +116,13 @@ class PayloadParser:
         self._n_levels = len(levels) - 1 if self._open_ended else len(levels)
         self._literals = tuple((i, level) for i, level in enumerate(levels) if level not in ("+", "#"))
         self._topic = topic
-        self._devices: dict[str, str] = {}  # topic -> device id, for topics that passed the checks
+        self._devices: TopicMemory[str] = TopicMemory()  # topic -> device id, for topics that passed
         get = itemgetter(*self.features)
         self._get_values = get if len(self.features) > 1 else (lambda doc: (get(doc),))
 
-    def parse(self, topic: str, payload: bytes, now: float) -> Reading | Rejected:
-        parsed = self.parse_fields(topic, payload, now)
-        if type(parsed) is Rejected:
-            return parsed
-        device, ts, values = parsed
-        return Reading(device, ts, np.array(values, dtype=np.float32), now)
-
     def parse_fields(self, topic: str, payload: bytes, now: float) -> Fields | Rejected:
-        """`parse` without building the `Reading`: (device, ts, values as a tuple of numbers in
-        model order) or Rejected. The message path uses this; the buffers take it as is."""
+        """The reading a message carries, or why it is refused. The values tuple goes to
+        `DeviceBuffers.push_values` as it is."""
         size = len(payload)
         if size > self.max_payload_bytes:
             return Rejected("oversized", f"{size} bytes > limit {self.max_payload_bytes}")
@@ -199,10 +172,7 @@ class PayloadParser:
         device = levels[self._device_level]
         if DEVICE_ID.fullmatch(device) is None:
             return Rejected("bad_device_id", f"device id {device[:80]!r} is not [A-Za-z0-9][A-Za-z0-9_.:-]{{0,63}}")
-        if len(self._devices) >= _TOPIC_CACHE:
-            self._devices.clear()
-        self._devices[topic] = device
-        return device
+        return self._devices.remember(topic, device)
 
     def _check_values(self, device: str, doc: dict) -> Rejected:
         """Why the features of `doc` are unusable: the first offending one, in model order."""

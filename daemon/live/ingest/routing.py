@@ -4,7 +4,7 @@
 that match none use `model.path`). Each route has its own parser (the bundle's features),
 ring buffers (its window and stride) and alert states; they share the window queue, the
 worker and the sink. A device's route is decided by its id alone, once per topic: the
-decision is remembered (bounded), so a known topic costs one dict lookup on top of the
+decision is remembered (`TopicMemory`), so a known topic costs one dict lookup on top of the
 single-model path. With no `model.devices` the service does not use this module at all.
 """
 
@@ -13,10 +13,9 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Sequence
 
-from daemon.live.ingest.mqtt import MessageHandler
 from daemon.live.ingest.payload import PayloadParser, Rejected
-
-_TOPIC_CACHE = 16384  # topics whose route is remembered; emptied when full
+from daemon.live.ingest.pipeline import MessageHandler
+from daemon.live.ingest.topics import TopicMemory
 
 
 class DeviceRouter:
@@ -28,19 +27,16 @@ class DeviceRouter:
         self._device_of = topics.device_of
         self._routes = tuple(routes)
         self._default = default
-        self._by_topic: dict[str, MessageHandler] = {}
+        self._by_topic: TopicMemory[MessageHandler] = TopicMemory()
 
     def route_of(self, device: str) -> MessageHandler:
         return next((pipeline for pattern, pipeline in self._routes if fnmatchcase(device, pattern)), self._default)
 
-    def __call__(self, topic: str, payload: bytes, now: float) -> object:
+    def __call__(self, topic: str, payload: bytes, received: float) -> object:
         pipeline = self._by_topic.get(topic)
         if pipeline is None:
             device = self._device_of(topic)
             if type(device) is Rejected:
-                return self._default(topic, payload, now)
-            pipeline = self.route_of(device)
-            if len(self._by_topic) >= _TOPIC_CACHE:
-                self._by_topic.clear()
-            self._by_topic[topic] = pipeline
-        return pipeline(topic, payload, now)
+                return self._default(topic, payload, received)
+            pipeline = self._by_topic.remember(topic, self.route_of(device))
+        return pipeline(topic, payload, received)

@@ -109,7 +109,6 @@ class InfluxSink:
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self._counts = {result: metrics.sink_points.labels(result=result)
                         for result in ("written", "retried", "spooled", "dropped")}
-        metrics.read_at_scrape(metrics.spool_bytes, lambda: spool.pending_bytes)
         self._ratelog = RateLimitedLog(log, interval=30.0)
 
         self._backoff = backoff.initial_s

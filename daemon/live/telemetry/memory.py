@@ -1,11 +1,11 @@
 """Give freed heap memory back to the operating system after a burst of windows.
 
-Every window the worker scores is a small heap block (1.9 KB for 60 x 8) allocated on the MQTT
-thread and freed on the worker's. After a burst (a reconnect flood, 10 000 devices starting at
-once) glibc keeps the freed blocks inside the process: RSS stays at the burst's peak, which on
-an edge box is memory nothing else can use. `malloc_trim(0)` hands the free pages back: 13 MB
-in the bench's 10 000-device run (bench/throughput.py, memory), in under a millisecond.
-Elsewhere than glibc it is a no-op.
+Every window the worker scores is a small heap block (window x features x 4 bytes) allocated
+on the ingest thread and freed on the worker's. After a burst (a reconnect flood, thousands of
+devices starting at once) glibc keeps the freed blocks inside the process: RSS stays at the
+burst's peak, which on an edge box is memory nothing else can use. `malloc_trim(0)` hands the
+free pages back (bench/throughput.py's memory role shows how much). Elsewhere than glibc it is
+a no-op.
 """
 
 from __future__ import annotations

@@ -1,17 +1,22 @@
 """Prometheus metrics of the live service. Every name lives here, so deploy/ dashboards and
 alert rules can be checked against this module instead of a copied list.
 
-The registry is injected (a fresh one per test); values that are a state rather than an
-event count (queue depth, devices, spool size, seconds since the last message) are read at
-scrape time through callbacks instead of being pushed by a thread.
+The registry is injected (a fresh one per test). Values that are a state rather than an
+event count (queue depth, devices, alerts, spool size, seconds since the last message) are
+computed at scrape time by one collector, `LiveStateCollector`, from the live objects of the
+service attached to it: with several `model.devices` routes, each gauge is the sum (or, for
+the last message, the newest) over every route the service runs at that moment, and a reload
+that swaps the routes is seen by the next scrape without re-binding anything.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+import time
+from typing import Iterator, Protocol, Sequence, Sized
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 PREFIX = "anomalyd_"
 
@@ -41,10 +46,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class MessageCounts:
-    """`anomalyd_messages_total{result}`, counted in plain ints: the MQTT network thread counts
-    every message, and a prometheus_client Counter takes a lock each time (0.5-0.7 us a message
-    against about 0.1 for an int in a dict, timeit). Only that thread counts, so the ints need
-    no lock of their own; a scrape reads them."""
+    """`anomalyd_messages_total{result}`, counted in plain ints: the ingest thread counts
+    every message, and a prometheus_client Counter takes a lock each time, several times the
+    cost of adding to an int in a dict. Only that thread counts, so the ints need no lock of
+    their own; a scrape reads them."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.counts = dict.fromkeys(MESSAGE_RESULTS, 0)  # the message path adds to these directly
@@ -55,6 +60,86 @@ class MessageCounts:
         for result, count in self.counts.items():
             family.add_metric([result], count)
         return [family]
+
+
+class _LastMessage(Protocol):
+    last_ok: float | None  # arrival time (epoch seconds) of the route's last accepted reading
+
+
+class _AlertCount(Protocol):
+    def active_count(self) -> int: ...
+
+
+class _SinkStatus(Protocol):
+    def status(self) -> dict[str, object]: ...
+
+
+class RouteState(Protocol):
+    """What is read of one route: its ring buffers (len = devices), alert states, pipeline."""
+
+    @property
+    def buffers(self) -> Sized: ...
+
+    @property
+    def alerts(self) -> _AlertCount: ...
+
+    @property
+    def pipeline(self) -> _LastMessage: ...
+
+
+class LiveState(Protocol):
+    """What is read of the service: its current routes, window queue and sink."""
+
+    @property
+    def routes(self) -> Sequence[RouteState]: ...
+
+    @property
+    def queue(self) -> Sized: ...
+
+    @property
+    def sink(self) -> _SinkStatus: ...
+
+
+LIVE_GAUGES = {
+    "queue_windows": "Windows waiting for the worker.",
+    "devices": "Devices with a live ring buffer.",
+    "alerts_active": "Devices currently in alert.",
+    "sink_spool_bytes": "Bytes waiting in the sink's disk spool.",
+    "last_message_age_seconds": "Seconds since the last valid reading on any route (NaN before the first).",
+}
+
+
+class LiveStateCollector:
+    """The state gauges (`LIVE_GAUGES`), read from the attached service on every collect.
+    Until a service is attached they describe an empty one: nothing queued, no devices."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._live: LiveState | None = None
+        registry.register(self)
+
+    def read_from(self, live: LiveState) -> None:
+        """Report the state of `live` from the next scrape on."""
+        self._live = live
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(PREFIX + name, doc) for name, doc in LIVE_GAUGES.items()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        values = dict.fromkeys(LIVE_GAUGES, 0.0)
+        values["last_message_age_seconds"] = math.nan
+        live = self._live
+        if live is not None:
+            routes = tuple(live.routes)  # one snapshot: a reload replaces the list as a whole
+            arrivals = [r.pipeline.last_ok for r in routes if r.pipeline.last_ok is not None]
+            # The sink's own status, the one /healthz shows: a wrapping sink passes it through.
+            spool = live.sink.status().get("spool_bytes", 0)
+            values.update(queue_windows=len(live.queue), devices=sum(len(r.buffers) for r in routes),
+                          alerts_active=sum(r.alerts.active_count() for r in routes),
+                          sink_spool_bytes=spool if isinstance(spool, (int, float)) else 0)
+            if arrivals:
+                values["last_message_age_seconds"] = max(0.0, time.time() - max(arrivals))
+        for name, doc in LIVE_GAUGES.items():
+            yield GaugeMetricFamily(PREFIX + name, doc, value=values[name])
 
 
 class Metrics:
@@ -94,26 +179,19 @@ class Metrics:
             self.sink_points.labels(result=result)
         self.mqtt_connected = Gauge(PREFIX + "mqtt_connected", "1 while connected to the MQTT broker.", registry=r)
         self.mqtt_reconnects = Counter(PREFIX + "mqtt_connects_total", "Successful MQTT (re)connections.", registry=r)
+        self.mqtt_sessions_lost = Counter(PREFIX + "mqtt_sessions_lost_total",
+                                          "Reconnects on which the broker had lost the persistent session: messages "
+                                          "published while disconnected are gone.", registry=r)
         self.config_reloads = Counter(PREFIX + "config_reloads_total", "SIGHUP reloads, by result.", ["result"],
                                       registry=r)
         for result in ("ok", "failed"):
             self.config_reloads.labels(result=result)
         self.model_info = Gauge(PREFIX + "model_info", "The loaded model bundle (value is always 1).",
                                 ["name", "version", "architecture", "runtime"], registry=r)
-        self.queue_depth = Gauge(PREFIX + "queue_windows", "Windows waiting for the worker.", registry=r)
-        self.devices = Gauge(PREFIX + "devices", "Devices with a live ring buffer.", registry=r)
-        self.alerts_active = Gauge(PREFIX + "alerts_active", "Devices currently in alert.", registry=r)
-        self.spool_bytes = Gauge(PREFIX + "sink_spool_bytes", "Bytes waiting in the sink's disk spool.", registry=r)
-        self.last_message_age = Gauge(PREFIX + "last_message_age_seconds",
-                                      "Seconds since the last valid reading (NaN before the first).", registry=r)
+        self.live_state = LiveStateCollector(r)
 
     def set_models(self, models: list[tuple[str, str, str, str]]) -> None:
         """One info series per loaded bundle: (name, version, architecture, runtime)."""
         self.model_info.clear()
         for name, version, architecture, runtime in models:
             self.model_info.labels(name=name, version=version, architecture=architecture, runtime=runtime).set(1)
-
-    @staticmethod
-    def read_at_scrape(gauge: Gauge, source: Callable[[], float]) -> None:
-        """Bind a state gauge to a callback evaluated on each scrape."""
-        gauge.set_function(source)

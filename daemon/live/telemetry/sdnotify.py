@@ -1,9 +1,10 @@
 """systemd readiness and watchdog over the NOTIFY_SOCKET datagram protocol (no dependency).
 
 With `Type=notify` systemd waits for READY=1 before it calls the unit started, and with
-`WatchdogSec` it restarts a daemon that stops sending WATCHDOG=1. The service pings only while
-/healthz would say healthy, so a wedged worker gets the process restarted. Outside systemd
-(no NOTIFY_SOCKET) every call is a no-op.
+`WatchdogSec` it restarts a daemon that stops sending WATCHDOG=1. The service pings while its
+worker thread is alive, not only while /healthz says healthy: a dead worker gets the process
+restarted, while a broker or database outage, which a restart cannot cure, does not. Outside
+systemd (no NOTIFY_SOCKET) every call is a no-op.
 """
 
 from __future__ import annotations

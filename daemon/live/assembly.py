@@ -1,0 +1,148 @@
+"""Build the live stages from a `Config`.
+
+    MqttIngest ─► MessagePipeline (parse ─► DeviceBuffers ─► WindowQueue) ─► Worker ─► sink
+
+With `model.devices`, a DeviceRouter in front sends each device to its own route (bundle,
+parser, buffers, alert states, pipeline); the queue, the worker and the sink are shared.
+Everything that depends on a bundle is built per route, so a reload rebuilds routes only
+(`build_routes` with the running ones as `old`) and leaves the rest in place. The stages
+know nothing of each other; only this module knows how they connect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Mapping
+
+from daemon.core.scoring import Scorer
+from daemon.live.alerting import AlertTracker
+from daemon.live.config import Config, StreamConfig
+from daemon.live.ingest.buffers import DeviceBuffers
+from daemon.live.ingest.mqtt import MqttIngest
+from daemon.live.ingest.payload import PayloadParser
+from daemon.live.ingest.pipeline import MessageHandler, MessagePipeline
+from daemon.live.ingest.routing import DeviceRouter
+from daemon.live.sinks.base import Sink
+from daemon.live.sinks.factory import build_sink
+from daemon.live.telemetry.memory import release_free_memory
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.worker import ModelSlot, WindowQueue, Worker
+
+log = logging.getLogger(__name__)
+
+
+def alert_settings(config: Config, scorer: Scorer) -> tuple[int, int]:
+    """Hysteresis from the config when set there, else the bundle's (what `evaluate` used)."""
+    spec = scorer.bundle.alert
+    return (config.alerting.enter_after or spec.enter_after, config.alerting.leave_after or spec.leave_after)
+
+
+def bundle_paths(config: Config) -> dict[str, str]:
+    """Route key -> bundle directory, in matching order: model.devices globs, then "" for
+    model.path (every device no glob matches)."""
+    return {**config.model.devices, "": config.model.path}
+
+
+def load_scorers(config: Config) -> dict[str, Scorer]:
+    """Every bundle the config names, loaded, validated and warmed up to the configured batch
+    size; the first bad one raises. The warm-up's transient buffers go back to the OS after."""
+    loaded: dict[str, Scorer] = {}  # by path: a bundle named by several routes is loaded once
+    scorers = {}
+    for route, path in bundle_paths(config).items():
+        if path not in loaded:
+            loaded[path] = Scorer.load(path, config.model.runtime, config.batching.torch_threads)
+            loaded[path].warm_up(config.batching.max_batch)
+        scorers[route] = loaded[path]
+    release_free_memory()
+    return scorers
+
+
+@dataclass
+class Route:
+    """One bundle and the devices it scores. Everything here depends on the bundle's window
+    and features, so a reload that changes them rebuilds the route's buffers."""
+
+    key: str  # a model.devices glob, or "" for model.path
+    scorer: Scorer
+    alerts: AlertTracker
+    buffers: DeviceBuffers
+    pipeline: MessagePipeline
+
+
+def route_stream(stream: StreamConfig, scorer: Scorer) -> StreamConfig:
+    """The stream settings a route's buffers run with: the config's, with what it leaves null
+    taken from the bundle: the stride, and the sample period learnt from the training data,
+    so the gap rule is on unless neither names a period."""
+    period = stream.sample_period_seconds
+    if period is None:
+        period = getattr(scorer.bundle, "sample_period_seconds", None)  # absent from older bundles
+    return dataclasses.replace(stream, stride=stream.stride or scorer.bundle.stride, sample_period_seconds=period)
+
+
+def build_routes(config: Config, scorers: Mapping[str, Scorer], queue: WindowQueue, metrics: Metrics,
+                 old: Mapping[str, Route] | None = None) -> list[Route]:
+    """Routes for `scorers`, keeping the alert states of an old route with the same key, and
+    its buffers too when its window, features and stream settings are unchanged."""
+    old = old or {}
+    routes = []
+    for key, scorer in scorers.items():
+        previous = old.get(key)
+        spec = alert_settings(config, scorer)
+        stream = route_stream(config.stream, scorer)
+        if previous is None:
+            alerts = AlertTracker(*spec)
+        else:
+            alerts = previous.alerts
+            alerts.set_spec(*spec)
+            if (stream == previous.buffers.stream and scorer.window == previous.scorer.window
+                    and scorer.features == previous.scorer.features):
+                routes.append(Route(key, scorer, alerts, previous.buffers, previous.pipeline))
+                continue
+        buffers = DeviceBuffers(scorer.window, len(scorer.features), stream, config.limits, metrics,
+                                on_evict=alerts.forget, route=key)
+        parser = PayloadParser(scorer.features, config.mqtt.topic, config.mqtt.device_level,
+                               config.limits.max_payload_bytes, stream.max_future_seconds)
+        pipeline = MessagePipeline(parser, buffers, queue.put, metrics.messages)
+        if previous is not None:
+            pipeline.last_ok = previous.pipeline.last_ok  # the route's stream goes on; only its windows restart
+        routes.append(Route(key, scorer, alerts, buffers, pipeline))
+    return routes
+
+
+def model_slots(config: Config, routes: list[Route]) -> dict[str, ModelSlot]:
+    """What the worker scores each route's windows with."""
+    return {r.key: ModelSlot(r.scorer, r.alerts, config.alerting.threshold) for r in routes}
+
+
+def message_handler(routes: list[Route]) -> MessageHandler:
+    """The default route's pipeline itself when there is one route (no routing cost). The
+    default route (model.path) is the last."""
+    default = routes[-1].pipeline
+    if len(routes) == 1:
+        return default
+    return DeviceRouter(default.parser, [(r.key, r.pipeline) for r in routes[:-1]], default)
+
+
+@dataclass
+class Stages:
+    """The connected stages of one service, not yet started."""
+
+    queue: WindowQueue
+    sink: Sink
+    routes: list[Route]
+    worker: Worker
+    ingest: MqttIngest
+
+
+def assemble(config: Config, metrics: Metrics, sink: Sink | None = None) -> Stages:
+    """Load every bundle and build the stages; `sink` replaces the configured one."""
+    scorers = load_scorers(config)
+    queue = WindowQueue(config.batching.queue_size, metrics)
+    sink = sink if sink is not None else build_sink(config, metrics)
+    routes = build_routes(config, scorers, queue, metrics)
+    b = config.batching
+    worker = Worker(queue, model_slots(config, routes), sink, metrics, b.max_batch, b.max_wait_ms / 1000)
+    ingest = MqttIngest(config.mqtt, message_handler(routes), metrics)
+    return Stages(queue, sink, routes, worker, ingest)
