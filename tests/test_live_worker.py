@@ -252,6 +252,17 @@ def test_threshold_override_replaces_the_bundle_threshold():
     assert (event.threshold, event.anomaly) == (3.0, False)
 
 
+def test_a_configured_threshold_of_zero_is_the_one_in_force():
+    """0 is a threshold, not "unset": every window scoring above it is flagged."""
+    sink = FakeSink()
+    worker, queue, _ = make_worker(FakeScorer(threshold=1.0), sink, threshold_override=0.0)
+    queue.put(job(value=0.5))
+    worker.start()
+    event = sink.wait_for(1)[0]
+    worker.stop()
+    assert (event.score, event.threshold, event.anomaly) == (0.5, 0.0, True)
+
+
 def test_swapped_scorer_is_used_from_the_next_batch():
     sink = FakeSink()
     worker, queue, _ = make_worker(FakeScorer(name="old"), sink, max_wait_s=0)

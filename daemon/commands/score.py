@@ -10,6 +10,7 @@ from pathlib import Path
 from daemon.commands.common import add_data_options, formatter, read_frames
 from daemon.offline.detection import detect
 from daemon.core.scoring import Scorer
+from daemon.core.thresholds import threshold_in_force
 
 EPILOG = """\
 output columns: timestamp (RFC 3339, UTC, time of the window's last row), score, threshold,
@@ -35,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     scorer = Scorer.load(args.model, args.runtime)
-    threshold = scorer.threshold if args.threshold is None else args.threshold
+    threshold = threshold_in_force(scorer.threshold, args.threshold)
     frame = read_frames([args.data], args, scorer.features)[0]
     result = detect(scorer, frame, threshold)
     s = result.scores

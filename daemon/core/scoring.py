@@ -1,6 +1,7 @@
-"""The one scoring path. `Scorer` = bundle (features, window, scaler, score definition,
-threshold) + an inference runtime. The daemon's worker, `anomalyd score` and
-`anomalyd evaluate` all call `score_windows`, so training, offline evaluation and live
+"""The one scoring path for windows. `Scorer` = bundle (features, window, scaler, score
+definition, threshold) + an inference runtime. The daemon's worker runs its stages
+(`model_input`, the backend, `finish`); training, `anomalyd score` and `anomalyd evaluate` reach
+`score_windows` through daemon.offline.frame_scoring; so training, offline evaluation and live
 serving cannot drift apart.
 """
 
@@ -12,9 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.core.bundle import Bundle, ScoreSpec, load_bundle
-from daemon.offline.frames import Frame
-from daemon.core.runtime import MAX_MODEL_BATCH, Backend, load_backend, padded_sizes
-from daemon.core.windowing import window_ends, windows
+from daemon.core.runtime import Backend, load_backend, model_batches, padded_sizes
 
 
 @dataclass
@@ -23,17 +22,11 @@ class WindowScores:
     feature_errors: np.ndarray  # float32 [B, F], the per-sensor contributions
 
 
-@dataclass
-class FrameScores(WindowScores):
-    ends: np.ndarray  # int64 [B]: row index in the frame where each window ends
-    timestamps: np.ndarray  # float64 [B]: the data time a score belongs to
-
-
 def feature_errors(scaled: np.ndarray, reconstruction: np.ndarray, error: str) -> np.ndarray:
     """Per-feature reconstruction error over the window, `[B, W, F] -> [B, F]`.
 
-    einsum, because numpy's mean over the middle axis is a strided reduction: 3-4x slower for
-    the daemon's batches, and it runs on the scoring thread for every window."""
+    einsum, because numpy's mean over the middle axis is a strided reduction, several times
+    slower for the daemon's batches, and this runs on the scoring thread for every window."""
     diff = reconstruction - scaled
     if error == "mae":
         return np.einsum("bwf->bf", np.abs(diff, out=diff)) / np.float32(diff.shape[1])
@@ -78,7 +71,7 @@ class Scorer:
         """Run the model once at every batch size the runtime will see for batches of up to
         `max_batch` windows, so the memory and compile time each shape costs are paid at start,
         not in the first hours of live traffic (see `daemon.core.runtime.padded_size`)."""
-        for size in padded_sizes(min(max_batch, MAX_MODEL_BATCH)):
+        for size in padded_sizes(max_batch):
             self.backend(np.zeros((size, self.window, len(self.features)), dtype=np.float32))
 
     def score_windows(self, raw: np.ndarray) -> WindowScores:
@@ -93,8 +86,7 @@ class Scorer:
             raise ValueError(f"windows must have shape [batch, {self.window}, {len(self.features)}], got {raw.shape}")
         scores = np.empty(len(raw), dtype=np.float32)
         errors = np.empty((len(raw), len(self.features)), dtype=np.float32)
-        for start in range(0, len(raw), MAX_MODEL_BATCH):
-            part = slice(start, start + MAX_MODEL_BATCH)
+        for part in model_batches(len(raw)):
             model_input = self.model_input(raw[part])
             result = self.finish(model_input, self.backend(model_input))
             scores[part], errors[part] = result.scores, result.feature_errors
@@ -109,23 +101,3 @@ class Scorer:
         """Scores and per-feature errors from the model's reconstruction of `model_input`."""
         errors = feature_errors(model_input, reconstruction, self.bundle.score.error)
         return WindowScores(combine(errors, self.bundle.score, self.features), errors)
-
-    def score_frame(self, frame: Frame, stride: int | None = None) -> FrameScores:
-        """Score every window of one run; frame columns must already be in model order."""
-        stride = stride or self.bundle.stride
-        ends = window_ends(len(frame), self.window, stride)
-        result = self.score_windows(windows(frame.values, self.window, stride))
-        return FrameScores(result.scores, result.feature_errors, ends, frame.timestamps[ends])
-
-
-def row_flags(n_rows: int, ends: np.ndarray, flags: np.ndarray) -> np.ndarray:
-    """Per-row 0/1 predictions from per-window flags, as the daemon would have known them:
-    a row takes the flag of the latest window ending at or before it (rows before the first
-    window are normal). With stride 1 that is exactly the window ending on the row."""
-    out = np.zeros(n_rows, dtype=np.int8)
-    if len(ends) == 0:
-        return out
-    latest = np.searchsorted(ends, np.arange(n_rows), side="right") - 1
-    known = latest >= 0
-    out[known] = flags[latest[known]]
-    return out

@@ -1,13 +1,13 @@
 """The scoring side: a bounded window queue, the worker thread and the model thread.
 
-Batching is what makes the model fast (an LSTM autoencoder scores ~6-9x more windows per
-second at batch 64 than at batch 1), so the worker waits briefly for a batch to fill, bounded
-by `max_wait_s` from the oldest queued window so latency stays bounded under light load.
+Batching is what makes the model fast (a forward pass over many windows costs little more
+than over one), so the worker waits briefly for a batch to fill, bounded by `max_wait_s` from
+the oldest queued window so latency stays bounded under light load.
 
 The worker is pipelined: while the model computes one batch on the model thread (without the
 GIL), the worker thread finishes the batch before it (errors, threshold, hysteresis, events,
-line protocol in the sink) and prepares the next. On 2 cores that overlaps the worker's own
-Python, ~15 us a window, with the forward pass; bench/throughput.py measures the gain.
+line protocol in the sink) and prepares the next, so the worker's own Python overlaps the
+forward pass on a second core (bench/throughput.py measures the gain).
 
 The queue drops the OLDEST window when full: under overload, fresh windows are worth more
 than stale ones, and `put` must never block the MQTT network thread.
@@ -30,13 +30,14 @@ from daemon.live.events import ScoreEvent, WindowJob
 from daemon.live.telemetry.memory import release_free_memory
 from daemon.live.telemetry.metrics import Metrics
 from daemon.live.telemetry.ratelimit import RateLimitedLog
-from daemon.core.runtime import MAX_MODEL_BATCH
+from daemon.core.runtime import model_batches
 from daemon.core.scoring import Scorer, WindowScores
+from daemon.core.thresholds import threshold_in_force
 
 log = logging.getLogger(__name__)
 
-# Windows scored between two returns of freed memory to the OS (daemon.live.telemetry.memory), done only
-# when the queue is empty, so it never delays a waiting window: ~19 MB of 60 x 8 windows.
+# Windows scored between two returns of freed memory to the OS (daemon.live.telemetry.memory),
+# done only when the queue is empty, so it never delays a waiting window.
 TRIM_EVERY_WINDOWS = 10_000
 
 
@@ -147,6 +148,11 @@ class ModelSlot:
     alerts: AlertTracker
     threshold_override: float | None = None
 
+    @property
+    def threshold(self) -> float:
+        """The threshold in force for this route (daemon.core.thresholds.threshold_in_force)."""
+        return threshold_in_force(self.scorer.threshold, self.threshold_override)
+
 
 @dataclass
 class _InFlight:
@@ -213,8 +219,8 @@ class Worker:
                 # While a batch is in the model, take the next one only if it is ready (full,
                 # or its oldest window has waited max_wait_s): the worker must be back to
                 # finish the batch in flight, and small batches back to back would keep the
-                # model busy at a fraction of its batch-64 speed (at 3,000 windows/s: 9
-                # windows a batch and 0.70 cores, against 64 and 0.45 when waiting).
+                # model busy at a fraction of its full-batch speed, costing more CPU for the
+                # same windows.
                 waiting = not in_flight
                 jobs = self._queue.take(self.max_batch, self.max_wait_s, block=waiting)
                 if not jobs and waiting:
@@ -240,8 +246,8 @@ class Worker:
             by_route.setdefault(job.route, []).append(job)
         started = []
         for route, group in by_route.items():
-            for start in range(0, len(group), MAX_MODEL_BATCH):
-                batch = self._prepare(models.get(route), route, group[start:start + MAX_MODEL_BATCH])
+            for part in model_batches(len(group)):
+                batch = self._prepare(models.get(route), route, group[part])
                 if batch is not None:
                     started.append(batch)
         return started
@@ -264,7 +270,7 @@ class Worker:
         if not fitting:
             return None
         try:
-            # One concatenate + reshape: a third of np.stack's cost for 64 small windows.
+            # One concatenate + reshape: cheaper than np.stack for many small windows.
             raw = np.concatenate([job.window for job in fitting]).reshape(len(fitting), *expected)
             model_input = scorer.model_input(raw)
         except Exception as exc:
@@ -296,7 +302,7 @@ class Worker:
 
     def _events(self, slot: ModelSlot, jobs: list[WindowJob], result: WindowScores) -> list[ScoreEvent]:
         scorer = slot.scorer
-        threshold = scorer.threshold if slot.threshold_override is None else slot.threshold_override
+        threshold = slot.threshold
         self._metrics.batch_size.observe(len(jobs))
         names = scorer.features
         model = scorer.bundle.name
