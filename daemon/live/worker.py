@@ -31,7 +31,7 @@ from daemon.live.telemetry.memory import release_free_memory
 from daemon.live.telemetry.metrics import Metrics
 from daemon.live.telemetry.ratelimit import RateLimitedLog
 from daemon.core.runtime import model_batches
-from daemon.core.scoring import Scorer, WindowScores
+from daemon.core.scoring import ModelInput, Scorer, WindowScores
 from daemon.core.thresholds import threshold_in_force
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class _InFlight:
 
     slot: ModelSlot
     jobs: list[WindowJob]
-    model_input: np.ndarray
+    model_input: ModelInput
     reconstruction: Future  # of (reconstruction, seconds in the model)
 
 
@@ -276,7 +276,8 @@ class Worker:
         except Exception as exc:
             self._scoring_failed(len(fitting), exc)
             return None
-        return _InFlight(slot, fitting, model_input, self._model_thread.submit(_timed, scorer.backend, model_input))
+        return _InFlight(slot, fitting, model_input,
+                         self._model_thread.submit(_timed, scorer.backend, model_input.values))
 
     def _finish(self, batch: _InFlight) -> None:
         """Wait for a batch's reconstruction, score it and hand its events to the sink."""
@@ -306,16 +307,29 @@ class Worker:
         self._metrics.batch_size.observe(len(jobs))
         names = scorer.features
         model = scorer.bundle.name
-        flags = (result.scores > threshold).tolist()
+        flags = result.flags(threshold).tolist()
         alerts = slot.alerts.update_batch([job.device for job in jobs], flags)
+        reasons = result.reasons or [""] * len(jobs)
         events = [ScoreEvent(job.device, model, job.ts_end, score, threshold, anomaly, alert,
-                             dict(zip(names, errors)), job.received)
-                  for job, score, errors, anomaly, (alert, _) in
-                  zip(jobs, result.scores.tolist(), result.feature_errors.tolist(), flags, alerts)]
+                             dict(zip(names, errors)), job.received, reason)
+                  for job, score, errors, anomaly, (alert, _), reason in
+                  zip(jobs, result.scores.tolist(), result.feature_errors.tolist(), flags, alerts, reasons)]
+        if result.reasons is not None:
+            self._count_unscorable(scorer, jobs, result.reasons)
         self._metrics.windows_scored.inc(len(jobs))
         self._metrics.anomalous_windows.inc(sum(flags))
         self._metrics.alerts_raised.inc(sum(raised for _, raised in alerts))
         return events
+
+
+    def _count_unscorable(self, scorer: Scorer, jobs: list[WindowJob], reasons: list[str]) -> None:
+        """Windows flagged for a reason rather than their score: counted by reason, and logged
+        (rate-limited) with a device, so a sensor sending a fault code is found by name."""
+        for reason in set(reasons) - {""}:
+            windows = [job for job, r in zip(jobs, reasons) if r == reason]
+            self._metrics.unscorable_windows.labels(reason=reason).inc(len(windows))
+            self._errors.warning("unscorable:" + reason, "%d windows of model %s flagged %s (device %r, ...)",
+                                 len(windows), scorer.bundle.name, reason, windows[0].device)
 
 
 def _timed(backend, model_input: np.ndarray) -> tuple[np.ndarray, float]:

@@ -23,6 +23,7 @@ from daemon.offline.frames import Frame
 class FileResult:
     frame: Frame
     scores: FrameScores
+    flags: np.ndarray  # bool [windows]: anomalous windows (FrameScores.flags at the threshold in force)
     predicted: np.ndarray  # int8 [rows]: the streaming-causal prediction (alert state) per row
 
     def row_scores(self) -> np.ndarray:
@@ -36,8 +37,9 @@ def detect(scorer: Scorer, frame: Frame, threshold: float, stride: int | None = 
     if len(frame) < scorer.window:
         raise DataError(f"{frame.source}: {len(frame)} rows, fewer than one window ({scorer.window} rows)")
     scores = score_frame(scorer, frame, stride)
-    flags = alert_flags((scores.scores > threshold).astype(np.int8), scorer.bundle.alert)
-    return FileResult(frame, scores, row_flags(len(frame), scores.ends, flags))
+    flags = scores.flags(threshold)
+    alerts = alert_flags(flags.astype(np.int8), scorer.bundle.alert)
+    return FileResult(frame, scores, flags, row_flags(len(frame), scores.ends, alerts))
 
 
 def evaluate_frames(scorer: Scorer, frames: list[Frame], threshold: float | None = None,

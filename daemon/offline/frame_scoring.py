@@ -15,7 +15,7 @@ from daemon.core.windowing import window_ends, windows
 from daemon.offline.frames import Frame
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FrameScores(WindowScores):
     ends: np.ndarray  # int64 [B]: row index in the frame where each window ends
     timestamps: np.ndarray  # float64 [B]: the data time a score belongs to
@@ -26,7 +26,8 @@ def score_frame(scorer: Scorer, frame: Frame, stride: int | None = None) -> Fram
     stride = stride or scorer.bundle.stride
     ends = window_ends(len(frame), scorer.window, stride)
     result = scorer.score_windows(windows(frame.values, scorer.window, stride))
-    return FrameScores(result.scores, result.feature_errors, ends, frame.timestamps[ends])
+    return FrameScores(result.scores, result.feature_errors, result.reasons, ends=ends,
+                       timestamps=frame.timestamps[ends])
 
 
 def score_frames(scorer: Scorer, frames: list[Frame], stride: int = 1) -> list[FrameScores]:

@@ -34,7 +34,7 @@ from daemon.core.thresholds import Threshold, calibrate
 from daemon.core.windowing import windows
 from daemon.offline.evaluation import segments
 from daemon.offline.frame_scoring import score_frames
-from daemon.offline.frames import Frame
+from daemon.offline.frames import Frame, median_sample_period
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,7 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         threshold=Threshold(math.inf, "pending", {}),
         alert=AlertSpec(config.enter_after, config.leave_after),
         preprocess=preprocess,
+        sample_period_seconds=median_sample_period(frames),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     scorer = Scorer(bundle, torch_backend(model, config.threads))
