@@ -3,6 +3,7 @@ start: oneDNN keeps a kernel per input shape (0.4-0.9 MB each), so every new bat
 live worker met used to grow RSS for hours."""
 
 import numpy as np
+import pytest
 
 from daemon.core import runtime
 from daemon.offline import synthetic
@@ -10,7 +11,7 @@ from daemon.offline.frames import Frame
 from daemon.live import assembly
 from daemon.live.config import build
 from daemon.core.models import build_model
-from daemon.core.runtime import MAX_MODEL_BATCH, padded_size, padded_sizes
+from daemon.core.runtime import MAX_MODEL_BATCH, model_batches, padded_size, padded_sizes
 from daemon.core.scoring import Scorer
 from daemon.offline.training import TrainConfig, save, train
 
@@ -82,3 +83,10 @@ def test_the_daemon_warms_each_model_up_to_the_configured_batch_size(tmp_path, m
     monkeypatch.setattr(Scorer, "warm_up", lambda scorer, max_batch: warmed.append(max_batch))
     assembly.load_scorers(build({"model": {"path": str(tmp_path / "m")}, "batching": {"max_batch": 16}}))
     assert warmed == [16]
+
+
+@pytest.mark.parametrize("n", [0, 1, MAX_MODEL_BATCH, MAX_MODEL_BATCH + 1, 3 * MAX_MODEL_BATCH + 5])
+def test_model_batches_cut_every_window_into_calls_of_at_most_max_model_batch(n):
+    parts = list(model_batches(n))
+    assert all(p.stop - p.start <= MAX_MODEL_BATCH for p in parts)
+    assert [i for p in parts for i in range(p.start, p.stop)] == list(range(n))

@@ -77,6 +77,23 @@ def _set(field, value):
     return edit
 
 
+def _replace_with_directory(name):
+    """A file that is a directory: what a botched copy leaves, and unreadable as a file."""
+    def edit(d):
+        (d / name).unlink()
+        (d / name).mkdir()
+    return edit
+
+
+def _replace_with_symlink_loop(name):
+    """A file that cannot be opened for a reason other than "not found" (the tests run as root,
+    which reads past file modes; a symlink loop fails for everyone)."""
+    def edit(d):
+        (d / name).unlink()
+        (d / name).symlink_to(name)
+    return edit
+
+
 def _delete(field):
     def edit(d):
         data = json.loads((d / "bundle.json").read_text())
@@ -87,7 +104,7 @@ def _delete(field):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda d: (d / "bundle.json").write_text((d / "bundle.json").read_text()[:100]), r"bundle\.json: not valid JSON"),
-    (lambda d: (d / "bundle.json").write_bytes(b"\x00\xff garbage"), r"bundle\.json: not valid JSON"),
+    (lambda d: (d / "bundle.json").write_bytes(b"\x00\xff garbage"), r"bundle\.json: not UTF-8 text"),
     (lambda d: (d / "bundle.json").unlink(), r"bundle\.json: missing"),
     (_set("window", "sixty"), r"bundle\.json: field 'window': expected int, got str"),
     (_set("scaler.offset", [0.0, 1.0]), r"field 'scaler\.offset': must be 5 finite numbers"),
@@ -101,6 +118,12 @@ def _delete(field):
     (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:500]),
      r"model\.safetensors: checksum does not match"),
     (lambda d: (d / "model.safetensors").unlink(), r"model\.safetensors: weights file missing"),
+    (_replace_with_directory("bundle.json"), r"bundle\.json: cannot read: Is a directory"),
+    (_replace_with_directory("model.safetensors"), r"model\.safetensors: weights file missing or not a file"),
+    (_replace_with_symlink_loop("bundle.json"), r"bundle\.json: cannot read: Too many levels of symbolic links"),
+    (_replace_with_symlink_loop("model.safetensors"), r"model\.safetensors: weights file missing or not a file"),
+    (_set("sample_period_seconds", 0), r"field 'sample_period_seconds': must be a positive number of seconds"),
+    (_set("sample_period_seconds", "1s"), r"field 'sample_period_seconds': expected int or float, got str"),
 ])
 def test_damaged_bundle_is_one_line_naming_file_and_field(bundle_dir, tmp_path, capsys, edit, message):
     damaged = _damaged(bundle_dir, tmp_path, edit)
@@ -119,3 +142,58 @@ def test_garbage_weights_with_matching_checksum_are_reported(bundle_dir, tmp_pat
         _set("weights.sha256", sha256_of(d / "model.safetensors"))(d)
     with pytest.raises(BundleError, match=r"model\.safetensors: cannot read weights"):
         Scorer.load(_damaged(bundle_dir, tmp_path, edit))
+
+
+# ---- reload keeps the running model when the new bundle cannot be read ------------------------
+
+def test_a_reload_that_meets_an_unreadable_bundle_keeps_the_old_model_logs_one_line_and_counts_it(
+        bundle_dir, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from daemon.live.config import build
+    from daemon.live.service import Service
+    from daemon.live.sinks.factory import DiscardSink
+
+    live = tmp_path / "live"
+    shutil.copytree(bundle_dir, live)
+    service = Service(build({"model": {"path": str(live)}, "metrics": {"enabled": False}}), sink=DiscardSink())
+    running = service.scorer
+    _replace_with_directory("bundle.json")(live)
+    with caplog.at_level(logging.ERROR, logger="daemon.live.service"):
+        service.reload()
+    assert service.scorer is running
+    assert service.metrics.registry.get_sample_value("anomalyd_config_reloads_total", {"result": "failed"}) == 1
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "reload failed, keeping model" in line and "bundle.json: cannot read" in line
+
+
+# ---- the training data's sample period ---------------------------------------------------------
+
+def test_the_bundle_stores_the_training_datas_median_sample_period(tmp_path, capsys):
+    from daemon.offline import synthetic
+
+    data = synthetic.normal(400, seed=4, period=2.5).write_csv(tmp_path / "normal.csv")
+    model = train_bundle(tmp_path, data, "--epochs", "1")
+    assert load_bundle(model).sample_period_seconds == 2.5
+    assert main(["inspect", "--model", str(model)]) == 0
+    assert "sample period 2.5 s" in capsys.readouterr().out
+
+
+def test_the_sample_period_is_the_median_step_within_runs_never_across_them():
+    from daemon.offline.frames import Frame, median_sample_period
+
+    def frame(timestamps):
+        return Frame("f", np.asarray(timestamps, dtype=np.float64), np.zeros((len(timestamps), 1), np.float32), ["a"])
+
+    assert median_sample_period([frame([0, 1, 2, 3, 60]), frame([1000, 1001])]) == 1.0
+    assert median_sample_period([frame([5])]) is None
+    assert median_sample_period([frame([5, 5, 5])]) is None
+
+
+def test_a_bundle_without_a_sample_period_still_loads(bundle_dir, tmp_path, capsys):
+    old = _damaged(bundle_dir, tmp_path, _delete("sample_period_seconds"))
+    assert load_bundle(old).sample_period_seconds is None
+    assert Scorer.load(old).score_windows(np.zeros((1, 20, 5), np.float32)).scores.shape == (1,)
+    assert main(["inspect", "--model", str(old)]) == 0
+    assert "sample period unknown" in capsys.readouterr().out

@@ -42,7 +42,7 @@ def test_score_writes_one_row_per_window_end_with_per_sensor_errors(workdir, tmp
     assert main(["score", "--model", str(workdir["model"]), "--data", str(workdir["faults"]), "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 2500 - 20 + 1
-    assert list(rows[0]) == ["timestamp", "score", "threshold", "anomaly",
+    assert list(rows[0]) == ["timestamp", "score", "threshold", "anomaly", "reason",
                              "err_vibration", "err_current", "err_pressure", "err_flow", "err_temperature"]
     assert rows[0]["timestamp"].endswith("Z")
 

@@ -4,48 +4,57 @@ from daemon.live.alerting import AlertTracker
 
 
 def run(tracker: AlertTracker, flags: str, device: str = "d") -> tuple[str, str]:
-    """Feed '1'/'0' windows; return the alert state and the raise flags as strings."""
+    """Feed '1'/'0' windows of one device as one batch; return the alert states and the raise
+    flags as strings ('A' in alert, '!' entered alert at that window)."""
+    result = tracker.update_batch([device] * len(flags), [flag == "1" for flag in flags])
+    return ("".join("A" if alert else "." for alert, _ in result),
+            "".join("!" if raised else "." for _, raised in result))
+
+
+def run_one_by_one(tracker: AlertTracker, flags: str, device: str = "d") -> tuple[str, str]:
+    """The same windows, one batch each: the state carries over between batches."""
     states, raises = "", ""
     for flag in flags:
-        alert, raised = tracker.update(device, flag == "1")
+        [(alert, raised)] = tracker.update_batch([device], [flag == "1"])
         states += "A" if alert else "."
         raises += "!" if raised else "."
     return states, raises
 
 
-def test_enters_alert_after_k_consecutive_anomalous_windows():
-    assert run(AlertTracker(3, 2), "111") == ("..A", "..!")
+@pytest.mark.parametrize("feed", [run, run_one_by_one])
+def test_enters_alert_after_k_consecutive_anomalous_windows(feed):
+    assert feed(AlertTracker(3, 2), "111") == ("..A", "..!")
 
 
-def test_a_normal_window_resets_the_entry_streak():
-    assert run(AlertTracker(3, 2), "1101101") == (".......", ".......")
+@pytest.mark.parametrize("feed", [run, run_one_by_one])
+def test_a_normal_window_resets_the_entry_streak(feed):
+    assert feed(AlertTracker(3, 2), "1101101") == (".......", ".......")
 
 
-def test_leaves_alert_after_m_consecutive_normal_windows():
-    assert run(AlertTracker(2, 3), "11000") == (".AAA.", ".!...")
+@pytest.mark.parametrize("feed", [run, run_one_by_one])
+def test_leaves_alert_after_m_consecutive_normal_windows(feed):
+    assert feed(AlertTracker(2, 3), "11000") == (".AAA.", ".!...")
 
 
-def test_an_anomalous_window_resets_the_exit_streak():
-    assert run(AlertTracker(2, 3), "11001000") == (".AAAAAA.", ".!......")
+@pytest.mark.parametrize("feed", [run, run_one_by_one])
+def test_an_anomalous_window_resets_the_exit_streak(feed):
+    assert feed(AlertTracker(2, 3), "11001000") == (".AAAAAA.", ".!......")
 
 
 def test_raised_only_on_the_transition_into_alert():
     assert run(AlertTracker(1, 1), "1101") == ("AA.A", "!..!")
 
 
-def test_devices_are_tracked_independently():
+def test_devices_in_one_batch_are_tracked_independently():
     t = AlertTracker(2, 2)
-    t.update("a", True)
-    t.update("b", True)
-    assert t.update("a", True) == (True, True)
-    assert t.update("b", False) == (False, False)
+    assert t.update_batch(["a", "b", "a", "b"], [True, True, True, False]) == [
+        (False, False), (False, False), (True, True), (False, False)]
     assert t.active_count() == 1
 
 
 def test_active_count_follows_entries_and_exits():
     t = AlertTracker(1, 2)
-    for device in ("a", "b", "c"):
-        t.update(device, True)
+    t.update_batch(["a", "b", "c"], [True, True, True])
     assert t.active_count() == 3
     run(t, "00", device="b")
     assert t.active_count() == 2
@@ -53,18 +62,24 @@ def test_active_count_follows_entries_and_exits():
 
 def test_forget_clears_an_evicted_devices_alert():
     t = AlertTracker(1, 5)
-    t.update("a", True)
+    t.update_batch(["a"], [True])
     t.forget("a")
     t.forget("never-seen")
     assert t.active_count() == 0
-    assert t.update("a", False) == (False, False)
+    assert t.update_batch(["a"], [False]) == [(False, False)]
 
 
 def test_quiet_devices_take_no_memory():
     t = AlertTracker(3, 3)
-    for i in range(1000):
-        t.update(f"dev{i}", False)
+    t.update_batch([f"dev{i}" for i in range(1000)], [False] * 1000)
     assert len(t._states) == 0
+
+
+def test_new_hysteresis_settings_apply_to_devices_part_way_through_a_streak():
+    t = AlertTracker(3, 1)
+    run(t, "11")
+    t.set_spec(2, 1)
+    assert run(t, "1") == ("A", "!")
 
 
 @pytest.mark.parametrize("args", [(0, 1), (1, 0)])

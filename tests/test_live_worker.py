@@ -12,7 +12,7 @@ from daemon.live.telemetry.metrics import Metrics
 from daemon.live.telemetry.ratelimit import RateLimitedLog
 from daemon.live.worker import ModelSlot, WindowQueue, Worker
 from daemon.core.runtime import MAX_MODEL_BATCH
-from daemon.core.scoring import WindowScores
+from daemon.core.scoring import ModelInput, WindowScores
 
 W, F = 4, 2
 
@@ -44,9 +44,9 @@ class FakeScorer:
     def release(self) -> None:
         self._released.set()
 
-    def model_input(self, raw: np.ndarray) -> np.ndarray:
+    def model_input(self, raw: np.ndarray) -> ModelInput:
         self.batches.append(raw.shape)
-        return raw
+        return ModelInput(raw)
 
     def backend(self, model_input: np.ndarray) -> np.ndarray:
         self.calls += 1
@@ -57,7 +57,7 @@ class FakeScorer:
             raise RuntimeError("model exploded")
         return model_input
 
-    def finish(self, model_input: np.ndarray, reconstruction: np.ndarray) -> WindowScores:
+    def finish(self, model_input: ModelInput, reconstruction: np.ndarray) -> WindowScores:
         value = reconstruction[:, 0, 0]
         return WindowScores(value.copy(), np.stack([value, 2 * value], axis=1))
 
@@ -194,6 +194,17 @@ def test_threshold_override_replaces_the_bundle_threshold():
     event = sink.wait_for(1)[0]
     worker.stop()
     assert (event.threshold, event.anomaly) == (3.0, False)
+
+
+def test_a_configured_threshold_of_zero_is_the_one_in_force():
+    """0 is a threshold, not "unset": every window scoring above it is flagged."""
+    sink = FakeSink()
+    worker, queue, _ = make_worker(FakeScorer(threshold=1.0), sink, threshold_override=0.0)
+    queue.put(job(value=0.5))
+    worker.start()
+    event = sink.wait_for(1)[0]
+    worker.stop()
+    assert (event.score, event.threshold, event.anomaly) == (0.5, 0.0, True)
 
 
 def test_swapped_scorer_is_used_from_the_next_batch():
@@ -378,3 +389,58 @@ def test_windows_of_a_route_that_lost_its_model_are_dropped_and_counted():
     worker.stop()
     assert [e.device for e in sink.events] == ["ok"]
     assert dropped(metrics, "model_mismatch") == 1
+
+
+# ---- windows that cannot be scored ------------------------------------------------------------
+
+def test_a_window_holding_a_fault_code_is_written_as_an_anomaly_with_its_reason_and_counted():
+    """Issue 15's repro live: the window was written with anomaly=0 and no score."""
+    from pathlib import Path
+
+    from daemon.core.scoring import MAX_SCORE, OUT_OF_RANGE, Scorer
+    from daemon.live.sinks.line_protocol import decode, encode
+    from daemon.offline import synthetic
+
+    scorer = Scorer.load(Path(__file__).resolve().parents[1] / "models" / "demo")
+    readings = synthetic.normal(20, seed=5).values
+    broken = readings.copy()
+    broken[-1, 2] = 3.4028234e38
+    sink = FakeSink()
+    worker, queue, metrics = make_worker(scorer, sink, max_wait_s=0)
+    queue.put(WindowJob("healthy", 1.0, readings, 1.0))
+    queue.put(WindowJob("broken", 1.0, broken, 1.0))
+    worker.start()
+    healthy, faulty = sink.wait_for(2)
+    worker.stop()
+    assert (healthy.anomaly, healthy.reason) == (False, "")
+    assert (faulty.anomaly, faulty.alert, faulty.reason, faulty.score) == (True, True, OUT_OF_RANGE, MAX_SCORE)
+    point = decode(encode(faulty))
+    assert point.tags["reason"] == OUT_OF_RANGE
+    assert point.fields["anomaly"] == 1 and point.fields["score"] >= MAX_SCORE
+    assert point.fields["err_pressure"] >= MAX_SCORE
+    assert "reason" not in decode(encode(healthy)).tags
+    assert counter(metrics, "anomalyd_unscorable_windows_total", reason=OUT_OF_RANGE) == 1
+    assert counter(metrics, "anomalyd_anomalous_windows_total") == 1
+
+
+def test_live_and_offline_scoring_give_the_same_scores_flags_and_reasons():
+    from pathlib import Path
+
+    from daemon.core.scoring import Scorer
+    from daemon.offline import synthetic
+
+    scorer = Scorer.load(Path(__file__).resolve().parents[1] / "models" / "demo")
+    windows = synthetic.normal(20 * 4, seed=7).values.reshape(4, 20, 5).copy()
+    windows[1, 3, 0] = -3.4028234e38
+    windows[3, :, 4] = 1e25
+    offline = scorer.score_windows(windows)
+    sink = FakeSink()
+    worker, queue, _ = make_worker(scorer, sink)
+    for i, window in enumerate(windows):
+        queue.put(WindowJob(f"d{i}", 1.0, window, 1.0))
+    worker.start()
+    events = sink.wait_for(4)
+    worker.stop()
+    assert [e.score for e in events] == offline.scores.tolist()
+    assert [e.anomaly for e in events] == offline.flags(scorer.threshold).tolist()
+    assert [e.reason for e in events] == offline.reasons

@@ -1,11 +1,15 @@
 import json
+import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from daemon.core.thresholds import Threshold, calibrate, parse_method
+from daemon.core.thresholds import Threshold, calibrate, parse_method, threshold_in_force
+
+DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "demo"
 
 
 @pytest.mark.parametrize(
@@ -195,3 +199,36 @@ def test_from_dict_errors(d, fragment):
     with pytest.raises(ValueError) as err:
         Threshold.from_dict(d)
     assert fragment in str(err.value)
+
+
+# ---- the threshold in force -------------------------------------------------------------------
+
+def test_without_an_override_the_bundles_calibrated_threshold_is_in_force():
+    assert threshold_in_force(0.32) == 0.32
+    assert threshold_in_force(0.32, None) == 0.32
+
+
+@pytest.mark.parametrize("override", [0.0, 0, 0.05, 7.0])
+def test_a_configured_threshold_is_in_force_even_when_it_is_zero(override):
+    assert threshold_in_force(0.32, override) == override
+
+
+@pytest.mark.parametrize("override", [math.nan, math.inf, "high", True])
+def test_an_override_that_is_not_a_finite_number_is_refused(override):
+    with pytest.raises(ValueError, match="threshold override"):
+        threshold_in_force(0.32, override)
+
+
+def test_the_service_announces_a_configured_threshold_of_zero_as_the_one_in_force(caplog):
+    """The log line an operator reads at start names the threshold the worker compares with."""
+    from daemon.live.config import build
+    from daemon.live.service import Service
+    from daemon.live.sinks.factory import DiscardSink
+
+    config = build({"model": {"path": str(DEMO_BUNDLE)}, "alerting": {"threshold": 0},
+                    "metrics": {"enabled": False}})
+    with caplog.at_level(logging.INFO, logger="daemon.live.service"):
+        service = Service(config, sink=DiscardSink())
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model ")]
+    assert "threshold 0)" in line
+    assert service.worker._models[""].threshold == 0.0

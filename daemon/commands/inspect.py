@@ -25,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
         f"name          {b.name} (version {b.version}, created {b.created or 'unknown'})",
         f"architecture  {b.arch} {b.arch_params}",
         f"window        {b.window} samples, stride {b.stride}",
+        "sample period " + (f"{b.sample_period_seconds:g} s (median step of the training data)"
+                            if b.sample_period_seconds is not None else "unknown (not in this bundle)"),
         f"features      {', '.join(b.features)}",
         f"scaler        {b.scaler.kind}",
         f"score         {b.score.error} per feature, mean over features"

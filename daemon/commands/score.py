@@ -10,10 +10,13 @@ from pathlib import Path
 from daemon.commands.common import add_data_options, formatter, read_frames
 from daemon.offline.detection import detect
 from daemon.core.scoring import Scorer
+from daemon.core.thresholds import threshold_in_force
 
 EPILOG = """\
 output columns: timestamp (RFC 3339, UTC, time of the window's last row), score, threshold,
-anomaly (0/1, score > threshold), err_<feature> (that sensor's reconstruction error).
+anomaly (0/1: score > threshold, or a reason), reason (empty, or why the window could not be
+scored: out_of_range, non_finite_score; its score is then the largest float32),
+err_<feature> (that sensor's reconstruction error).
 
 example:
   anomalyd score --model models/demo --data today.csv --out scores.csv
@@ -35,17 +38,19 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     scorer = Scorer.load(args.model, args.runtime)
-    threshold = scorer.threshold if args.threshold is None else args.threshold
+    threshold = threshold_in_force(scorer.threshold, args.threshold)
     frame = read_frames([args.data], args, scorer.features)[0]
     result = detect(scorer, frame, threshold)
     s = result.scores
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["timestamp", "score", "threshold", "anomaly"] + [f"err_{f}" for f in scorer.features])
+        writer.writerow(["timestamp", "score", "threshold", "anomaly", "reason"]
+                        + [f"err_{f}" for f in scorer.features])
+        reasons = s.reasons or [""] * len(s.scores)
         for i, ts in enumerate(s.timestamps):
             when = datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
-            writer.writerow([when, f"{s.scores[i]:.6g}", f"{threshold:.6g}", int(s.scores[i] > threshold)]
+            writer.writerow([when, f"{s.scores[i]:.6g}", f"{threshold:.6g}", int(result.flags[i]), reasons[i]]
                             + [f"{e:.6g}" for e in s.feature_errors[i]])
-    print(f"wrote {args.out}: {len(s.scores)} scored windows, {int((s.scores > threshold).sum())} above threshold")
+    print(f"wrote {args.out}: {len(s.scores)} scored windows, {int(result.flags.sum())} flagged anomalous")
     return 0

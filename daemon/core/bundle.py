@@ -3,6 +3,9 @@ and the weights as safetensors (tensors only, so loading a bundle cannot execute
 
 `bundle.json` is validated field by field on load; every error names the file and the
 field, because a hand-edited or half-copied bundle is the usual way models break in the field.
+Every read of a bundle file goes through `_read`, which turns any OS or decoding error into a
+`BundleError` naming the file: a SIGHUP reload then keeps the running model and says why, where
+an escaped OSError would stop the service.
 This module does not import torch: the ONNX runtime path loads bundles without it.
 """
 
@@ -72,6 +75,10 @@ class Bundle:
     path: Path | None = None
     # Per-window preprocessing before the model (daemon.core.preprocess); empty in old bundles.
     preprocess: Preprocess = field(default_factory=Preprocess)
+    # The training data's sample period (median step between timestamps), so the live service
+    # can tell a gap in a device's readings from its normal pace; None where it is unknown
+    # (frames without timestamps, bundles written before the field existed).
+    sample_period_seconds: float | None = None
 
     @property
     def weights_path(self) -> Path:
@@ -99,6 +106,7 @@ class Bundle:
             "stride": self.stride,
             "scaler": self.scaler.to_dict(),
             "preprocess": self.preprocess.to_dict(),
+            "sample_period_seconds": self.sample_period_seconds,
             "score": self.score.to_dict(),
             "threshold": self.threshold.to_dict(),
             "alert": self.alert.to_dict(),
@@ -125,18 +133,36 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _read(path: Path, read: Callable[[Path], Any], missing: str) -> Any:
+    """`read(path)` with every OS error (a directory, no permission, an I/O error) raised as a
+    BundleError naming the file; `missing` is the message when the file does not exist."""
+    try:
+        return read(path)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: {missing}") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _read_json(path: Path) -> Any:
+    raw = _read(path, Path.read_bytes, "missing (not a model bundle directory?)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+
+
 def load_bundle(directory: str | Path) -> Bundle:
     """Read and validate a bundle directory (not the weights' contents: see the runtimes)."""
     directory = Path(directory)
     json_path = directory / BUNDLE_FILE
-    if not directory.is_dir():
+    if not _read(directory, Path.is_dir, "model bundle directory not found"):
         raise BundleError(f"{directory}: model bundle directory not found")
-    try:
-        data = json.loads(json_path.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{json_path}: missing (not a model bundle directory?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{json_path}: not valid JSON ({exc})") from None
+    data = _read_json(json_path)
     reader = _Fields(json_path, data)
     reader.require("format", str, lambda v: v == FORMAT, f"must be {FORMAT!r}")
     reader.require("format_version", int, lambda v: v == FORMAT_VERSION,
@@ -173,6 +199,8 @@ def load_bundle(directory: str | Path) -> Bundle:
         raise BundleError(f"{json_path}: field 'threshold': {exc}") from None
     if not np.isfinite(threshold.value):
         raise BundleError(f"{json_path}: field 'threshold.value': must be a finite number")
+    sample_period = reader.optional("sample_period_seconds", (int, float),
+                                    lambda v: np.isfinite(v) and v > 0, "must be a positive number of seconds or null")
     bundle = Bundle(
         name=reader.require("name", str, bool, "must be a non-empty string"),
         version=str(reader.optional("version", (str, int), lambda v: True, "") or "1"),
@@ -186,6 +214,7 @@ def load_bundle(directory: str | Path) -> Bundle:
         threshold=threshold,
         alert=alert,
         preprocess=preprocess,
+        sample_period_seconds=None if sample_period is None else float(sample_period),
         training=reader.optional("training", dict, lambda v: True, "") or {},
         weights_sha256=reader.require("weights.sha256", str, lambda v: len(v) == 64, "must be a sha256 hex digest"),
         path=directory,
@@ -197,9 +226,9 @@ def load_bundle(directory: str | Path) -> Bundle:
 def verify_weights(bundle: Bundle) -> None:
     """Catch truncated or swapped weight files before the runtime tries to parse them."""
     path = bundle.weights_path
-    if not path.is_file():
-        raise BundleError(f"{path}: weights file missing")
-    if sha256_of(path) != bundle.weights_sha256:
+    if not _read(path, Path.is_file, "weights file missing"):
+        raise BundleError(f"{path}: weights file missing or not a file")
+    if _read(path, sha256_of, "weights file missing") != bundle.weights_sha256:
         raise BundleError(f"{path}: checksum does not match bundle.json field 'weights.sha256' "
                           f"(truncated, corrupted or replaced file)")
 

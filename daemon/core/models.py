@@ -140,9 +140,9 @@ SINGLE: dict[str, type[AutoEncoder]] = {
 class EnsembleAutoEncoder(AutoEncoder):
     """Several single autoencoders (default parameters each) whose reconstructions are
     averaged. Each member is trained on its own reconstruction loss, so they stay independent
-    models and their errors partly cancel: on SKAB one LSTM and two Conv AEs reach a better F1
-    at a given false-alarm rate than any of them alone (README, "Detection quality on SKAB"),
-    at the sum of their inference costs. `members` is a list of names, or a comma-separated
+    models and their errors partly cancel: one LSTM and two Conv AEs reach a better F1 at a
+    given false-alarm rate than any of them alone (docs/quality.md), at the sum of their
+    inference costs. `members` is a list of names, or a comma-separated
     string as `--param members=lstm,conv` gives it."""
 
     def __init__(self, window: int, n_features: int, members: str | list = "lstm,conv,conv") -> None:

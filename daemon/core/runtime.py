@@ -1,14 +1,15 @@
 """Inference runtimes: turn a bundle's weights into a function `[B, W, F] float32 -> same`.
 
-Kept apart from scoring so the daemon can run on ONNX Runtime without importing torch
-(~1 s and ~220 MB saved on an edge box); imports happen inside the loaders for that reason.
+Kept apart from scoring so the daemon can run on ONNX Runtime without importing torch (a
+second of start-up and a large share of the memory on an edge box); imports happen inside the
+loaders for that reason.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -18,9 +19,8 @@ from daemon.core.errors import BundleError
 log = logging.getLogger(__name__)
 
 Backend = Callable[[np.ndarray], np.ndarray]
-# The most windows one model call takes. Past it no runtime gains more than noise on the edge
-# CPU (torch at batch 64 / 128 / 512: LSTM AE 9.1k / 8.5k / 8.2k windows/s, Conv AE 29.8k /
-# 30.4k / 30.8k), and it bounds the shapes `padded_size` makes.
+# The most windows one model call takes: past it no runtime gets faster per window on an edge
+# CPU (docs/performance.md), and it bounds the shapes `padded_size` makes.
 MAX_MODEL_BATCH = 64
 RUNTIMES = ("torch", "onnx")
 # ONNX metadata key holding the sha256 of the weights a model.onnx was exported from
@@ -60,24 +60,31 @@ def load_torch_model(bundle: Bundle):
     return model
 
 
+def model_batches(n: int) -> Iterator[slice]:
+    """Slices cutting `n` windows into model calls of at most MAX_MODEL_BATCH: the one place a
+    batch is cut, for `Scorer.score_windows` and the live worker alike."""
+    for start in range(0, n, MAX_MODEL_BATCH):
+        yield slice(start, min(start + MAX_MODEL_BATCH, n))
+
+
 def padded_size(n: int) -> int:
     """The batch size the torch runtime runs `n` windows at: the next power of two up to 8,
     then the next multiple of 8.
 
-    torch runs LSTM and Conv1d layers on oneDNN, which builds and keeps a kernel for every input
-    shape it meets: 0.4 MB per batch size for the LSTM AE and 0.9 MB for the Conv AE, so 27 and
-    55 MB of RSS once a live worker's batches have taken every size from 1 to 64 (they do, over
-    hours of uneven traffic; bench/throughput.py, "every batch size"). Padding bounds that to 11
-    shapes up to MAX_MODEL_BATCH at the price of at most 7 padded windows a batch. ONNX Runtime
-    keeps nothing per shape and is not padded."""
+    torch runs LSTM and Conv1d layers on oneDNN, which builds and keeps a kernel, and its memory,
+    for every input shape it meets, and a live worker's batches take every size from 1 to
+    MAX_MODEL_BATCH over hours of uneven traffic (bench/throughput.py, "every batch size";
+    figures in docs/performance.md). Padding bounds that to 11 shapes at the price of at most 7
+    padded windows a batch. ONNX Runtime keeps nothing per shape and is not padded."""
     if n <= 8:
         return 1 << max(n - 1, 0).bit_length()
     return -(-n // 8) * 8
 
 
 def padded_sizes(max_batch: int) -> list[int]:
-    """Every size `padded_size` gives for batches of 1 to `max_batch` windows."""
-    return sorted({padded_size(n) for n in range(1, max_batch + 1)})
+    """Every size `padded_size` gives for model calls of 1 to `max_batch` windows (at most
+    MAX_MODEL_BATCH: larger batches are cut by `model_batches`)."""
+    return sorted({padded_size(n) for n in range(1, min(max_batch, MAX_MODEL_BATCH) + 1)})
 
 
 def torch_backend(model, threads: int) -> Backend:
@@ -100,18 +107,18 @@ def torch_backend(model, threads: int) -> Backend:
 
 def trace_for_inference(model):
     """The model as a TorchScript trace: one call from Python into C++ per batch, instead of
-    one per layer and op (~20 for the LSTM AE).
+    one per layer and op.
 
     Each return from C++ to Python has to win back the GIL. While another thread runs Python
     (the MQTT thread under load, a sink), every such return waits up to the interpreter's switch
-    interval. Measured on 2 cores beside a busy Python thread: eager LSTM AE 0.05x its own
-    speed, traced 0.38x; with the daemon's 200 us switch interval (daemon.live.service),
-    0.54x eager and 0.80-0.96x traced (bench/throughput.py, "model beside a busy Python thread").
-    The trace gives the same numbers to the last bit (tests/test_model_conformance.py).
+    interval, so the fewer returns, the closer the model runs to its own speed beside a busy
+    thread (bench/throughput.py, "model beside a busy Python thread"; figures in
+    docs/performance.md). The trace gives the same numbers to the last bit
+    (tests/test_model_conformance.py).
 
     `torch.jit.trace` is deprecated in recent torch, and its successors (torch.compile,
-    torch.export with AOTInductor) need a C++ compiler on the box. If a future torch no longer
-    traces, the model runs eagerly: same scores, slower under load, and it logs a warning."""
+    torch.export with AOTInductor) need a C++ compiler on the box. Where torch cannot trace, the
+    model runs eagerly: same scores, slower under load, and it logs a warning."""
     import torch
 
     example = torch.zeros(2, model.window, model.n_features)

@@ -35,8 +35,8 @@ class Scaler:
     def transform(self, values: np.ndarray) -> np.ndarray:
         """Scale rows `[..., features]`. Windows `[B, W, features]` are scaled as rows of W x
         features values against the parameters tiled W times: the same arithmetic, bit for bit,
-        but numpy's inner loop then runs over W x features values instead of `features` (8),
-        2.5x faster for the daemon's batches of 60-sample windows."""
+        but numpy's inner loop then runs over W x features values instead of a handful of
+        features, which is what makes it fast for the daemon's batches."""
         if values.ndim == 3:
             batch, window, features = values.shape
             out = values.reshape(batch, window * features) - np.tile(self.offset, window)

@@ -1,7 +1,29 @@
-"""The one scoring path. `Scorer` = bundle (features, window, scaler, score definition,
-threshold) + an inference runtime. The daemon's worker, `anomalyd score` and
-`anomalyd evaluate` all call `score_windows`, so training, offline evaluation and live
+"""The one scoring path for windows. `Scorer` = bundle (features, window, scaler, score
+definition, threshold) + an inference runtime. The daemon's worker runs its stages
+(`model_input`, the backend, `finish`); training, `anomalyd score` and `anomalyd evaluate` reach
+`score_windows` through daemon.offline.frame_scoring; so training, offline evaluation and live
 serving cannot drift apart.
+
+A window that cannot be scored is an anomaly, never normal. Two reasons, checked here so every
+consumer applies them alike:
+
+- `out_of_range`: the window holds a value that is not a number or lies more than
+  SCALED_LIMIT scaling units (standard deviations for a z-score scaler) from the training
+  level. No process variable strays that far: such a value is a sensor's fault code
+  (+-3.4028235e38, the float32 limit, is a common one), a wrong unit or a corrupted reading, and
+  it is what the operator of that device must hear about. So the window is not dropped but
+  scored as maximal (MAX_SCORE) and flagged, and the feature holding the value gets MAX_SCORE
+  as its error, which names the sensor. Dropping the reading instead would leave the device
+  silent on the dashboard while its sensor is broken. The model reads the window with such
+  values clipped to +-SCALED_LIMIT (NaN as +SCALED_LIMIT), so the other features' errors stay
+  meaningful; the limit sits far below float32's overflow so that the squared errors of any
+  in-range window are finite.
+- `non_finite_score`: any other window whose score or a feature's error is not finite (the
+  model's output or the error arithmetic overflowed). It is scored as maximal, and its
+  non-finite errors are written as MAX_SCORE.
+
+Scores and errors leaving this module are therefore always finite (every store accepts them),
+and `WindowScores.flags` flags a window with a reason whatever the threshold.
 """
 
 from __future__ import annotations
@@ -12,28 +34,49 @@ from pathlib import Path
 import numpy as np
 
 from daemon.core.bundle import Bundle, ScoreSpec, load_bundle
-from daemon.offline.frames import Frame
-from daemon.core.runtime import MAX_MODEL_BATCH, Backend, load_backend, padded_sizes
-from daemon.core.windowing import window_ends, windows
+from daemon.core.runtime import Backend, load_backend, model_batches, padded_sizes
+
+OUT_OF_RANGE = "out_of_range"
+NON_FINITE_SCORE = "non_finite_score"
+REASONS = (OUT_OF_RANGE, NON_FINITE_SCORE)
+# The score (and error) of a window that cannot be scored: the largest float32, finite so that
+# line protocol, CSV and JSON carry it, and above any threshold a bundle calibrates.
+MAX_SCORE = float(np.finfo(np.float32).max)
+# Scaled values beyond +-SCALED_LIMIT are out of range (see the module docstring).
+SCALED_LIMIT = 1e9
+
+
+@dataclass
+class ModelInput:
+    """What the model reads for a batch of raw windows, and which values were out of range."""
+
+    values: np.ndarray  # float32 [B, W, F]: scaled, preprocessed, contiguous
+    out_of_range: np.ndarray | None = None  # bool [B, F]: the feature had a value out of range; None: none had
 
 
 @dataclass
 class WindowScores:
-    scores: np.ndarray  # float32 [B]
-    feature_errors: np.ndarray  # float32 [B, F], the per-sensor contributions
+    scores: np.ndarray  # float32 [B], finite
+    feature_errors: np.ndarray  # float32 [B, F], finite: the per-sensor contributions
+    # Per window, why it is anomalous whatever its score ("" for none; see REASONS). None when
+    # no window of the batch has a reason, the usual case, which then costs nothing.
+    reasons: list[str] | None = None
 
-
-@dataclass
-class FrameScores(WindowScores):
-    ends: np.ndarray  # int64 [B]: row index in the frame where each window ends
-    timestamps: np.ndarray  # float64 [B]: the data time a score belongs to
+    def flags(self, threshold: float) -> np.ndarray:
+        """bool [B]: anomalous windows, those scoring above `threshold` (the thresholds
+        module's convention) and every window with a reason."""
+        with np.errstate(over="ignore"):  # a threshold beyond float32 compares as inf
+            flags = self.scores > threshold
+        if self.reasons is not None:
+            flags |= np.fromiter((bool(r) for r in self.reasons), dtype=bool, count=len(self.reasons))
+        return flags
 
 
 def feature_errors(scaled: np.ndarray, reconstruction: np.ndarray, error: str) -> np.ndarray:
     """Per-feature reconstruction error over the window, `[B, W, F] -> [B, F]`.
 
-    einsum, because numpy's mean over the middle axis is a strided reduction: 3-4x slower for
-    the daemon's batches, and it runs on the scoring thread for every window."""
+    einsum, because numpy's mean over the middle axis is a strided reduction, several times
+    slower for the daemon's batches, and this runs on the scoring thread for every window."""
     diff = reconstruction - scaled
     if error == "mae":
         return np.einsum("bwf->bf", np.abs(diff, out=diff)) / np.float32(diff.shape[1])
@@ -78,7 +121,7 @@ class Scorer:
         """Run the model once at every batch size the runtime will see for batches of up to
         `max_batch` windows, so the memory and compile time each shape costs are paid at start,
         not in the first hours of live traffic (see `daemon.core.runtime.padded_size`)."""
-        for size in padded_sizes(min(max_batch, MAX_MODEL_BATCH)):
+        for size in padded_sizes(max_batch):
             self.backend(np.zeros((size, self.window, len(self.features)), dtype=np.float32))
 
     def score_windows(self, raw: np.ndarray) -> WindowScores:
@@ -87,45 +130,59 @@ class Scorer:
         Raw windows are scaled, then preprocessed (the bundle's `preprocess`, e.g. centring slow
         features on their window mean), then reconstructed. Per-feature errors are reported
         unnormalised, in scaled units, so an operator can compare them against the training-time
-        errors in bundle.json. The stages (`model_input`, the backend, `finish`) are public so the
-        live worker can run the model on a thread of its own between them."""
+        errors in bundle.json. Windows that cannot be scored come back scored as maximal with a
+        reason (module docstring). The stages (`model_input`, the backend, `finish`) are public
+        so the live worker can run the model on a thread of its own between them."""
         if raw.ndim != 3 or raw.shape[1:] != (self.window, len(self.features)):
             raise ValueError(f"windows must have shape [batch, {self.window}, {len(self.features)}], got {raw.shape}")
         scores = np.empty(len(raw), dtype=np.float32)
         errors = np.empty((len(raw), len(self.features)), dtype=np.float32)
-        for start in range(0, len(raw), MAX_MODEL_BATCH):
-            part = slice(start, start + MAX_MODEL_BATCH)
+        reasons: list[str] | None = None
+        for part in model_batches(len(raw)):
             model_input = self.model_input(raw[part])
-            result = self.finish(model_input, self.backend(model_input))
+            result = self.finish(model_input, self.backend(model_input.values))
             scores[part], errors[part] = result.scores, result.feature_errors
-        return WindowScores(scores, errors)
+            if result.reasons is not None:
+                reasons = reasons or [""] * len(raw)
+                reasons[part] = result.reasons
+        return WindowScores(scores, errors, reasons)
 
-    def model_input(self, raw: np.ndarray) -> np.ndarray:
-        """What the model sees for raw windows: scaled, preprocessed, contiguous."""
-        scaled = self.bundle.preprocess.apply(self.bundle.scaler.transform(raw), self.features)
-        return np.ascontiguousarray(scaled)
+    def model_input(self, raw: np.ndarray) -> ModelInput:
+        """What the model sees for raw windows: scaled, clipped into range, preprocessed."""
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are handled below
+            scaled = self.bundle.scaler.transform(raw)
+        out_of_range = None
+        # One max and one min cover the usual batch; NaN fails both comparisons.
+        if len(scaled) and not (scaled.max() <= SCALED_LIMIT and scaled.min() >= -SCALED_LIMIT):
+            out_of_range = ~(np.abs(scaled) <= SCALED_LIMIT).all(axis=1)
+            scaled = np.clip(np.nan_to_num(scaled, nan=SCALED_LIMIT, posinf=SCALED_LIMIT, neginf=-SCALED_LIMIT),
+                             -SCALED_LIMIT, SCALED_LIMIT)
+        values = self.bundle.preprocess.apply(scaled, self.features)
+        return ModelInput(np.ascontiguousarray(values), out_of_range)
 
-    def finish(self, model_input: np.ndarray, reconstruction: np.ndarray) -> WindowScores:
+    def finish(self, model_input: ModelInput, reconstruction: np.ndarray) -> WindowScores:
         """Scores and per-feature errors from the model's reconstruction of `model_input`."""
-        errors = feature_errors(model_input, reconstruction, self.bundle.score.error)
-        return WindowScores(combine(errors, self.bundle.score, self.features), errors)
-
-    def score_frame(self, frame: Frame, stride: int | None = None) -> FrameScores:
-        """Score every window of one run; frame columns must already be in model order."""
-        stride = stride or self.bundle.stride
-        ends = window_ends(len(frame), self.window, stride)
-        result = self.score_windows(windows(frame.values, self.window, stride))
-        return FrameScores(result.scores, result.feature_errors, ends, frame.timestamps[ends])
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are handled below
+            errors = feature_errors(model_input.values, reconstruction, self.bundle.score.error)
+            scores = combine(errors, self.bundle.score, self.features)
+        if model_input.out_of_range is None and np.isfinite(scores).all() and np.isfinite(errors).all():
+            return WindowScores(scores, errors)
+        return _unscorable_as_maximal(scores, errors, model_input.out_of_range)
 
 
-def row_flags(n_rows: int, ends: np.ndarray, flags: np.ndarray) -> np.ndarray:
-    """Per-row 0/1 predictions from per-window flags, as the daemon would have known them:
-    a row takes the flag of the latest window ending at or before it (rows before the first
-    window are normal). With stride 1 that is exactly the window ending on the row."""
-    out = np.zeros(n_rows, dtype=np.int8)
-    if len(ends) == 0:
-        return out
-    latest = np.searchsorted(ends, np.arange(n_rows), side="right") - 1
-    known = latest >= 0
-    out[known] = flags[latest[known]]
-    return out
+def _unscorable_as_maximal(scores: np.ndarray, errors: np.ndarray, out_of_range: np.ndarray | None) -> WindowScores:
+    """Scores with every window that cannot be scored set to MAX_SCORE, with its reason."""
+    scores, errors = scores.astype(np.float32, copy=True), errors.astype(np.float32, copy=True)
+    reasons = [""] * len(scores)
+    finite_errors = np.isfinite(errors)
+    for i in np.flatnonzero(~(np.isfinite(scores) & finite_errors.all(axis=1))):
+        reasons[i] = NON_FINITE_SCORE
+    errors[~finite_errors] = MAX_SCORE
+    if out_of_range is not None:
+        errors[out_of_range] = MAX_SCORE
+        for i in np.flatnonzero(out_of_range.any(axis=1)):
+            reasons[i] = OUT_OF_RANGE
+    for i, reason in enumerate(reasons):
+        if reason:
+            scores[i] = MAX_SCORE
+    return WindowScores(scores, errors, reasons if any(reasons) else None)

@@ -79,6 +79,18 @@ class Threshold:
         )
 
 
+def threshold_in_force(calibrated: float, override: float | None = None) -> float:
+    """The threshold scores are compared against: the operator's `override` (config
+    `alerting.threshold`, `--threshold`) when one is given, else the bundle's `calibrated` value.
+
+    Every consumer (the live worker, the log line announcing a model, `score`, `evaluate`)
+    asks this one function, so they cannot disagree. "Given" means not None: 0 is a valid
+    override (every positive score flagged), not a request for the bundle's value."""
+    if override is None:
+        return float(calibrated)
+    return _finite_float(override, "threshold override")
+
+
 def _finite_float(x: Any, what: str) -> float:
     if isinstance(x, bool):
         raise ValueError(f"{what} must be a number, got {x!r}")
@@ -195,7 +207,7 @@ def _pot(s: np.ndarray, params: Params, _labels: Labels) -> tuple[float, Params]
     we can extrapolate to risks far smaller than 1/len(scores), where an
     empirical quantile would just return the sample maximum.
     """
-    from scipy import stats  # lazy: ~1.3 s to import, and only POT needs it (daemon start-up)
+    from scipy import stats  # lazy: slow to import, and only POT needs it (keeps daemon start-up fast)
 
     risk = params["risk"]
     n = s.size

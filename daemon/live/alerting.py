@@ -29,13 +29,10 @@ class AlertTracker:
             for state in self._states.values():
                 state.spec = spec
 
-    def update(self, device: str, anomaly: bool) -> tuple[bool, bool]:
-        """Feed one scored window. Returns (device is in alert, it entered alert just now)."""
-        return self.update_batch([device], [anomaly])[0]
-
     def update_batch(self, devices: list[str], anomalies: list[bool]) -> list[tuple[bool, bool]]:
-        """`update` for a batch of windows in time order, under one lock: the worker calls this
-        once per batch, so a quiet device costs a dict lookup, not a method call and a lock."""
+        """Feed a batch of scored windows in time order (`devices[i]`'s window flagged
+        `anomalies[i]`). Returns, per window, (device is in alert, it entered alert just now).
+        One call and one lock per batch, so a quiet device costs a dict lookup."""
         quiet = (False, False)
         out = []
         append = out.append

@@ -23,6 +23,7 @@ from daemon.live.telemetry.http_server import MetricsServer
 from daemon.live.telemetry.metrics import Metrics
 from daemon.live.telemetry.sdnotify import SystemdNotifier
 from daemon.live.sinks.base import Sink
+from daemon.core.thresholds import threshold_in_force
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ class Service:
         for r in self.routes:
             b = r.scorer.bundle
             log.info("model %s (%s, window %d, %d features, threshold %.6g) from %s for %s", b.name, b.arch,
-                     b.window, len(b.features), config.alerting.threshold or r.scorer.threshold, b.path,
+                     b.window, len(b.features), threshold_in_force(r.scorer.threshold, config.alerting.threshold),
+                     b.path,
                      f"devices {r.key!r}" if r.key else "every other device" if len(self.routes) > 1 else "every device")
         models = {(r.scorer.bundle.name, r.scorer.bundle.version, r.scorer.bundle.arch, config.model.runtime)
                   for r in self.routes}

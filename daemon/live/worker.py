@@ -1,13 +1,13 @@
 """The scoring side: a bounded window queue, the worker thread and the model thread.
 
-Batching is what makes the model fast (an LSTM autoencoder scores ~6-9x more windows per
-second at batch 64 than at batch 1), so the worker waits briefly for a batch to fill, bounded
-by `max_wait_s` from the oldest queued window so latency stays bounded under light load.
+Batching is what makes the model fast (a forward pass over many windows costs little more
+than over one), so the worker waits briefly for a batch to fill, bounded by `max_wait_s` from
+the oldest queued window so latency stays bounded under light load.
 
 The worker is pipelined: while the model computes one batch on the model thread (without the
 GIL), the worker thread finishes the batch before it (errors, threshold, hysteresis, events,
-line protocol in the sink) and prepares the next. On 2 cores that overlaps the worker's own
-Python, ~15 us a window, with the forward pass; bench/throughput.py measures the gain.
+line protocol in the sink) and prepares the next, so the worker's own Python overlaps the
+forward pass on a second core (bench/throughput.py measures the gain).
 
 The queue drops the OLDEST window when full (see `WindowQueue`).
 """
@@ -30,13 +30,14 @@ from daemon.live.sinks.base import Sink
 from daemon.live.telemetry.memory import release_free_memory
 from daemon.live.telemetry.metrics import Metrics
 from daemon.live.telemetry.ratelimit import RateLimitedLog
-from daemon.core.runtime import MAX_MODEL_BATCH
-from daemon.core.scoring import Scorer, WindowScores
+from daemon.core.runtime import model_batches
+from daemon.core.scoring import ModelInput, Scorer, WindowScores
+from daemon.core.thresholds import threshold_in_force
 
 log = logging.getLogger(__name__)
 
-# Windows scored between two returns of freed memory to the OS (daemon.live.telemetry.memory), done only
-# when the queue is empty, so it never delays a waiting window: ~19 MB of 60 x 8 windows.
+# Windows scored between two returns of freed memory to the OS (daemon.live.telemetry.memory),
+# done only when the queue is empty, so it never delays a waiting window.
 TRIM_EVERY_WINDOWS = 10_000
 
 
@@ -66,6 +67,11 @@ class ModelSlot:
     alerts: AlertTracker
     threshold_override: float | None = None
 
+    @property
+    def threshold(self) -> float:
+        """The threshold in force for this route (daemon.core.thresholds.threshold_in_force)."""
+        return threshold_in_force(self.scorer.threshold, self.threshold_override)
+
 
 @dataclass
 class _InFlight:
@@ -73,7 +79,7 @@ class _InFlight:
 
     slot: ModelSlot
     jobs: list[WindowJob]
-    model_input: np.ndarray
+    model_input: ModelInput
     reconstruction: Future  # of (reconstruction, seconds in the model)
 
 
@@ -128,8 +134,8 @@ class Worker:
                 # While a batch is in the model, take the next one only if it is ready (full,
                 # or its oldest window has waited max_wait_s): the worker must be back to
                 # finish the batch in flight, and small batches back to back would keep the
-                # model busy at a fraction of its batch-64 speed (at 3,000 windows/s: 9
-                # windows a batch and 0.70 cores, against 64 and 0.45 when waiting).
+                # model busy at a fraction of its full-batch speed, costing more CPU for the
+                # same windows.
                 waiting = not in_flight
                 jobs = self._queue.take(self.max_batch, self.max_wait_s, block=waiting)
                 if not jobs and waiting:
@@ -155,8 +161,8 @@ class Worker:
             by_route.setdefault(job.route, []).append(job)
         started = []
         for route, group in by_route.items():
-            for start in range(0, len(group), MAX_MODEL_BATCH):
-                batch = self._prepare(models.get(route), route, group[start:start + MAX_MODEL_BATCH])
+            for part in model_batches(len(group)):
+                batch = self._prepare(models.get(route), route, group[part])
                 if batch is not None:
                     started.append(batch)
         return started
@@ -179,13 +185,14 @@ class Worker:
         if not fitting:
             return None
         try:
-            # One concatenate + reshape: a third of np.stack's cost for 64 small windows.
+            # One concatenate + reshape: cheaper than np.stack for many small windows.
             raw = np.concatenate([job.window for job in fitting]).reshape(len(fitting), *expected)
             model_input = scorer.model_input(raw)
         except Exception as exc:
             self._scoring_failed(len(fitting), exc)
             return None
-        return _InFlight(slot, fitting, model_input, self._model_thread.submit(_timed, scorer.backend, model_input))
+        return _InFlight(slot, fitting, model_input,
+                         self._model_thread.submit(_timed, scorer.backend, model_input.values))
 
     def _finish(self, batch: _InFlight) -> None:
         """Wait for a batch's reconstruction, score it and hand its events to the sink."""
@@ -211,20 +218,33 @@ class Worker:
 
     def _events(self, slot: ModelSlot, jobs: list[WindowJob], result: WindowScores) -> list[ScoreEvent]:
         scorer = slot.scorer
-        threshold = scorer.threshold if slot.threshold_override is None else slot.threshold_override
+        threshold = slot.threshold
         self._metrics.batch_size.observe(len(jobs))
         names = scorer.features
         model = scorer.bundle.name
-        flags = (result.scores > threshold).tolist()
+        flags = result.flags(threshold).tolist()
         alerts = slot.alerts.update_batch([job.device for job in jobs], flags)
+        reasons = result.reasons or [""] * len(jobs)
         events = [ScoreEvent(job.device, model, job.ts_end, score, threshold, anomaly, alert,
-                             dict(zip(names, errors)), job.received)
-                  for job, score, errors, anomaly, (alert, _) in
-                  zip(jobs, result.scores.tolist(), result.feature_errors.tolist(), flags, alerts)]
+                             dict(zip(names, errors)), job.received, reason)
+                  for job, score, errors, anomaly, (alert, _), reason in
+                  zip(jobs, result.scores.tolist(), result.feature_errors.tolist(), flags, alerts, reasons)]
+        if result.reasons is not None:
+            self._count_unscorable(scorer, jobs, result.reasons)
         self._metrics.windows_scored.inc(len(jobs))
         self._metrics.anomalous_windows.inc(sum(flags))
         self._metrics.alerts_raised.inc(sum(raised for _, raised in alerts))
         return events
+
+
+    def _count_unscorable(self, scorer: Scorer, jobs: list[WindowJob], reasons: list[str]) -> None:
+        """Windows flagged for a reason rather than their score: counted by reason, and logged
+        (rate-limited) with a device, so a sensor sending a fault code is found by name."""
+        for reason in set(reasons) - {""}:
+            windows = [job for job, r in zip(jobs, reasons) if r == reason]
+            self._metrics.unscorable_windows.labels(reason=reason).inc(len(windows))
+            self._errors.warning("unscorable:" + reason, "%d windows of model %s flagged %s (device %r, ...)",
+                                 len(windows), scorer.bundle.name, reason, windows[0].device)
 
 
 def _timed(backend, model_input: np.ndarray) -> tuple[np.ndarray, float]:

@@ -11,16 +11,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from daemon.core.errors import DataError
-from daemon.offline.evaluation import Report, report
-from daemon.offline.frames import Frame
 from daemon.core.postprocess import alert_flags
-from daemon.core.scoring import FrameScores, Scorer, row_flags
+from daemon.core.scoring import Scorer
+from daemon.core.thresholds import threshold_in_force
+from daemon.offline.evaluation import Report, report
+from daemon.offline.frame_scoring import FrameScores, row_flags, score_frame
+from daemon.offline.frames import Frame
 
 
 @dataclass
 class FileResult:
     frame: Frame
     scores: FrameScores
+    flags: np.ndarray  # bool [windows]: anomalous windows (FrameScores.flags at the threshold in force)
     predicted: np.ndarray  # int8 [rows]: the streaming-causal prediction (alert state) per row
 
     def row_scores(self) -> np.ndarray:
@@ -33,14 +36,17 @@ class FileResult:
 def detect(scorer: Scorer, frame: Frame, threshold: float, stride: int | None = None) -> FileResult:
     if len(frame) < scorer.window:
         raise DataError(f"{frame.source}: {len(frame)} rows, fewer than one window ({scorer.window} rows)")
-    scores = scorer.score_frame(frame, stride)
-    flags = alert_flags((scores.scores > threshold).astype(np.int8), scorer.bundle.alert)
-    return FileResult(frame, scores, row_flags(len(frame), scores.ends, flags))
+    scores = score_frame(scorer, frame, stride)
+    flags = scores.flags(threshold)
+    alerts = alert_flags(flags.astype(np.int8), scorer.bundle.alert)
+    return FileResult(frame, scores, flags, row_flags(len(frame), scores.ends, alerts))
 
 
 def evaluate_frames(scorer: Scorer, frames: list[Frame], threshold: float | None = None,
                     stride: int | None = None) -> tuple[Report, list[FileResult]]:
-    threshold = scorer.threshold if threshold is None else threshold
+    """Detect on every labelled frame at the threshold in force (`threshold` overrides the
+    bundle's) and pool the metrics."""
+    threshold = threshold_in_force(scorer.threshold, threshold)
     results = []
     for frame in frames:
         if frame.labels is None:

@@ -49,6 +49,17 @@ class Frame:
         return self.select(np.arange(len(self)) >= n)
 
 
+def median_sample_period(frames: list[Frame]) -> float | None:
+    """The median step between consecutive timestamps within each frame (never across two: they
+    are separate runs), in seconds; None when no frame has two timestamps a positive step apart."""
+    steps = np.concatenate([np.diff(f.timestamps) for f in frames] or [np.empty(0)])
+    steps = steps[np.isfinite(steps)]
+    if not steps.size:
+        return None
+    period = float(np.median(steps))
+    return period if period > 0 else None
+
+
 def parse_timestamp(text: str) -> float:
     """Epoch seconds (milliseconds if the number is too large to be seconds) or ISO 8601.
 
@@ -103,8 +114,9 @@ def load_csv(
     `features=None` takes every numeric column except time, label and `ignore_columns`; a
     column with no number in it is skipped, a mostly numeric one with a bad cell is an error.
     `label_column` is used when present (a missing default label column is not an error).
-    Non-finite or empty feature cells follow `nan_policy`: "fail" names the first bad cell,
-    "drop" removes those rows and logs how many; neither guesses a value.
+    Empty feature cells and cells that are not a finite float32 (NaN, inf, beyond +-3.4e38: the
+    values live ingest rejects as `non_finite`) follow `nan_policy`: "fail" names the first bad
+    cell, "drop" removes those rows and logs how many; neither guesses a value.
     """
     path = Path(path)
     if nan_policy not in NAN_POLICIES:
@@ -179,7 +191,8 @@ def load_csv(
             raise DataError(f"{path}: label column {label_column!r} must hold only 0 and 1")
         labels = labels.astype(np.int8)
 
-    frame = Frame(str(path), timestamps, values.astype(np.float32), numeric_names, labels)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, which the nan policy handles
+        frame = Frame(str(path), timestamps, values.astype(np.float32), numeric_names, labels)
     return _apply_nan_policy(frame, values, nan_policy, path)
 
 
@@ -192,13 +205,14 @@ def _is_number(cell: str) -> bool:
 
 
 def _apply_nan_policy(frame: Frame, values: np.ndarray, policy: str, path: Path) -> Frame:
-    finite = np.isfinite(values).all(axis=1)
+    """`values` are the cells as read (float64), `frame.values` the float32 the model reads."""
+    finite = np.isfinite(frame.values).all(axis=1)
     if finite.all():
         return frame
     if policy == "fail":
-        row, col = np.argwhere(~np.isfinite(values))[0]
-        raise DataError(f"{path}: line {row + 2} column {frame.features[col]!r}: non-finite value "
-                        f"{values[row, col]} (fix the data or pass --nan drop to skip such rows)")
+        row, col = np.argwhere(~np.isfinite(frame.values))[0]
+        raise DataError(f"{path}: line {row + 2} column {frame.features[col]!r}: non-finite value {values[row, col]} "
+                        f"(NaN, inf or beyond float32's range; fix the data or pass --nan drop to skip such rows)")
     log.warning("%s: dropped %d row(s) with NaN/inf feature values", path, int((~finite).sum()))
     return frame.select(finite)
 

@@ -1,8 +1,8 @@
 """Export a bundle's model to ONNX (`model.onnx` next to `model.safetensors`).
 
 The ONNX runtime backend (`model.runtime: onnx`) then serves the bundle without importing
-torch: measured on a 2-core box, an LSTM autoencoder scored 2-3x more windows per second at
-batch 1 and the daemon's RSS was about a third of torch's.
+torch: faster at small batches and a much smaller daemon on an edge box (figures in
+docs/performance.md).
 
 The legacy TorchScript-based exporter (`dynamo=False`) writes one self-contained file with a
 dynamic batch axis. The export is checked before it is kept: ONNX Runtime must reproduce

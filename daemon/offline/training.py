@@ -24,36 +24,36 @@ import torch
 from daemon import __version__
 from daemon.core.bundle import SCORE_REDUCTIONS, WEIGHTS_FILE, Bundle, ScoreSpec
 from daemon.core.errors import DataError, UserError
-from daemon.offline.evaluation import segments
-from daemon.offline.frames import Frame
 from daemon.core.models import AutoEncoder, build_model, default_params
 from daemon.core.postprocess import AlertSpec
 from daemon.core.preprocess import Preprocess, resolve_features
 from daemon.core.runtime import torch_backend
 from daemon.core.scaling import Scaler
-from daemon.core.scoring import FrameScores, Scorer
+from daemon.core.scoring import Scorer
 from daemon.core.thresholds import Threshold, calibrate
 from daemon.core.windowing import windows
+from daemon.offline.evaluation import segments
+from daemon.offline.frame_scoring import score_frames
+from daemon.offline.frames import Frame, median_sample_period
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainConfig:
-    """Training and scoring settings. The defaults are the ones that scored best on the SKAB
-    benchmark (bench/skab.py; see the README's SKAB section): short windows,
-    a 1 % scaler floor, the worst feature's error as the window score, SKAB's own threshold
-    rule (99.9th percentile of the normal training windows' scores x 4/3) and 3-in / 5-out
-    alert hysteresis.
+    """Training and scoring settings. The defaults are the ones that score best on the SKAB
+    benchmark (bench/skab.py; figures in docs/quality.md): short windows, a 1 % scaler floor,
+    the worst feature's error as the window score, SKAB's own threshold rule (99.9th percentile
+    of the normal training windows' scores x 4/3) and 3-in / 5-out alert hysteresis.
 
     `score_exclude` names features the model reads but whose own error does not vote (e.g.
     ["Temperature", "Thermocouple"]: slow sensors whose level drifts after a fault has ended
-    and cause most false alarms); with threshold_scale=1.5 that is the low-false-alarm setting
-    (SKAB protocol A, LSTM: FAR under 10 %). It is a per-installation choice, so the default
-    is "none": the "auto" rule (lag-1 autocorrelation >= 0.5 in the training rows) is only a
-    heuristic and on short training runs also picks fast sensors (flow, vibration); check the
-    list it writes to bundle.json. `demean` centres features on their window mean before the
-    model (off: it lowered false alarms but raised misses more)."""
+    and cause most false alarms); with a larger threshold_scale that is the low-false-alarm
+    setting (docs/quality.md). It is a per-installation choice, so the default is "none": the
+    "auto" rule (lag-1 autocorrelation >= 0.5 in the training rows) is only a heuristic and on
+    short training runs also picks fast sensors (flow, vibration); check the list it writes to
+    bundle.json. `demean` centres features on their window mean before the model; it is off
+    because it trades fewer false alarms for more misses."""
 
     arch: str = "lstm"
     window: int = 20
@@ -197,10 +197,6 @@ def fit_model(model: AutoEncoder, train: torch.Tensor, validation: torch.Tensor,
     return history
 
 
-def score_frames(scorer: Scorer, frames: list[Frame], stride: int = 1) -> list[FrameScores]:
-    return [scorer.score_frame(f, stride) for f in frames if len(f) >= scorer.window]
-
-
 def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame] | None = None,
           progress: Callable[[int, float, float], None] | None = None) -> TrainResult:
     """Everything but writing files: returns the bundle (unsaved) and the trained model."""
@@ -237,6 +233,7 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         threshold=Threshold(math.inf, "pending", {}),
         alert=AlertSpec(config.enter_after, config.leave_after),
         preprocess=preprocess,
+        sample_period_seconds=median_sample_period(frames),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     scorer = Scorer(bundle, torch_backend(model, config.threads))

@@ -18,6 +18,8 @@ from typing import Iterator, Protocol, Sequence, Sized
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from daemon.core.scoring import REASONS as UNSCORABLE_REASONS
+
 PREFIX = "anomalyd_"
 
 # Bounded label values: every `result` a message can end with.
@@ -162,7 +164,13 @@ class Metrics:
         for reason in DROP_REASONS:
             self.windows_dropped.labels(reason=reason)
         self.anomalous_windows = Counter(PREFIX + "anomalous_windows_total",
-                                         "Scored windows whose score exceeded the threshold.", registry=r)
+                                         "Scored windows flagged anomalous (score above the threshold, or "
+                                         "unscorable).", registry=r)
+        self.unscorable_windows = Counter(PREFIX + "unscorable_windows_total",
+                                          "Windows that cannot be scored, flagged anomalous, by reason.",
+                                          ["reason"], registry=r)
+        for reason in UNSCORABLE_REASONS:
+            self.unscorable_windows.labels(reason=reason)
         self.alerts_raised = Counter(PREFIX + "alerts_raised_total",
                                      "Transitions of a device into alert (after hysteresis).", registry=r)
         self.inference_seconds = Histogram(PREFIX + "inference_seconds",
