@@ -143,7 +143,7 @@ class InfluxdbConfig:
     batch_size: int = _opt(500, "Points per write request.", lo=1)
     flush_interval_ms: int = _opt(1000, "Longest time a point waits before being written.", lo=1)
     spool_dir: str = _opt("/var/lib/anomalyd/spool", "Where points wait on disk while the server is down.")
-    spool_max_bytes: int = _opt(100_000_000, "Spool size limit; beyond it the oldest points are dropped.", lo=0)
+    spool_max_bytes: int = _opt(100_000_000, "Spool size limit; beyond it the oldest points are dropped.", lo=1)
     timeout_ms: int = _opt(5000, "HTTP timeout of one write.", lo=1)
 
 
@@ -380,14 +380,21 @@ def _secret(env: Mapping[str, str], var: str, file: str | None, inline: str | No
     return inline
 
 
+def first_problem(problems: list[str]) -> str:
+    """One line for a command that stops at the first problem: it, and how many more there are
+    (`check-config` lists them all)."""
+    more = len(problems) - 1
+    if not more:
+        return problems[0]
+    return f"{problems[0]} (and {more} more problem{'s' if more > 1 else ''}; run anomalyd check-config)"
+
+
 def build(raw: Any, environ: Mapping[str, str] = os.environ) -> Config:
     """A Config from a parsed YAML document, secrets resolved. Raises ConfigError listing the
     first problem and how many more there are."""
     problems = validate(raw)
     if problems:
-        more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''}; " \
-               f"run anomalyd check-config)" if len(problems) > 1 else ""
-        raise ConfigError(problems[0] + more)
+        raise ConfigError(first_problem(problems))
     config = _build(Config, _walk(Config, raw, "", []))
     mqtt = dataclasses.replace(config.mqtt, password=_secret(environ, ENV_MQTT_PASSWORD, config.mqtt.password_file,
                                                              config.mqtt.password))
