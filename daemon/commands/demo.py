@@ -1,4 +1,4 @@
-"""`anomalyd demo`: the whole live path on one machine, in about a minute.
+"""`anomalyd demo`: the whole live path on one machine.
 
 Starts a broker when none is configured (mosquitto if installed, else the embedded amqtt),
 runs the real service with the shipped demo bundle, replays generated data for a few devices

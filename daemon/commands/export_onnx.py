@@ -18,8 +18,8 @@ Serve it with, in the daemon's config:
   model:
     path: DIR
     runtime: onnx
-The daemon then does not import torch (on a 2-core box: ~2-3x faster at batch 1 for an LSTM
-and about a third of the memory); only onnxruntime is needed (pip install 'anomalyd[onnx]').
+The daemon then does not import torch, which takes most of its memory; only onnxruntime is
+needed (pip install 'anomalyd[onnx]'). docs/performance.md compares the two runtimes.
 
 example:
   anomalyd export-onnx --model models/pump

@@ -14,7 +14,7 @@ with one labelled fault of each kind: {', '.join(synthetic.FAULTS)}). Sensors: {
 
 example (this is how models/demo was made):
   anomalyd generate --out data/synthetic
-  anomalyd train --data data/synthetic/normal.csv --out models/demo --window 30 --seed 0
+  anomalyd train --data data/synthetic/normal.csv --out models/demo --seed 0
 """
 
 

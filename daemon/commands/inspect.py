@@ -29,10 +29,14 @@ def run(args: argparse.Namespace) -> int:
                             if b.sample_period_seconds is not None else "unknown (not in this bundle)"),
         f"features      {', '.join(b.features)}",
         f"scaler        {b.scaler.kind}",
-        f"score         {b.score.error} per feature, mean over features"
-        + (" (normalised per feature)" if b.score.feature_scale else ""),
-        f"threshold     {b.threshold.value:.6g} ({b.threshold.method} {b.threshold.params}, scale {b.threshold.scale})",
+        f"score         {b.score.error} per feature, {b.score.reduction} over features"
+        + (" (normalised per feature)" if b.score.feature_scale else "")
+        + (f", not voting: {', '.join(b.score.exclude)}" if b.score.exclude else ""),
+        f"threshold     {b.threshold.value:.6g} ({b.threshold.method} {b.threshold.params}, scale {b.threshold.scale:.4g})",
+        f"alert         after {b.alert.enter_after} anomalous window(s), clear after {b.alert.leave_after} normal",
     ]
+    if b.preprocess.demean:
+        lines.append(f"demeaned      {', '.join(b.preprocess.demean)}")
     if t:
         lines += [
             f"trained on    {', '.join(t.get('data', []))}",

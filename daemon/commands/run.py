@@ -6,7 +6,9 @@ import argparse
 import logging
 
 from daemon.commands.common import formatter
-from daemon.live.config import load_config
+from daemon.core.errors import ConfigError
+from daemon.live.config import first_problem, load_config
+from daemon.live.preflight import start_problems
 from daemon.live.telemetry.logsetup import configure_logging
 from daemon.live.service import Service
 
@@ -37,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    problems = start_problems(config)
+    if problems:
+        raise ConfigError(f"{args.config}: {first_problem(problems)}")
     configure_logging(config.logging.level, config.logging.format)
     service = Service(config, args.config)
     service.install_signal_handlers()

@@ -38,7 +38,8 @@ def _wait_open(port: int, timeout: float = 10.0) -> None:
 def _mosquitto(binary: str, workdir: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
     conf = workdir / "mosquitto.conf"
-    # max_queued_messages: mosquitto drops messages for a slow subscriber beyond 1000 by default.
+    # max_queued_messages: by default mosquitto drops a slow subscriber's messages beyond 1000,
+    # and the demo publishes faster than the service scores.
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest none\npersistence false\n"
                     f"max_queued_messages 1000000\n" + ("user root\n" if _is_root() else ""))
     process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -66,8 +67,8 @@ async def _cancel_leftovers() -> None:
 
 async def _started_broker(broker_class: type, config: dict, loop: asyncio.AbstractEventLoop):
     """The broker built inside its own loop: amqtt creates its shutdown future in the current
-    loop, and one built outside it never saw shutdown, so every demo ended with amqtt's 5 s
-    broadcast timeout."""
+    loop, and a broker built outside it never sees shutdown and waits out amqtt's broadcast
+    timeout at every exit."""
     broker = broker_class(config, loop=loop)
     await broker.start()
     return broker

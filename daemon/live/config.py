@@ -386,14 +386,21 @@ def _secret(env: Mapping[str, str], var: str, file: str | None, inline: str | No
     return inline
 
 
+def first_problem(problems: list[str]) -> str:
+    """One line for a command that stops at the first problem: it, and how many more there are
+    (`check-config` lists them all)."""
+    more = len(problems) - 1
+    if not more:
+        return problems[0]
+    return f"{problems[0]} (and {more} more problem{'s' if more > 1 else ''}; run anomalyd check-config)"
+
+
 def build(raw: Any, environ: Mapping[str, str] = os.environ) -> Config:
     """A Config from a parsed YAML document, secrets resolved. Raises ConfigError listing the
     first problem and how many more there are."""
     problems = validate(raw)
     if problems:
-        more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''}; " \
-               f"run anomalyd check-config)" if len(problems) > 1 else ""
-        raise ConfigError(problems[0] + more)
+        raise ConfigError(first_problem(problems))
     config = _build(Config, _walk(Config, raw, "", []))
     mqtt = dataclasses.replace(config.mqtt, password=_secret(environ, ENV_MQTT_PASSWORD, config.mqtt.password_file,
                                                              config.mqtt.password))
