@@ -1,7 +1,11 @@
 """The Kafka source against a real Kafka-protocol broker (Tansu, memory storage): records keyed
 by device reach the message pipeline and become windows, bad records are counted by reason,
-a consumer group splits the partitions by device, and a partition that moves is rewound so its
-devices' windows are full again on the new owner."""
+a broker that is down at start is waited for, a consumer group splits the partitions by
+device, and a partition that moves is rewound so its devices' windows are full again on the
+new owner, without skipping a record nobody has read.
+
+Tansu answers `offsets_for_times` with offset 0, so the rewinds here also exercise the
+timestamp filter that skips records older than the replay span."""
 
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ WINDOW = 4
 PARTITIONS = 3
 DEVICES = [f"dev-{i:02d}" for i in range(20)]
 MAX_PAYLOAD = 512
+BUGGY_DEVICE = "dev-bug"  # the test pipeline raises for this device
 
 
 @dataclass
@@ -73,7 +78,10 @@ def instance(tansu: Tansu, topic: str, group: str, replay_seconds: float = 120.0
     seen: set[str] = set()
 
     def handler(topic: str, payload: bytes, now: float) -> object:
-        seen.add(topic.split("/")[1])
+        device = topic.split("/")[1]
+        if device == BUGGY_DEVICE:
+            raise RuntimeError("a bug in the pipeline")
+        seen.add(device)
         return pipeline(topic, payload, now)
 
     source = KafkaSource(config, handler, metrics, topic_of=device_topic("sensors/+/data", 1),
@@ -134,10 +142,35 @@ def test_keyed_records_reach_the_pipeline_become_windows_and_are_committed(tansu
     assert one.sample("anomalyd_kafka_rebalances_total", event="assigned") == 1
     assert one.windows_by_device() == {d: 10 - WINDOW + 1 for d in DEVICES}
     assert one.sample("anomalyd_kafka_replayed_total") == 0  # nothing was committed before: all new
+    assert one.sample("anomalyd_kafka_connected") == 1
+
+    def lag() -> list[float]:
+        return [s.value for m in one.metrics.registry.collect() if m.name == "anomalyd_kafka_consumer_lag"
+                for s in m.samples]
+    wait_until(lambda: lag() == [0.0] * PARTITIONS, 10, "zero consumer lag exported for every partition")
 
     one.source.stop()
     assert sum(committed_offsets(tansu, "readings", "g1")) == len(records)
     assert one.dropped == [set(DEVICES)]  # close revokes every partition
+
+
+def test_a_new_owner_replays_what_was_read_within_the_span_and_skips_nothing_unread(tansu, stopper):
+    tansu.create_topic("restart", PARTITIONS)
+    now = time.time()
+    read = readings(DEVICES, [now - 20 + i for i in range(5)])
+    produce(tansu, "restart", read)
+    first = start(stopper, instance(tansu, "restart", "g4"))
+    wait_until(lambda: first.result("ok") == len(read), 20, "the first owner read everything")
+    first.source.stop()
+    # Unread records whose record time is older than the replay span (a bridge forwarding a
+    # backlog with the original times) are past the committed offset: they must all be read.
+    produce(tansu, "restart", [(key, value, now - 5000) for key, value, _ in readings(DEVICES, [now - 1])])
+
+    second = start(stopper, instance(tansu, "restart", "g4"))
+    wait_until(lambda: second.result("ok") == len(read) + len(DEVICES), 20, "replay and unread records handled")
+    assert second.sample("anomalyd_kafka_replayed_total") == len(read)
+    assert second.sample("anomalyd_kafka_replay_skipped_total") == 0
+    assert second.windows_by_device() == {d: 5 + 1 - WINDOW + 1 for d in DEVICES}
 
 
 def test_bad_records_are_counted_by_reason_and_never_reach_a_window(tansu, stopper):
@@ -153,14 +186,30 @@ def test_bad_records_are_counted_by_reason_and_never_reach_a_window(tansu, stopp
         (b"dev/05", json.dumps(good).encode(), now),  # bad_device_id: would be a topic level of its own
         (b"dev-06", json.dumps({**good, "device": "dev-06"}).encode(), now),  # ok: the payload agrees
         (b"dev-07", json.dumps({"ts": now - 1, "a": 1.0}).encode(), now),  # missing_feature, as over MQTT
+        (BUGGY_DEVICE.encode(), json.dumps(good).encode(), now),  # internal_error; the consumer goes on
+        (b"dev-06", json.dumps({**good, "ts": now}).encode(), now),
     ])
     one = start(stopper, instance(tansu, "mixed", "g2"))
 
-    wait_until(lambda: sum(one.metrics.messages.counts.values()) == 8, 20, "every record counted")
+    wait_until(lambda: sum(one.metrics.messages.counts.values()) == 10, 20, "every record counted")
     assert {r: n for r, n in one.metrics.messages.counts.items() if n} == {
         "invalid_json": 1, "key_mismatch": 1, "oversized": 1, "tombstone": 1, "missing_key": 1, "bad_device_id": 1,
-        "ok": 1, "missing_feature": 1}
+        "ok": 2, "missing_feature": 1, "internal_error": 1}
     assert len(one.buffers) == 1 and one.devices_seen <= {f"dev-0{i}" for i in (1, 3, 6, 7)}
+
+
+def test_a_broker_down_at_start_is_waited_for_and_then_consumed(tansu, stopper):
+    tansu.stop()
+    one = start(stopper, instance(tansu, "late", "g5"))
+    time.sleep(0.5)
+    assert not one.source.subscribed and one.sample("anomalyd_kafka_connected") == 0
+    tansu.start()
+    tansu.create_topic("late", PARTITIONS)
+    records = readings(DEVICES[:3], [time.time() - 1])
+    produce(tansu, "late", records)
+    wait_until(lambda: one.result("ok") == len(records), 20, "records read once the broker is up")
+    wait_until(lambda: one.source.subscribed, 5, "healthy again")
+    assert one.sample("anomalyd_kafka_connected") == 1
 
 
 # ---- a consumer group -----------------------------------------------------------------------

@@ -43,7 +43,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message,
+                             TopicPartition)
 
 from daemon.live.config import Config, KafkaConfig
 from daemon.live.ingest.mqtt import MessageHandler
@@ -114,6 +115,17 @@ def consumer_settings(settings: KafkaConfig) -> dict[str, object]:
     return conf
 
 
+class _LibrdkafkaLog:
+    """librdkafka's own log lines, rate-limited per facility: while a broker is down it reports
+    every reconnect attempt, many a second. confluent-kafka calls `log(level, fmt, *args)`."""
+
+    def __init__(self) -> None:
+        self._limited = RateLimitedLog(logging.getLogger(__name__ + ".librdkafka"), interval=30.0)
+
+    def log(self, level: int, msg: str, facility: str, *args: object) -> None:
+        self._limited.log(level, "librdkafka:" + facility, msg, facility, *args)
+
+
 @dataclass(slots=True)
 class _Rewind:
     """A partition being re-read after assignment."""
@@ -155,9 +167,9 @@ class KafkaSource:
         self._joined = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._consumer = Consumer({**consumer_settings(settings), "logger": logging.getLogger(__name__ + ".rdkafka"),
-                                   "error_cb": self._on_error, "stats_cb": self._on_stats,
-                                   "on_commit": self._on_commit})
+        self._consumer = Consumer({**consumer_settings(settings), "logger": _LibrdkafkaLog(),
+                                   "error_cb": self._guard(self._on_error), "stats_cb": self._guard(self._on_stats),
+                                   "on_commit": self._guard(self._on_commit)})
         metrics.read_at_scrape(metrics.kafka_assigned_partitions, lambda: len(self._assigned))
 
     @property
@@ -203,8 +215,8 @@ class KafkaSource:
 
     def _run(self) -> None:
         consumer = self._consumer
-        consumer.subscribe(self.settings.topic_list, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_lost)
+        consumer.subscribe(self.settings.topic_list, on_assign=self._guard(self._on_assign),
+                           on_revoke=self._guard(self._on_revoke), on_lost=self._guard(self._on_lost))
         commit_every = self.settings.commit_interval_ms / 1000
         next_commit = time.monotonic() + commit_every
         batch_size = self.settings.batch_size
@@ -221,15 +233,25 @@ class KafkaSource:
                 if time.monotonic() >= next_commit:
                     next_commit = time.monotonic() + commit_every
                     self._commit(self._assigned, asynchronous=True)
-        except Exception:  # a bug: log it loudly, the thread ends and /healthz turns 503
-            log.exception("kafka consumer thread failed")
-            self._set_connected(False)
-            raise
         finally:
             self._commit(self._assigned, asynchronous=False)
             consumer.close()  # revokes (and commits) what is left, leaves the group unless static
             self._connected = False
             self._metrics.kafka_connected.set(0)
+
+    def _guard(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """`callback` for librdkafka: an exception escaping it would surface from consume() and
+        end the consumer thread, so it is counted as internal_error and logged instead. A
+        failed on_assign still gets its partitions assigned: confluent-kafka assigns them when
+        the callback did not."""
+        def guarded(*args: object) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:
+                self._counts["internal_error"] += 1
+                self._log.error("internal:" + callback.__name__, "bug in kafka callback %s: %r", callback.__name__,
+                                exc, exc_info=True)
+        return guarded
 
     def _hand_over(self, messages: list[Message], now: float) -> None:
         """Check each record's key and value, hand it to the pipeline, then note the offsets."""
@@ -247,30 +269,31 @@ class KafkaSource:
             tp = (msg.topic(), msg.partition())
             offset = msg.offset()
             last[tp] = offset
-            if rewinds and tp in rewinds:
-                step = self._replay_step(tp, offset, msg)
-                if step is _SKIP:
-                    skipped += 1
-                    continue
-                replayed += step is _REPLAY
-            value = msg.value()
-            if value is None:
-                self._reject("tombstone", "record at %s[%d]@%d has no value (tombstone)", *tp, offset)
-                continue
-            entry = keys.get(msg.key())
-            if entry is None:
-                entry = self._learn_key(msg.key())
-                if entry is None:
-                    continue
-            device, topic = entry
-            if self._field_probe is not None and self._field_probe in value and self._names_other_device(device, value):
-                continue
-            devices_of[tp].add(device)
             try:
+                if rewinds and tp in rewinds:
+                    step = self._replay_step(tp, offset, msg)
+                    if step is _SKIP:
+                        skipped += 1
+                        continue
+                    replayed += step is _REPLAY
+                value = msg.value()
+                if value is None:
+                    self._reject("tombstone", "record at %s[%d]@%d has no value (tombstone)", *tp, offset)
+                    continue
+                entry = keys.get(msg.key())
+                if entry is None:
+                    entry = self._learn_key(msg.key())
+                    if entry is None:
+                        continue
+                device, topic = entry
+                if self._field_probe is not None and self._field_probe in value and self._names_other_device(device,
+                                                                                                             value):
+                    continue
+                devices_of[tp].add(device)
                 handler(topic, value, now)
-            except Exception as exc:  # a bug in the pipeline must not end the consumer thread
+            except Exception as exc:  # a bug must cost one counted record, not the consumer thread
                 counts["internal_error"] += 1
-                self._log.error("internal:handler", "bug in the message pipeline: %r", exc, exc_info=True)
+                self._log.error("internal:record", "bug handling a kafka record: %r", exc, exc_info=True)
         for tp, offset in last.items():
             if tp in self._assigned and offset + 1 > self._handed.get(tp, -1):
                 self._handed[tp] = offset + 1
@@ -344,11 +367,11 @@ class KafkaSource:
             if partitions:
                 self._metrics.kafka_rebalances.labels(event="assigned").inc()
                 self._rewind(consumer, partitions)
-        except Exception as exc:  # assign anyway: unrewound windows beat no consumption at all
-            log.error("cannot rewind newly assigned partitions (their windows restart empty): %s", exc,
-                      exc_info=not isinstance(exc, KafkaException))
-        finally:
-            consumer.incremental_assign(partitions)
+        except KafkaException as exc:  # assign anyway: unrewound windows beat no consumption at all
+            log.error("cannot rewind %s (their devices' windows restart empty): %s", _names(partitions), exc)
+            for p in partitions:
+                p.offset = OFFSET_INVALID
+        consumer.incremental_assign(partitions)
         self._assigned.update((p.topic, p.partition) for p in partitions)
         if partitions:
             log.info("assigned %s; now consuming %d partitions", _names(partitions), len(self._assigned))

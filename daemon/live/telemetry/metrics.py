@@ -45,17 +45,18 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class MessageCounts:
-    """`anomalyd_messages_total{result}`, counted in plain ints: the MQTT network thread counts
-    every message, and a prometheus_client Counter takes a lock each time (0.5-0.7 us a message
-    against about 0.1 for an int in a dict, timeit). Only that thread counts, so the ints need
-    no lock of their own; a scrape reads them."""
+    """`anomalyd_messages_total{result}`, counted in plain ints: the ingest thread (MQTT's network
+    thread or the Kafka consumer's) counts every message, and a prometheus_client Counter takes
+    a lock each time (0.5-0.7 us a message against about 0.1 for an int in a dict, timeit). Only
+    that thread counts, so the ints need no lock of their own; a scrape reads them."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.counts = dict.fromkeys(MESSAGE_RESULTS, 0)  # the message path adds to these directly
         registry.register(self)
 
     def collect(self) -> list[CounterMetricFamily]:
-        family = CounterMetricFamily(PREFIX + "messages", "Messages received (MQTT messages or Kafka records), by result.", labels=["result"])
+        family = CounterMetricFamily(PREFIX + "messages", "Messages received (MQTT messages or Kafka records), by result.",
+                                     labels=["result"])
         for result, count in self.counts.items():
             family.add_metric([result], count)
         return [family]
