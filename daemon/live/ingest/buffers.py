@@ -35,7 +35,7 @@ import logging
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -134,6 +134,17 @@ class DeviceBuffers:
             dev.until_emit = self.stride
             window = np.frombuffer(ring[at:] + ring[:at], dtype=np.float32).reshape(self.window, self.n_features)
             return WindowJob(device, ts, window, received, self._route)
+
+    def drop_devices(self, devices: Iterable[str]) -> int:
+        """Forget `devices` (buffer, and alert state through `on_evict`) because another instance
+        scores them from now on (a Kafka partition moved away). Not counted as evictions: their
+        readings are read again by the new owner. Returns how many had a buffer here."""
+        with self._lock:
+            dropped = [device for device in devices if self._devices.pop(device, None) is not None]
+        if self._on_evict is not None:
+            for device in dropped:
+                self._on_evict(device)
+        return len(dropped)
 
     def evict_idle(self, now: float) -> int:
         """Drop devices whose last reading arrived more than `idle_evict_seconds` before `now`

@@ -14,7 +14,7 @@ result (`anomalyd_messages_total{result}`).
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Protocol
 
 from daemon.live.events import WindowJob
 from daemon.live.ingest.buffers import DeviceBuffers
@@ -26,6 +26,25 @@ log = logging.getLogger(__name__)
 
 # (address, payload, arrival time in epoch seconds) -> result; the result is informational.
 MessageHandler = Callable[[str, bytes, float], object]
+
+
+class Source(Protocol):
+    """A broker client that feeds a `MessageHandler` from its own thread: `MqttIngest`,
+    `KafkaSource`. The service starts, stops and health-checks it through this alone."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def subscribed(self) -> bool:
+        """True while messages can arrive (drives /healthz)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def swap_handler(self, handler: MessageHandler) -> None:
+        """Hand the next messages to `handler` (a reload rebuilt the routes)."""
 
 
 class MessagePipeline:

@@ -36,6 +36,9 @@ MESSAGE_RESULTS = (
     "too_many_devices",  # a new device beyond limits.max_devices
     "duplicate",  # same timestamp as the device's previous reading
     "out_of_order",  # older than the device's previous reading
+    "missing_key",  # a Kafka record without a key (the key is the device id)
+    "key_mismatch",  # a Kafka record whose payload names another device than its key
+    "tombstone",  # a Kafka record without a value (a delete marker in a compacted topic)
     "internal_error",  # a bug: the callback caught an unexpected exception
 )
 DROP_REASONS = (
@@ -43,22 +46,24 @@ DROP_REASONS = (
     "model_mismatch",  # queued for a model that a reload replaced with another window shape
     "scoring_error",  # the model raised; a bug, logged with its traceback
 )
+KAFKA_REBALANCE_EVENTS = ("assigned", "revoked", "lost")  # lost: taken away without a revoke (session expired)
 SINK_RESULTS = ("written", "retried", "spooled", "dropped")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class MessageCounts:
-    """`anomalyd_messages_total{result}`, counted in plain ints: the ingest thread counts
-    every message, and a prometheus_client Counter takes a lock each time, several times the
-    cost of adding to an int in a dict. Only that thread counts, so the ints need no lock of
-    their own; a scrape reads them."""
+    """`anomalyd_messages_total{result}`, counted in plain ints: the ingest thread (MQTT's network
+    thread or the Kafka consumer's) counts every message, and a prometheus_client Counter takes a
+    lock each time, several times the cost of adding to an int in a dict. Only that thread
+    counts, so the ints need no lock of their own; a scrape reads them."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.counts = dict.fromkeys(MESSAGE_RESULTS, 0)  # the message path adds to these directly
         registry.register(self)
 
     def collect(self) -> list[CounterMetricFamily]:
-        family = CounterMetricFamily(PREFIX + "messages", "MQTT messages received, by result.", labels=["result"])
+        family = CounterMetricFamily(PREFIX + "messages", "Messages received (MQTT messages or Kafka records), by result.",
+                                     labels=["result"])
         for result, count in self.counts.items():
             family.add_metric([result], count)
         return [family]
@@ -190,6 +195,26 @@ class Metrics:
         self.mqtt_sessions_lost = Counter(PREFIX + "mqtt_sessions_lost_total",
                                           "Reconnects on which the broker had lost the persistent session: messages "
                                           "published while disconnected are gone.", registry=r)
+        self.kafka_connected = Gauge(PREFIX + "kafka_connected", "1 while a Kafka broker connection is up.",
+                                     registry=r)
+        self.kafka_assigned_partitions = Gauge(PREFIX + "kafka_assigned_partitions",
+                                               "Kafka partitions this instance consumes.", registry=r)
+        self.kafka_consumer_lag = Gauge(PREFIX + "kafka_consumer_lag",
+                                        "Records between the committed offset and the end of each assigned "
+                                        "partition (from librdkafka's statistics).", ["topic", "partition"],
+                                        registry=r)
+        self.kafka_rebalances = Counter(PREFIX + "kafka_rebalances_total",
+                                        "Partition assignment changes of this instance, by event.", ["event"],
+                                        registry=r)
+        for event in KAFKA_REBALANCE_EVENTS:
+            self.kafka_rebalances.labels(event=event)
+        self.kafka_replayed = Counter(PREFIX + "kafka_replayed_total",
+                                      "Records below a newly assigned partition's committed offset read again to "
+                                      "refill its devices' windows.", registry=r)
+        self.kafka_replay_skipped = Counter(PREFIX + "kafka_replay_skipped_total",
+                                            "Records read on assignment but older than the replay span (the "
+                                            "broker's time lookup returned an earlier offset), skipped.",
+                                            registry=r)
         self.config_reloads = Counter(PREFIX + "config_reloads_total", "SIGHUP reloads, by result.", ["result"],
                                       registry=r)
         for result in ("ok", "failed"):

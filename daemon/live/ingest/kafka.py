@@ -1,0 +1,519 @@
+"""Kafka input: one confluent-kafka consumer in a consumer group, feeding the message pipeline
+from its own thread.
+
+Records: the key is the device id, the value the JSON payload the MQTT source takes. Each
+record goes to the same `MessagePipeline` as an MQTT message, under a topic built from its key
+that the pipeline's topic rule (mqtt.topic, mqtt.device_level) maps back to the key, so both
+sources share one parser, one set of input rules and one `anomalyd_messages_total`. What only
+Kafka has is checked here and counted under its own result: `missing_key`, `tombstone` (value
+None) and `key_mismatch` (the payload's `device_field` names another device).
+
+Group semantics that keep windows whole:
+- `cooperative-sticky` assignment: a rebalance moves only the partitions that must move, so
+  the other devices' windows keep running; `group.instance.id` (static membership) lets a
+  restarted instance get its partitions back without a rebalance.
+- On assignment each new partition is rewound by `replay_seconds` (`offsets_for_times`), so
+  its devices' windows are full again by the time its first unread record arrives. Records
+  below the committed offset are counted as replayed. Records older than the span are skipped
+  (counted) in case the broker's time lookup returns an earlier offset than asked for (Tansu
+  answers 0).
+- On revocation (or loss) the partitions' devices are handed to `drop_devices`, which forgets
+  their buffers and alert states: another instance scores them from now on.
+
+Offsets: auto-commit is off. After each batch the next offset of every partition is recorded
+as handed to the pipeline (`_handed`); those are committed every `commit_interval_ms`, on
+revocation and at stop. That is at-least-once up to the pipeline, not yet up to the sink: a
+crash between the commit and the sink's write loses the windows in flight. To close it, a
+window must carry its partition and the offset of its last reading, the sink must acknowledge
+windows once written or spooled, and `_committable` must return per partition the lowest
+offset of a window still in flight (the handed offset when none is): the rewind on
+assignment then puts every reading after the committed offset into a window again.
+
+Everything (consume, rebalance callbacks, statistics, commits) runs on the consumer thread,
+which is the only thread that touches the pipeline, so the pipeline needs no locks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from confluent_kafka import (OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message,
+                             TopicPartition)
+
+from daemon.core.errors import ConfigError
+from daemon.live.config import Config, KafkaConfig
+from daemon.live.ingest.payload import DEVICE_ID, decode_json
+from daemon.live.ingest.pipeline import MessageHandler
+from daemon.live.telemetry.metrics import Metrics
+from daemon.live.telemetry.ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_S = 0.2  # longest wait in consume(): bounds how long stop() takes
+OFFSETS_TIMEOUT_S = 10.0  # committed() and offsets_for_times() on assignment
+STATS_INTERVAL_MS = 2000  # librdkafka statistics: consumer lag and broker state
+_KEY_CACHE = 16384  # record keys whose device and topic are remembered; emptied when full
+_NEW, _REPLAY, _SKIP = "new", "replay", "skip"  # what a record of a partition being rewound is
+
+TopicPartitionKey = tuple[str, int]
+
+
+def replay_span(window: int, sample_period: float, margin: float) -> float:
+    """Seconds to rewind a newly assigned partition: `window` samples refill a device's ring,
+    so its first window is complete again where the previous owner stopped; the margin covers
+    late and jittery readings."""
+    return window * sample_period + margin
+
+
+def device_topic(pattern: str, device_level: int) -> Callable[[str], str]:
+    """A function device id -> a topic that `PayloadParser(topic=pattern, device_level=...)`
+    maps back to that device: the pattern with the device at its level, '+' levels filled
+    with '_' and a trailing '#' dropped (or padded up to the device level)."""
+    levels = pattern.split("/")
+    if levels[-1] == "#":
+        levels = levels[:-1]
+    levels += ["_"] * (device_level + 1 - len(levels))
+    levels = ["_" if level == "+" else level for level in levels]
+    prefix = "".join(level + "/" for level in levels[:device_level])
+    suffix = "".join("/" + level for level in levels[device_level + 1:])
+    return lambda device: prefix + device + suffix
+
+
+def consumer_settings(settings: KafkaConfig) -> dict[str, object]:
+    """librdkafka configuration from the `kafka` section (callbacks are added by KafkaSource)."""
+    conf: dict[str, object] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": settings.group_id,
+        "client.id": settings.client_id,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": settings.auto_offset_reset,
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": min(3000, settings.session_timeout_ms // 3),
+        "statistics.interval.ms": STATS_INTERVAL_MS,
+        "log.connection.close": False,  # idle connections closed by the broker are routine
+        "security.protocol": settings.security_protocol,
+    }
+    if settings.group_instance_id:
+        conf["group.instance.id"] = settings.group_instance_id
+    if settings.security_protocol.startswith("sasl_"):
+        conf["sasl.mechanism"] = settings.sasl_mechanism
+        conf["sasl.username"] = settings.username
+        conf["sasl.password"] = settings.password or ""
+    if settings.security_protocol.endswith("ssl"):
+        tls = settings.tls
+        for key, path in (("ssl.ca.location", tls.ca_file), ("ssl.certificate.location", tls.cert_file),
+                          ("ssl.key.location", tls.key_file)):
+            if path is not None:
+                conf[key] = path
+    return conf
+
+
+class _LibrdkafkaLog:
+    """librdkafka's own log lines, rate-limited per facility: while a broker is down it reports
+    every reconnect attempt, many a second. confluent-kafka calls `log(level, fmt, *args)`."""
+
+    def __init__(self) -> None:
+        self._limited = RateLimitedLog(logging.getLogger(__name__ + ".librdkafka"), interval=30.0)
+
+    def log(self, level: int, msg: str, facility: str, *args: object) -> None:
+        self._limited.log(level, "librdkafka:" + facility, msg, facility, *args)
+
+
+@dataclass(slots=True)
+class _Rewind:
+    """A partition being re-read after assignment."""
+
+    replay_end: int  # the committed offset: records below it were consumed before (-1: none committed)
+    not_before_ms: int  # record timestamps before this are older than the replay span
+
+
+class KafkaSource:
+    """Consumes `settings.topics` in group `settings.group_id` on its own thread and hands each
+    record to `handler(topic_of(key), value, arrival time)`. `start`, `stop`, `connected`,
+    `subscribed` and `swap_handler` work as on `MqttIngest`."""
+
+    def __init__(self, settings: KafkaConfig, handler: MessageHandler, metrics: Metrics, *,
+                 topic_of: Callable[[str], str], replay_seconds: float, max_payload_bytes: int,
+                 drop_devices: Callable[[set[str]], object]) -> None:
+        """`topic_of(device)` makes a topic the pipeline's topic rule maps back to `device`;
+        `drop_devices(devices)` forgets the state of devices whose partitions moved away."""
+        self.settings = settings
+        self.replay_seconds = replay_seconds
+        self._handler = handler
+        self._metrics = metrics
+        self._topic_of = topic_of
+        self._max_payload_bytes = max_payload_bytes
+        self._drop_devices = drop_devices
+        field = settings.device_field
+        self._device_field = field
+        self._field_probe = None if field is None else json.dumps(field).encode()  # '"device"' in the raw bytes
+        self._counts = metrics.messages.counts
+        self._rejects = RateLimitedLog(log)
+        self._log = RateLimitedLog(log, interval=30.0)
+        self._keys: dict[bytes, tuple[str, str]] = {}  # record key -> (device, pipeline topic)
+        self._assigned: set[TopicPartitionKey] = set()
+        self._devices_of: defaultdict[TopicPartitionKey, set[str]] = defaultdict(set)
+        self._rewinds: dict[TopicPartitionKey, _Rewind] = {}
+        self._handed: dict[TopicPartitionKey, int] = {}  # next offset after the last record handed over
+        self._committed: dict[TopicPartitionKey, int] = {}  # offsets committed (or being committed)
+        self._connected = False
+        self._joined = False
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumer = Consumer({**consumer_settings(settings), "logger": _LibrdkafkaLog(),
+                                   "error_cb": self._guard(self._on_error), "stats_cb": self._guard(self._on_stats),
+                                   "on_commit": self._guard(self._on_commit)})
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected and a member of the group (what /healthz should check)."""
+        return self._connected and self._joined
+
+    @property
+    def assigned(self) -> set[TopicPartitionKey]:
+        """(topic, partition) pairs this instance consumes."""
+        return set(self._assigned)
+
+    @property
+    def devices(self) -> set[str]:
+        """Devices read from the partitions this instance consumes."""
+        return set().union(*list(self._devices_of.values()))
+
+    def swap_handler(self, handler: MessageHandler) -> None:
+        """Route records to `handler` from the next batch on (config/model reload)."""
+        self._handler = handler
+
+    def start(self) -> None:
+        log.info("consuming %s from %s in group %r (%s membership), replaying %.0f s on assignment",
+                 self.settings.topics, self.settings.bootstrap_servers, self.settings.group_id,
+                 f"static as {self.settings.group_instance_id!r}" if self.settings.group_instance_id else "dynamic",
+                 self.replay_seconds)
+        self._thread = threading.Thread(target=self._run, name="kafka-consumer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Commit what was handed to the pipeline, leave the group and end the thread."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("kafka consumer thread did not end within %.0f s", timeout)
+
+    # ---- consumer thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        consumer = self._consumer
+        consumer.subscribe(self.settings.topic_list, on_assign=self._guard(self._on_assign),
+                           on_revoke=self._guard(self._on_revoke), on_lost=self._guard(self._on_lost))
+        commit_every = self.settings.commit_interval_ms / 1000
+        next_commit = time.monotonic() + commit_every
+        batch_size = self.settings.batch_size
+        try:
+            while not self._stopping.is_set():
+                try:
+                    messages = consumer.consume(num_messages=batch_size, timeout=POLL_TIMEOUT_S)
+                except KafkaException as exc:
+                    self._log.error("consume", "kafka consume failed: %s", exc)
+                    time.sleep(POLL_TIMEOUT_S)
+                    continue
+                if messages:
+                    self._hand_over(messages, time.time())
+                if time.monotonic() >= next_commit:
+                    next_commit = time.monotonic() + commit_every
+                    self._commit(self._assigned, asynchronous=True)
+        finally:
+            self._commit(self._assigned, asynchronous=False)
+            consumer.close()  # revokes (and commits) what is left, leaves the group unless static
+            self._connected = False
+            self._metrics.kafka_connected.set(0)
+
+    def _guard(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """`callback` for librdkafka: an exception escaping it would surface from consume() and
+        end the consumer thread, so it is counted as internal_error and logged instead. A
+        failed on_assign still gets its partitions assigned: confluent-kafka assigns them when
+        the callback did not."""
+        def guarded(*args: object) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:
+                self._counts["internal_error"] += 1
+                self._log.error("internal:" + callback.__name__, "bug in kafka callback %s: %r", callback.__name__,
+                                exc, exc_info=True)
+        return guarded
+
+    def _hand_over(self, messages: list[Message], now: float) -> None:
+        """Check each record's key and value, hand it to the pipeline, then note the offsets."""
+        handler = self._handler
+        counts = self._counts
+        keys = self._keys
+        devices_of = self._devices_of
+        rewinds = self._rewinds
+        last: dict[TopicPartitionKey, int] = {}
+        replayed = skipped = 0
+        for msg in messages:
+            if msg.error() is not None:
+                self._message_error(msg)
+                continue
+            tp = (msg.topic(), msg.partition())
+            offset = msg.offset()
+            last[tp] = offset
+            try:
+                if rewinds and tp in rewinds:
+                    step = self._replay_step(tp, offset, msg)
+                    if step is _SKIP:
+                        skipped += 1
+                        continue
+                    replayed += step is _REPLAY
+                value = msg.value()
+                if value is None:
+                    self._reject("tombstone", "record at %s[%d]@%d has no value (tombstone)", *tp, offset)
+                    continue
+                entry = keys.get(msg.key())
+                if entry is None:
+                    entry = self._learn_key(msg.key())
+                    if entry is None:
+                        continue
+                device, topic = entry
+                if self._field_probe is not None and self._field_probe in value and self._names_other_device(device,
+                                                                                                             value):
+                    continue
+                devices_of[tp].add(device)
+                handler(topic, value, now)
+            except Exception as exc:  # a bug must cost one counted record, not the consumer thread
+                counts["internal_error"] += 1
+                self._log.error("internal:record", "bug handling a kafka record: %r", exc, exc_info=True)
+        for tp, offset in last.items():
+            if tp in self._assigned and offset + 1 > self._handed.get(tp, -1):
+                self._handed[tp] = offset + 1
+        if replayed:
+            self._metrics.kafka_replayed.inc(replayed)
+        if skipped:
+            self._metrics.kafka_replay_skipped.inc(skipped)
+
+    def _replay_step(self, tp: TopicPartitionKey, offset: int, msg: Message) -> str:
+        """What a record of a partition being rewound is: replayed (read before, inside the
+        replay span), skipped (older than the span) or new (the rewind is over)."""
+        rewind = self._rewinds[tp]
+        kind, ts = msg.timestamp()
+        recent = kind == TIMESTAMP_NOT_AVAILABLE or ts >= rewind.not_before_ms
+        if offset >= rewind.replay_end and (rewind.replay_end >= 0 or recent):
+            del self._rewinds[tp]  # caught up: this and every later record is new
+            return _NEW
+        if not recent:
+            return _SKIP
+        return _REPLAY if offset < rewind.replay_end else _NEW
+
+    def _learn_key(self, key: bytes | None) -> tuple[str, str] | None:
+        """The device and pipeline topic of a key not seen before, or None (counted) if the key
+        cannot name a device."""
+        if not key:
+            self._reject("missing_key", "record without a key (the key must be the device id)")
+            return None
+        try:
+            device = key.decode("utf-8")
+        except UnicodeDecodeError:
+            self._reject("bad_device_id", "record key %r is not UTF-8", key[:80])
+            return None
+        if DEVICE_ID.fullmatch(device) is None:
+            self._reject("bad_device_id", "record key %r is not a device id [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}",
+                         device[:80])
+            return None
+        if len(self._keys) >= _KEY_CACHE:
+            self._keys.clear()
+        entry = self._keys[key] = (device, self._topic_of(device))
+        return entry
+
+    def _names_other_device(self, device: str, value: bytes) -> bool:
+        """Whether the payload's device field names another device (counted as key_mismatch).
+        Decoded only when the field name occurs in the raw bytes; anything undecodable is left
+        to the pipeline, which counts it."""
+        if len(value) > self._max_payload_bytes:
+            return False
+        try:
+            doc = decode_json(value)
+        except (ValueError, RecursionError):
+            return False
+        named = doc.get(self._device_field) if type(doc) is dict else None
+        if named is None or named == device:
+            return False
+        self._reject("key_mismatch", "record key %r but payload %s %r", device, self._device_field, str(named)[:80])
+        return True
+
+    def _reject(self, reason: str, msg: str, *args: object) -> None:
+        self._counts[reason] += 1
+        self._rejects.warning(reason, "record rejected (" + reason + "): " + msg, *args)
+
+    def _message_error(self, msg: Message) -> None:
+        err = msg.error()
+        self._log.warning("message:" + err.name(), "kafka error on %s[%s]: %s", msg.topic(), msg.partition(), err)
+
+    # ---- rebalance callbacks (consumer thread, inside consume) ----------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._joined = True
+        try:
+            if partitions:
+                self._metrics.kafka_rebalances.labels(event="assigned").inc()
+                self._rewind(consumer, partitions)
+        except KafkaException as exc:  # assign anyway: unrewound windows beat no consumption at all
+            log.error("cannot rewind %s (their devices' windows restart empty): %s", _names(partitions), exc)
+            for p in partitions:
+                p.offset = OFFSET_INVALID
+        consumer.incremental_assign(partitions)
+        self._assigned.update((p.topic, p.partition) for p in partitions)
+        self._metrics.kafka_assigned_partitions.set(len(self._assigned))
+        if partitions:
+            log.info("assigned %s; now consuming %d partitions", _names(partitions), len(self._assigned))
+
+    def _rewind(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Set each partition's start offset `replay_seconds` back, or at its committed offset
+        if that is earlier (a group lagging behind: nothing unread is skipped)."""
+        not_before_ms = int((time.time() - self.replay_seconds) * 1000)
+        committed = {(p.topic, p.partition): p.offset if p.error is None else -1
+                     for p in consumer.committed(partitions, timeout=OFFSETS_TIMEOUT_S)}
+        asked = [TopicPartition(p.topic, p.partition, not_before_ms) for p in partitions]
+        found = {(p.topic, p.partition): p.offset if p.error is None else -1
+                 for p in consumer.offsets_for_times(asked, timeout=OFFSETS_TIMEOUT_S)}
+        for p in partitions:
+            tp = (p.topic, p.partition)
+            stored, start = max(committed.get(tp, -1), -1), found.get(tp, -1)
+            if stored >= 0:
+                self._handed[tp] = self._committed[tp] = stored
+                if 0 <= start < stored:
+                    p.offset = start
+                    self._rewinds[tp] = _Rewind(stored, not_before_ms)
+                else:
+                    p.offset = stored
+            elif start >= 0 and self.settings.auto_offset_reset == "latest":
+                p.offset = start
+                self._rewinds[tp] = _Rewind(-1, not_before_ms)
+            # else: nothing committed and nothing recent (or earliest): librdkafka's auto.offset.reset
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if not partitions:
+            return
+        self._metrics.kafka_rebalances.labels(event="revoked").inc()
+        self._commit([(p.topic, p.partition) for p in partitions], asynchronous=False)
+        self._release(partitions)
+        log.info("revoked %s; now consuming %d partitions", _names(partitions), len(self._assigned))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if not partitions:
+            return
+        self._metrics.kafka_rebalances.labels(event="lost").inc()
+        self._release(partitions)  # no commit: another member may own them already
+        log.warning("lost %s (session expired?); now consuming %d partitions", _names(partitions),
+                    len(self._assigned))
+
+    def _release(self, partitions: list[TopicPartition]) -> None:
+        """Forget the partitions and the state of their devices."""
+        devices: set[str] = set()
+        for p in partitions:
+            tp = (p.topic, p.partition)
+            devices |= self._devices_of.pop(tp, set())
+            for table in (self._handed, self._committed, self._rewinds):
+                table.pop(tp, None)
+            self._assigned.discard(tp)
+            self._metrics.kafka_assigned_partitions.set(len(self._assigned))
+            try:
+                self._metrics.kafka_consumer_lag.remove(p.topic, str(p.partition))
+            except KeyError:
+                pass
+        try:
+            self._drop_devices(devices)
+        except Exception:  # a bug; the devices' stale state is then forgotten by idle eviction
+            log.exception("cannot drop the state of %d devices of %s", len(devices), _names(partitions))
+
+    # ---- offsets ------------------------------------------------------------------------------
+
+    def _committable(self, partitions: Iterable[TopicPartitionKey]) -> list[TopicPartition]:
+        """Offsets that may be committed: every record below them was handed to the pipeline.
+        (The sink-acknowledged variant is described in the module docstring.)"""
+        return [TopicPartition(topic, partition, offset) for topic, partition in partitions
+                if (offset := self._handed.get((topic, partition), -1)) > self._committed.get((topic, partition), -1)]
+
+    def _commit(self, partitions: Iterable[TopicPartitionKey], asynchronous: bool) -> None:
+        offsets = self._committable(partitions)
+        if not offsets:
+            return
+        try:
+            result = self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                self._log.warning("commit", "kafka commit of %s failed: %s", _names(offsets), exc)
+            return
+        for p in offsets:
+            self._committed[(p.topic, p.partition)] = p.offset
+        if result:
+            self._on_commit(None, result)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        failed = [p for p in partitions if err is not None or p.error is not None]
+        for p in failed:  # committed again at the next interval
+            self._committed.pop((p.topic, p.partition), None)
+        if failed:
+            self._log.warning("commit", "kafka commit of %s failed: %s", _names(failed),
+                              err if err is not None else failed[0].error)
+
+    # ---- librdkafka callbacks (consumer thread) --------------------------------------------------
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._set_connected(False)
+        if err.fatal():
+            log.error("kafka fatal error: %s", err)
+        else:
+            self._log.warning("error:" + err.name(), "kafka: %s", err)
+
+    def _on_stats(self, text: str) -> None:
+        stats = json.loads(text)
+        self._set_connected(any(b.get("state") == "UP" for b in stats.get("brokers", {}).values()))
+        lag = self._metrics.kafka_consumer_lag
+        for topic, topic_stats in stats.get("topics", {}).items():
+            for partition, partition_stats in topic_stats.get("partitions", {}).items():
+                records = partition_stats.get("consumer_lag", -1)
+                if records >= 0 and (topic, int(partition)) in self._assigned:
+                    lag.labels(topic=topic, partition=partition).set(records)
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected != self._connected:
+            (log.info if connected else log.warning)("kafka brokers %s: %s", self.settings.bootstrap_servers,
+                                                     "connected" if connected else "unreachable")
+        self._connected = connected
+        self._metrics.kafka_connected.set(1 if connected else 0)
+
+
+def _names(partitions: Iterable[TopicPartition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions)
+
+
+def build_kafka_source(config: Config, handler: MessageHandler, metrics: Metrics,
+                       windows: Iterable[tuple[int, float | None]],
+                       drop_devices: Callable[[set[str]], object]) -> KafkaSource:
+    """The Kafka source for a service config. `windows` are the (window length, sample period)
+    of the routes in use: the replay refills the longest span unless `kafka.replay_seconds` is
+    set. `drop_devices(devices)` must forget those devices' buffers and alert states
+    (`DeviceBuffers.drop_devices` of every route)."""
+    kafka = config.kafka
+    replay = kafka.replay_seconds
+    if replay is None:
+        spans = list(windows)
+        if any(period is None for _, period in spans):
+            raise ConfigError("kafka.replay_seconds: required when neither stream.sample_period_seconds nor the "
+                              "bundle names a sample period")
+        replay = max(replay_span(window, period, kafka.replay_margin_seconds) for window, period in spans)
+    return KafkaSource(kafka, handler, metrics, topic_of=device_topic(config.mqtt.topic, config.mqtt.device_level),
+                       replay_seconds=replay, max_payload_bytes=config.limits.max_payload_bytes,
+                       drop_devices=drop_devices)
