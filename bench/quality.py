@@ -1,0 +1,163 @@
+"""Quality suite: every labelled data set we have, through anomalyd's defaults, in one table.
+
+    .venv/bin/python bench/quality.py            # full run
+    .venv/bin/python bench/quality.py --quick    # smoke run, under 3 minutes on 2 cores
+
+Data sets (each model trained with the `TrainConfig` that `anomalyd train` uses by default;
+no data set gets a setting of its own):
+- SKAB protocol A: a model per labelled file on its first 400 rows, tested on the rest;
+- SKAB protocol B: one model on anomaly-free.csv, tested on the same rows;
+- TEP: one model on d00.dat, tested on d00_te.dat and dNN_te.dat (fault from sample 161);
+- generated: `anomalyd generate`'s normal.csv to train, faults.csv (every fault kind) to test.
+Baselines on the same rows in the same run: the same model with a plain 99.9th-percentile
+threshold and no hysteresis, and PCA T²/SPE (see baselines.py), at its own training limits
+and re-thresholded to our FAR. The Markdown table goes to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH), str(BENCH.parent)]
+
+from quality_cases import (TEP_FAULTS, TEP_QUICK_FAULTS, Case, generated, skab_protocol_a,  # noqa: E402
+                           skab_protocol_b, tep)
+from quality_metrics import summarise  # noqa: E402
+from quality_package import TrainConfig  # noqa: E402
+from quality_run import CaseOutcome, run_case  # noqa: E402
+from quality_table import render  # noqa: E402
+
+log = logging.getLogger("quality")
+
+DATASETS = {"skab-a": "SKAB A", "skab-b": "SKAB B", "tep": "TEP", "generated": "generated"}
+QUICK_EPOCHS = 5
+QUICK_EVERY = 4  # quick mode keeps every 4th SKAB file
+QUICK_NORMAL_ROWS = 3000  # ... and this much of anomaly-free.csv
+
+
+def find_dataset(name: str) -> Path:
+    """shared/datasets/NAME in the nearest parent directory that has it (worktrees sit deeper
+    than the main checkout)."""
+    for parent in BENCH.parents:
+        candidate = parent / "shared" / "datasets" / name
+        if candidate.is_dir():
+            return candidate
+    return BENCH.parent.parent / "shared" / "datasets" / name
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke run: at most {QUICK_EPOCHS} epochs, every {QUICK_EVERY}th SKAB file, "
+                        f"{QUICK_NORMAL_ROWS} rows of anomaly-free.csv, TEP faults "
+                        f"{', '.join(map(str, TEP_QUICK_FAULTS))}")
+    p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--skab", type=Path, default=find_dataset("skab"), help="SKAB folder (default: %(default)s)")
+    p.add_argument("--tep", type=Path, default=find_dataset("tep"), help="TEP folder (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="worker processes, one torch thread each (default: %(default)s)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write every figure as JSON")
+    return p.parse_args(argv)
+
+
+def build_cases(datasets: list[str], args: argparse.Namespace) -> list[Case]:
+    """Longest trainings first, so the many short SKAB A models fill in around them."""
+    every = QUICK_EVERY if args.quick else 1
+    cases: list[Case] = []
+    if "skab-b" in datasets:
+        cases.append(skab_protocol_b(args.skab, every, QUICK_NORMAL_ROWS if args.quick else None))
+    if "generated" in datasets:
+        cases.append(generated())
+    if "tep" in datasets:
+        cases.append(tep(args.tep, TEP_QUICK_FAULTS if args.quick else TEP_FAULTS))
+    if "skab-a" in datasets:
+        cases += skab_protocol_a(args.skab, every)
+    return cases
+
+
+def suite_config(quick: bool) -> TrainConfig:
+    """`anomalyd train`'s defaults (tests/test_quality_bench.py holds the two together)."""
+    config = TrainConfig()
+    return dataclasses.replace(config, epochs=min(config.epochs, QUICK_EPOCHS)) if quick else config
+
+
+def run_all(cases: list[Case], config: TrainConfig, jobs: int) -> list[CaseOutcome]:
+    outcomes: list[CaseOutcome] = []
+
+    def done(outcome: CaseOutcome) -> None:
+        outcomes.append(outcome)
+        log.info("[%d/%d] %s: %d epochs, trained in %.1f s, scored in %.1f s", len(outcomes), len(cases),
+                 outcome.name, outcome.epochs, outcome.train_seconds, outcome.score_seconds)
+
+    if jobs <= 1:
+        _limit_threads()
+        for case in cases:
+            done(run_case(case, config))
+        return outcomes
+    with get_context("spawn").Pool(jobs, initializer=_limit_threads) as pool:
+        handles = [pool.apply_async(run_case, (case, config), callback=done) for case in cases]
+        for handle in handles:
+            handle.get()  # re-raises a worker's exception here
+    return outcomes
+
+
+def _limit_threads() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def summarise_all(cases: list[Case], outcomes: list[CaseOutcome]) -> tuple[dict, dict[str, int]]:
+    results, detectable_counts = {}, {}
+    for dataset in dict.fromkeys(c.dataset for c in cases):
+        detectable = next(c.detectable for c in cases if c.dataset == dataset)
+        results[dataset] = summarise([o for o in outcomes if o.dataset == dataset], detectable)
+        detectable_counts[dataset] = len(detectable)
+    order = list(DATASETS.values())
+    return dict(sorted(results.items(), key=lambda kv: order.index(kv[0]))), detectable_counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    unknown = [d for d in datasets if d not in DATASETS]
+    if unknown:
+        raise SystemExit(f"--datasets: unknown {', '.join(unknown)} (use {', '.join(DATASETS)})")
+    config = suite_config(args.quick)
+    started = time.time()
+    cases = build_cases(datasets, args)
+    log.info("%d models to train (%s), %d worker(s); config: %s", len(cases),
+             ", ".join(DATASETS[d] for d in datasets), args.jobs,
+             {k: v for k, v in vars(config).items() if k not in ("name", "version", "arch_params")})
+    outcomes = run_all(cases, config, args.jobs)
+    results, detectable_counts = summarise_all(cases, outcomes)
+    wall = time.time() - started
+    mode = "quick" if args.quick else "full"
+    print(f"Quality suite ({mode} run, `bench/quality.py{' --quick' if args.quick else ''}`): "
+          f"{len(cases)} models, {wall / 60:.1f} min wall time with {args.jobs} worker(s).\n")
+    print(render(results, detectable_counts))
+    if args.json:
+        out = {"meta": {"mode": mode, "wall_seconds": round(wall, 1), "jobs": args.jobs,
+                        "config": {k: v for k, v in vars(config).items()},
+                        "models": [{"name": o.name, "epochs": o.epochs, "train_seconds": o.train_seconds,
+                                    "score_seconds": o.score_seconds, "pca_components": o.pca_components}
+                                   for o in outcomes]},
+               "results": {ds: {k: f.to_dict() for k, f in by.items()} for ds, by in results.items()}}
+        args.json.write_text(json.dumps(out, indent=2, default=float) + "\n")
+        log.info("wrote %s", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

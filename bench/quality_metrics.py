@@ -1,0 +1,103 @@
+"""Pool the test runs of one data set into the suite's figures, for each detector.
+
+Point and event counts come from the package's own `report` (SKAB's definitions, summed over
+runs). The suite adds what `report` does not give: the detection delay of each caught event,
+the share of each named event's rows that was flagged (TEP's fault detection rate, FDR) and
+the PCA baseline re-thresholded to the FAR our model reached.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from quality_package import pooled_report, segments
+from quality_run import CaseOutcome, RunOutcome
+
+OURS, PLAIN, PCA, PCA_AT_OUR_FAR = "anomalyd", "plain", "pca", "pca_at_our_far"
+DETECTORS = (OURS, PLAIN, PCA, PCA_AT_OUR_FAR)
+
+
+@dataclass
+class EventFigures:
+    name: str
+    fdr: float  # share of the event's rows flagged
+    delay_seconds: float  # from the event's first row to its first flagged row; nan if missed
+
+
+@dataclass
+class Figures:
+    detector: str
+    f1: float
+    far: float  # % of normal rows flagged
+    mar: float  # % of anomalous rows missed
+    precision: float
+    recall: float
+    event_recall: float
+    false_alarms_per_day: float  # alarm runs on normal rows per day of normal rows
+    median_delay_seconds: float  # over the caught events; nan if none was caught
+    rows: int
+    events: int
+    pca_threshold: float | None = None  # PCA only: the combined-statistic threshold used
+    by_event: list[EventFigures] = field(default_factory=list)
+    mean_fdr: float = math.nan  # over the data set's detectable named events
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in vars(self).items() if k != "by_event"} | {
+            "by_event": [{"name": e.name, "fdr": e.fdr,
+                          "delay_seconds": None if math.isnan(e.delay_seconds) else e.delay_seconds}
+                         for e in self.by_event]}
+
+
+def events_of(predicted: np.ndarray, run: RunOutcome) -> list[EventFigures]:
+    """FDR and delay of every labelled event of one run (named by the run's event names)."""
+    out = []
+    for index, (start, end) in enumerate(segments(run.labels)):
+        hits = np.flatnonzero(predicted[start:end])
+        name = run.event_names[index] if index < len(run.event_names) else f"{run.source}#{index + 1}"
+        delay = float(run.timestamps[start + hits[0]] - run.timestamps[start]) if len(hits) else math.nan
+        out.append(EventFigures(name, float(len(hits) / (end - start)), delay))
+    return out
+
+
+def figures(detector: str, runs: list[RunOutcome], predictions: list[np.ndarray],
+            detectable: tuple[str, ...] = (), pca_threshold: float | None = None) -> Figures:
+    pooled = pooled_report([(p, r.labels, r.timestamps) for p, r in zip(predictions, runs)])
+    c, e = pooled.confusion, pooled.events
+    every_event = [ev for p, r in zip(predictions, runs) for ev in events_of(p, r)]
+    delays = [ev.delay_seconds for ev in every_event if not math.isnan(ev.delay_seconds)]
+    names = {n for r in runs for n in r.event_names}
+    named = [ev for ev in every_event if ev.name in names]
+    fdr = {ev.name: ev.fdr for ev in named}
+    mean_fdr = float(np.mean([fdr[n] for n in detectable])) if detectable else math.nan
+    return Figures(detector, c.f1, c.far, c.mar, c.precision, c.recall, e.event_recall,
+                   e.false_alarms_per_hour * 24.0, float(np.median(delays)) if delays else math.nan,
+                   pooled.points, e.events, pca_threshold, named, mean_fdr)
+
+
+def threshold_at_far(statistic: np.ndarray, far_percent: float) -> float:
+    """The threshold under which all but round(FAR x n) of these normal rows' statistics lie
+    (rows alarm when strictly above it), so the flagged share of them matches `far_percent`."""
+    ranked = np.sort(statistic)[::-1]
+    above = int(round(far_percent / 100.0 * len(ranked)))
+    if above >= len(ranked):
+        return -math.inf
+    return float(ranked[above])
+
+
+def summarise(outcomes: list[CaseOutcome], detectable: tuple[str, ...] = ()) -> dict[str, Figures]:
+    """Every detector's figures on one data set (all its cases' runs pooled)."""
+    runs = [run for outcome in outcomes for run in outcome.runs]
+    ours = figures(OURS, runs, [r.ours for r in runs], detectable)
+    normal_statistic = np.concatenate([r.pca[r.labels == 0] for r in runs])
+    moved = threshold_at_far(normal_statistic, ours.far)
+    return {
+        OURS: ours,
+        PLAIN: figures(PLAIN, runs, [r.plain for r in runs], detectable),
+        PCA: figures(PCA, runs, [(r.pca > 1.0).astype(np.int8) for r in runs], detectable, 1.0),
+        PCA_AT_OUR_FAR: figures(PCA_AT_OUR_FAR, runs, [(r.pca > moved).astype(np.int8) for r in runs],
+                                detectable, moved),
+    }

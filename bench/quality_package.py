@@ -1,0 +1,81 @@
+"""Every entry point of the anomalyd package that the quality suite uses, in one place.
+
+The suite must measure what a user gets, so it trains, scores, thresholds and evaluates only
+through these functions; the other `quality_*` modules and `baselines.py` import anomalyd
+through this module alone, so when the package's offline API moves only this file changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from daemon.cli import build_parser, main as cli_main
+from daemon.core.postprocess import AlertSpec
+from daemon.core.runtime import torch_backend
+from daemon.core.scoring import Scorer
+from daemon.core.thresholds import calibrate
+from daemon.offline import synthetic
+from daemon.offline.detection import detect
+from daemon.offline.evaluation import Report, report, segments
+from daemon.offline.frames import Frame, load_csv
+from daemon.offline.training import TrainConfig, train
+
+__all__ = ["AlertSpec", "Frame", "Report", "TrainConfig", "TrainedModel", "cli_train_defaults", "generate",
+           "load_csv", "pooled_report", "segments", "synthetic", "train_model"]
+
+
+@dataclass
+class TrainedModel:
+    """A model as `anomalyd train` leaves it, ready to score like `anomalyd evaluate`."""
+
+    scorer: Scorer
+    calibration_scores: np.ndarray  # the window scores the bundle's threshold was calibrated on
+    epochs: int
+
+    @property
+    def threshold(self) -> float:
+        return self.scorer.threshold
+
+    def alerts(self, frame: Frame) -> np.ndarray:
+        """Per-row alert state with the bundle's threshold and hysteresis (what `evaluate` counts)."""
+        return detect(self.scorer, frame, self.scorer.threshold).predicted
+
+    def plain_flags(self, frame: Frame, quantile: float = 0.999) -> np.ndarray:
+        """Per-row flags of the same model with a plain threshold: the `quantile` of the
+        calibration scores, no safety scale, no hysteresis (every window over it is an alert)."""
+        value = calibrate(f"quantile:{quantile}", self.calibration_scores, None, 1.0).value
+        plain = Scorer(dataclasses.replace(self.scorer.bundle, alert=AlertSpec()), self.scorer.backend)
+        return detect(plain, frame, value).predicted
+
+
+def train_model(frames: list[Frame], config: TrainConfig) -> TrainedModel:
+    result = train(frames, config)
+    scorer = Scorer(result.bundle, torch_backend(result.model, config.threads))
+    return TrainedModel(scorer, result.validation_scores, int(result.bundle.training["epochs_run"]))
+
+
+def pooled_report(files: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Report:
+    """Point and event metrics summed over files, each (predicted, actual, timestamps)."""
+    return report(files, None)
+
+
+def cli_train_defaults() -> dict:
+    """The option values `anomalyd train` runs with when given only --data and --out."""
+    args = build_parser("train").parse_args(["train", "--data", "x.csv", "--out", "x"])
+    return vars(args)
+
+
+def generate(directory: Path) -> tuple[Path, Path]:
+    """Run `anomalyd generate` with its defaults; returns (normal.csv, faults.csv). The
+    command's one-line report goes to stderr so the suite's stdout stays a Markdown table."""
+    with contextlib.redirect_stdout(sys.stderr):
+        code = cli_main(["generate", "--out", str(directory)])
+    if code:
+        raise RuntimeError(f"anomalyd generate --out {directory} exited with {code}")
+    return directory / "normal.csv", directory / "faults.csv"

@@ -1,0 +1,57 @@
+"""One case of the quality suite: train the model and the PCA baseline on the case's training
+rows, then score every test run with each detector and keep the counted rows' predictions.
+
+Runs in a worker process; returns plain arrays so the parent can pool them per data set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from baselines import PcaMonitor
+from quality_cases import Case
+from quality_package import TrainConfig, train_model
+
+
+@dataclass
+class RunOutcome:
+    """The counted rows of one test run and each detector's verdict on them."""
+
+    source: str
+    labels: np.ndarray  # int8 [rows]
+    timestamps: np.ndarray  # float64 [rows]
+    ours: np.ndarray  # int8: the bundle's threshold and hysteresis, as `anomalyd evaluate` counts
+    plain: np.ndarray  # int8: the same model, 99.9th percentile of its calibration scores, no hysteresis
+    pca: np.ndarray  # float64: max(T²/limit, SPE/limit); > 1 is an alarm at the training limits
+    event_names: tuple[str, ...]
+
+
+@dataclass
+class CaseOutcome:
+    dataset: str
+    name: str
+    epochs: int
+    train_seconds: float
+    score_seconds: float
+    pca_components: int
+    runs: list[RunOutcome]
+
+
+def run_case(case: Case, config: TrainConfig) -> CaseOutcome:
+    started = time.time()
+    model = train_model(case.train, config)
+    trained = time.time()
+    pca = PcaMonitor.fit(np.concatenate([f.values for f in case.train]))
+    runs = []
+    for test in case.tests:
+        counted = slice(test.counted_from, None)
+        frame = test.frame
+        runs.append(RunOutcome(
+            source=frame.source, labels=frame.labels[counted], timestamps=frame.timestamps[counted],
+            ours=model.alerts(frame)[counted], plain=model.plain_flags(frame)[counted],
+            pca=pca.combined(frame.values[counted]), event_names=test.event_names))
+    return CaseOutcome(case.dataset, case.name, model.epochs, round(trained - started, 2),
+                       round(time.time() - trained, 2), pca.components, runs)
