@@ -1,0 +1,12 @@
+"""The throughput bench of the live daemon (run it with bench/throughput.py).
+
+    common.py        the workload's shape (window, features, batch) and /proc helpers
+    daemon_api.py    everything taken from the daemon package: adapt here when it moves
+    processes.py     children spoken to with JSON lines, the private mosquitto
+    harness.py       the parent's plumbing shared by every phase
+    phases/          what the parent measures: model (train, scoring, shapes), ingest,
+                     sustained (highest sustained rate, latency), memory (RSS, growth)
+    roles/           the child processes: publisher, bare subscriber, daemon, scoring
+                     (model alone + worker runs), shapes, training
+    report.py        the flat figures and the printed table
+"""
