@@ -179,3 +179,10 @@ def test_a_bad_per_device_threshold_in_bundle_json_names_the_field(work, tmp_pat
     (broken / BUNDLE_FILE).write_text(json.dumps(data))
     with pytest.raises(BundleError, match=r"threshold.*devices\.pump-a"):
         load_bundle(broken)
+
+
+def test_inspect_shows_the_per_device_thresholds_and_the_calibration(work, capsys):
+    assert main(["inspect", "--model", str(work["per_device"])]) == 0
+    out = capsys.readouterr().out
+    assert "per device    pump-a " in out and ", pump-b " in out
+    assert "calibrated    2962 windows from 2023-11-14T22:13:20Z" in out

@@ -315,6 +315,9 @@ def read_history(client: InfluxQL, query: HistoryQuery, *, exclude_alert_periods
         runs[device] = split_at_gaps(frame, gap_factor * period) if period else [frame]
     if not runs:
         raise DataError(f"InfluxDB at {client.url}, database {client.database!r}: no rows for {what}")
+    silent = [device for device in query.devices if device not in runs]
+    if silent and query.statement is None:
+        log.warning("no rows for %s %s in %s", query.device_tag, ", ".join(silent), what)
     return History(runs, features, periods)
 
 
