@@ -14,6 +14,7 @@ from daemon.core.errors import UserError
 # when that command runs or shows its help: `anomalyd run` should not pay for training code.
 COMMANDS = {
     "train": "train a model bundle on normal data",
+    "calibrate": "re-threshold a bundle on recent normal data (new bundle, same weights)",
     "score": "score a CSV file with a model bundle",
     "evaluate": "measure detection quality on labelled CSVs",
     "inspect": "summarise a model bundle",

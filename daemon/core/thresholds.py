@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -40,15 +40,30 @@ class Threshold:
     method: str
     params: dict[str, float] = field(default_factory=dict)
     scale: float = 1.0
+    # Per-device thresholds (`anomalyd calibrate --per-device`): a fleet shares a model, each
+    # device keeps its own baseline; devices not listed use `value`.
+    devices: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> str:
+        """The method as `calibrate` takes it ('quantile:0.999', 'pot:0.001', 'f1'), so the
+        threshold can be recomputed on new scores the way it was chosen."""
+        if self.method not in _PARAM_DEFAULTS:
+            return self.method
+        key, default = _PARAM_DEFAULTS[self.method]
+        return f"{self.method}:{self.params.get(key, default)!r}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form, so it survives JSON/YAML without numpy types."""
-        return {
+        d = {
             "value": float(self.value),
             "method": self.method,
             "params": {k: float(v) for k, v in self.params.items()},
             "scale": float(self.scale),
         }
+        if self.devices:
+            d["devices"] = {str(k): float(v) for k, v in self.devices.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Threshold:
@@ -68,6 +83,11 @@ class Threshold:
             raise ValueError(
                 f"threshold: key 'params' must be a dict, got {type(params).__name__}"
             )
+        devices = d.get("devices") or {}
+        if not isinstance(devices, dict):
+            raise ValueError(
+                f"threshold: key 'devices' must be a dict, got {type(devices).__name__}"
+            )
         return cls(
             value=_finite_float(d["value"], "threshold: key 'value'"),
             method=method,
@@ -76,19 +96,27 @@ class Threshold:
                 for k, v in params.items()
             },
             scale=_positive_scale(d.get("scale", 1.0), "threshold: key 'scale'"),
+            devices={
+                str(k): _finite_float(v, f"threshold: key 'devices.{k}'")
+                for k, v in devices.items()
+            },
         )
 
 
-def threshold_in_force(calibrated: float, override: float | None = None) -> float:
+def threshold_in_force(calibrated: float, override: float | None = None, device: str | None = None,
+                       per_device: Mapping[str, float] | None = None) -> float:
     """The threshold scores are compared against: the operator's `override` (config
-    `alerting.threshold`, `--threshold`) when one is given, else the bundle's `calibrated` value.
+    `alerting.threshold`, `--threshold`) when one is given, else `device`'s own threshold when
+    `per_device` (the bundle's `threshold.devices`) lists it, else the bundle's `calibrated` value.
 
     Every consumer (the live worker, the log line announcing a model, `score`, `evaluate`)
     asks this one function, so they cannot disagree. "Given" means not None: 0 is a valid
     override (every positive score flagged), not a request for the bundle's value."""
-    if override is None:
-        return float(calibrated)
-    return _finite_float(override, "threshold override")
+    if override is not None:
+        return _finite_float(override, "threshold override")
+    if per_device and device is not None and device in per_device:
+        return float(per_device[device])
+    return float(calibrated)
 
 
 def _finite_float(x: Any, what: str) -> float:

@@ -113,7 +113,8 @@ def build_routes(config: Config, scorers: Mapping[str, Scorer], queue: WindowQue
 
 def model_slots(config: Config, routes: list[Route]) -> dict[str, ModelSlot]:
     """What the worker scores each route's windows with."""
-    return {r.key: ModelSlot(r.scorer, r.alerts, config.alerting.threshold) for r in routes}
+    return {r.key: ModelSlot(r.scorer, r.alerts, config.alerting.threshold, r.scorer.bundle.threshold.devices)
+            for r in routes}
 
 
 def message_handler(routes: list[Route]) -> MessageHandler:

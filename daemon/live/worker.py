@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -60,17 +60,27 @@ class WindowQueue(BoundedQueue[WindowJob]):
 
 @dataclass(frozen=True)
 class ModelSlot:
-    """What scores one route's windows: its bundle, its devices' alert states and the
-    threshold override from the config (None = the bundle's threshold)."""
+    """What scores one route's windows: its bundle, its devices' alert states, the
+    threshold override from the config (None = the bundle's threshold) and the bundle's
+    per-device thresholds (`threshold.devices`, empty for most bundles)."""
 
     scorer: Scorer
     alerts: AlertTracker
     threshold_override: float | None = None
+    device_thresholds: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def threshold(self) -> float:
-        """The threshold in force for this route (daemon.core.thresholds.threshold_in_force)."""
+        """The threshold in force for this route's devices without one of their own
+        (daemon.core.thresholds.threshold_in_force)."""
         return threshold_in_force(self.scorer.threshold, self.threshold_override)
+
+    def thresholds(self, devices: list[str]) -> list[float]:
+        """The threshold in force for each window's device."""
+        if not self.device_thresholds or self.threshold_override is not None:
+            return [self.threshold] * len(devices)
+        return [threshold_in_force(self.scorer.threshold, None, device, self.device_thresholds)
+                for device in devices]
 
 
 @dataclass
@@ -218,17 +228,21 @@ class Worker:
 
     def _events(self, slot: ModelSlot, jobs: list[WindowJob], result: WindowScores) -> list[ScoreEvent]:
         scorer = slot.scorer
-        threshold = slot.threshold
+        devices = [job.device for job in jobs]
+        thresholds = slot.thresholds(devices)
         self._metrics.batch_size.observe(len(jobs))
         names = scorer.features
         model = scorer.bundle.name
-        flags = result.flags(threshold).tolist()
-        alerts = slot.alerts.update_batch([job.device for job in jobs], flags)
+        # float32 like the scores, so a per-device threshold compares exactly as a single one does
+        flags = result.flags(np.asarray(thresholds, dtype=np.float32) if slot.device_thresholds
+                             else slot.threshold).tolist()
+        alerts = slot.alerts.update_batch(devices, flags)
         reasons = result.reasons or [""] * len(jobs)
         events = [ScoreEvent(job.device, model, job.ts_end, score, threshold, anomaly, alert,
                              dict(zip(names, errors)), job.received, reason)
-                  for job, score, errors, anomaly, (alert, _), reason in
-                  zip(jobs, result.scores.tolist(), result.feature_errors.tolist(), flags, alerts, reasons)]
+                  for job, score, errors, anomaly, (alert, _), reason, threshold in
+                  zip(jobs, result.scores.tolist(), result.feature_errors.tolist(), flags, alerts, reasons,
+                      thresholds)]
         if result.reasons is not None:
             self._count_unscorable(scorer, jobs, result.reasons)
         self._metrics.windows_scored.inc(len(jobs))

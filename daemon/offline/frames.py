@@ -216,3 +216,16 @@ def _apply_nan_policy(frame: Frame, values: np.ndarray, policy: str, path: Path)
     log.warning("%s: dropped %d row(s) with NaN/inf feature values", path, int((~finite).sum()))
     return frame.select(finite)
 
+
+
+def split_at_gaps(frame: Frame, max_gap: float) -> list[Frame]:
+    """The runs of `frame` between steps longer than `max_gap` seconds: a window glued across
+    a gap in the history (an outage, a stopped logger) would teach the model a jump, so a gap
+    ends a run as the end of a CSV file does (the live service restarts a device's window at
+    such a gap likewise: `stream.gap_factor`)."""
+    cuts = np.flatnonzero(np.diff(frame.timestamps) > max_gap) + 1
+    if not len(cuts):
+        return [frame]
+    rows = np.arange(len(frame))
+    bounds = [0, *cuts.tolist(), len(frame)]
+    return [frame.select((rows >= start) & (rows < end)) for start, end in zip(bounds, bounds[1:])]

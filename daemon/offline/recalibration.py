@@ -1,0 +1,135 @@
+"""Re-threshold a bundle on recent normal data without retraining it.
+
+A plant's normal drifts (seasons, retooling, a replaced pump) faster than a model needs
+retraining: the reconstruction still works, only the score level that counts as normal has
+moved. Recalibration scores the new data through the serving `Scorer` and recomputes the
+threshold with the bundle's own method (`Threshold.spec`) and safety margin (`scale`), on the
+normal windows only (labelled rows, e.g. anomalyd's alert periods read from the store, are cut
+out as in training). With `per_device`, each device seen in the data also gets a threshold of
+its own (`Threshold.devices`): a fleet shares one model while each device keeps its baseline.
+
+The result is a new bundle directory: weights (and model.onnx) copied byte for byte, so the
+weights' sha256 is the old one, and bundle.json with the new threshold and a `calibration`
+record (previous threshold, new one, the data and its time range). A served bundle is never
+changed in place: the new directory is promoted with deploy/README.md's symlink + reload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from daemon import __version__
+from daemon.core.bundle import BUNDLE_FILE, ONNX_FILE, WEIGHTS_FILE, Bundle
+from daemon.core.errors import BundleError, DataError, UserError
+from daemon.core.scoring import Scorer
+from daemon.core.thresholds import Threshold, calibrate
+from daemon.offline.frame_scoring import score_frames
+from daemon.offline.frames import Frame
+from daemon.offline.training import normal_runs
+
+# Files of the source bundle that describe the model itself, copied unchanged.
+COPIED_FILES = (WEIGHTS_FILE, ONNX_FILE, "training_loss.png")
+
+
+@dataclass
+class Recalibration:
+    threshold: Threshold  # the new one, with per-device values when asked for
+    scores: np.ndarray  # every device's calibration window scores, pooled
+    windows: dict[str, int]  # calibration windows per device
+
+
+def recalibrate(scorer: Scorer, runs: dict[str, list[Frame]], per_device: bool = False) -> Recalibration:
+    """The bundle's threshold method applied to `runs` (device -> its runs): one threshold over
+    every device's windows, and with `per_device` one per device as well."""
+    old = scorer.bundle.threshold
+    if per_device and "" in runs:
+        raise UserError("--per-device: some data names no device (name CSV files DEVICE=PATH; "
+                        "from the store, keep --device-tag pointing at the tag that names devices)")
+    per_device_scores = {device: _scores(scorer, frames, old.method) for device, frames in runs.items()}
+    pooled = _join(list(per_device_scores.values()))
+    threshold = _calibrate(old, pooled, "the data")
+    devices = ({device: _calibrate(old, scores, f"device {device!r}").value
+                for device, scores in sorted(per_device_scores.items())} if per_device else {})
+    return Recalibration(dataclasses.replace(threshold, devices=devices), pooled[0],
+                         {device: len(scores[0]) for device, scores in per_device_scores.items()})
+
+
+def _scores(scorer: Scorer, frames: list[Frame], method: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scores of the normal windows (every window with its label for 'f1', which needs both)."""
+    if method == "f1":
+        if any(f.labels is None for f in frames):
+            raise UserError("the bundle's threshold method 'f1' needs labelled data (a label column)")
+        usable = [f for f in frames if len(f) >= scorer.window]
+        results = score_frames(scorer, usable)
+        return _concat([r.scores for r in results]), _concat([f.labels[r.ends] for f, r in zip(usable, results)])
+    normal = [run for frame in frames for run in normal_runs(frame, scorer.window)]
+    return _concat([r.scores for r in score_frames(scorer, normal)]), None
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
+
+
+def _join(parts: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray | None]:
+    labels = [labels for _, labels in parts]
+    return (_concat([scores for scores, _ in parts]),
+            None if any(lab is None for lab in labels) else _concat(labels))
+
+
+def _calibrate(old: Threshold, scored: tuple[np.ndarray, np.ndarray | None], what: str) -> Threshold:
+    scores, labels = scored
+    if not len(scores):
+        raise DataError(f"{what}: no run of normal rows is at least one window long, nothing to calibrate on")
+    try:
+        return calibrate(old.spec, scores, labels, old.scale)
+    except ValueError as exc:
+        raise UserError(f"{what}: threshold {old.spec}: {exc}") from None
+
+
+def write_recalibrated(source: Bundle, result: Recalibration, out: Path, name: str, version: str,
+                       data: list[str], first: float, last: float) -> Bundle:
+    """A new bundle directory `out`: the model files of `source` copied, bundle.json with the new
+    threshold and the `calibration` record. Refuses an existing non-empty `out` (never
+    overwrite a bundle, least of all the one being served)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out}: already exists; calibrate writes a new bundle directory (promote it "
+                        f"with the symlink + reload in deploy/README.md)")
+    assert source.path is not None
+    out.mkdir(parents=True, exist_ok=True)
+    for name_ in COPIED_FILES:
+        if (source.path / name_).is_file():
+            shutil.copy2(source.path / name_, out / name_)
+    bundle = dataclasses.replace(
+        source, name=name, version=version, threshold=result.threshold, path=None,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        calibration={
+            "from": {"name": source.name, "version": source.version, "path": str(source.path)},
+            "previous_threshold": source.threshold.to_dict(),
+            "threshold": result.threshold.to_dict(),
+            "windows": int(sum(result.windows.values())),
+            "windows_per_device": {d: int(n) for d, n in sorted(result.windows.items()) if d},
+            "data": sorted(data),
+            "data_start": _iso(first),
+            "data_stop": _iso(last),
+            "anomalyd_version": __version__,
+        })
+    bundle.write_json(out)
+    if bundle.weights_sha256 != source.weights_sha256:
+        (out / BUNDLE_FILE).unlink()
+        raise BundleError(f"{out / WEIGHTS_FILE}: copied weights differ from {source.weights_path} (disk full?)")
+    return bundle
+
+
+def next_version(version: str) -> str:
+    """'3' -> '4'; a version that is not a whole number gets '.1' appended."""
+    return str(int(version) + 1) if version.isdigit() else f"{version}.1"
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
