@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         + (" (normalised per feature)" if b.score.feature_scale else "")
         + (f", not voting: {', '.join(b.score.exclude)}" if b.score.exclude else ""),
         f"threshold     {b.threshold.value:.6g} ({b.threshold.method} {b.threshold.params}, scale {b.threshold.scale:.4g})",
-        *([f"per device    " + ", ".join(f"{d} {v:.6g}" for d, v in b.threshold.devices.items())]
+        *(["per device    " + ", ".join(f"{d} {v:.6g}" for d, v in b.threshold.devices.items())]
           if b.threshold.devices else []),
         *([f"calibrated    {b.calibration.get('windows')} windows from {b.calibration.get('data_start')} to "
            f"{b.calibration.get('data_stop')} (was {b.calibration.get('previous_threshold', {}).get('value', '?')})"]
