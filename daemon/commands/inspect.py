@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
         + (" (normalised per feature)" if b.score.feature_scale else "")
         + (f", not voting: {', '.join(b.score.exclude)}" if b.score.exclude else ""),
         f"threshold     {b.threshold.value:.6g} ({b.threshold.method} {b.threshold.params}, scale {b.threshold.scale:.4g})",
+        "false alarms  " + (b.false_alarm_budget.describe() + f"; budget chosen on: {b.false_alarm_budget.chosen_on}"
+                            if b.false_alarm_budget else "no budget (threshold set by its method alone)"),
         f"alert         after {b.alert.enter_after} anomalous window(s), clear after {b.alert.leave_after} normal",
     ]
     if b.preprocess.demean:
