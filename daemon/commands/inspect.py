@@ -47,5 +47,11 @@ def run(args: argparse.Namespace) -> int:
             f"val scores    mean {t.get('validation_score_mean', float('nan')):.4g}, "
             f"std {t.get('validation_score_std', float('nan')):.4g}",
         ]
+    injected = t.get("injected_faults") or {}
+    if injected:
+        lines.append("injected faults (held-out tail, one feature at a time): detected / injected, "
+                     "share of fault rows in alert")
+        lines += [f"  {kind:20s} {f.get('detected', 0):>4}/{f.get('injected', 0):<4} "
+                  f"{f.get('share_flagged', 0.0):.2f}" for kind, f in injected.items()]
     print("\n".join(lines))
     return 0

@@ -34,6 +34,7 @@ from daemon.core.thresholds import FalseAlarmBudget, Threshold, calibrate, parse
 from daemon.core.windowing import windows
 from daemon.offline.budget import HeldOut, TooLittleTail, calibrate_budget
 from daemon.offline.evaluation import segments
+from daemon.offline.injection import injected_fault_table
 from daemon.offline.frame_scoring import score_frames
 from daemon.offline.frames import Frame, median_sample_period
 
@@ -258,6 +259,8 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         bundle.threshold = _calibrate(scorer, config, calib_scores, validation_data)
         calibrated_on = ("train+validation" if config.calibrate_on == "all" else
                          "validation" if split.validation else "train (no validation tail long enough)")
+    sigma = np.maximum(train_rows.std(axis=0), 1e-12)
+    injected = injected_fault_table(scorer, split.validation, sigma, config.seed)
     bundle.training = {
         "data": sorted({f.source for f in frames}),
         "rows_train": int(sum(len(f) for f in split.train)),
@@ -271,6 +274,9 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         "loss_validation": [round(v, 6) for _, v in history],
         "validation_score_mean": float(calib_scores.mean()),
         "validation_score_std": float(calib_scores.std()),
+        # What the bundle catches of synthetic faults written into the held-out tail (no label
+        # needed; daemon.offline.injection); empty when no held-out run is two windows long.
+        "injected_faults": {k: f.to_dict() for k, f in injected.items() if f.injected},
         "config": {k: v for k, v in vars(config).items() if k not in ("arch_params", "name", "version")},
         "seconds": round(time.time() - started, 2),
         "anomalyd_version": __version__,
