@@ -9,21 +9,20 @@ exceedances (a 3-in / 5-out hysteresis turns a burst of 40 exceeding windows int
 
 Two rules, chosen by how many episodes the budget allows in the held-out span
 (`per_day` x `days`):
-- at least `COUNTED_MIN_EPISODES`: **counted**. The lowest threshold at which the hysteresis
-  over the held-out scores gives no more episodes than the budget allows (bisection over the
-  observed scores; the count falls as the threshold rises).
+- at least `COUNTED_MIN_EPISODES`: **counted**. Going down from the top score, the lowest
+  threshold before the hysteresis over the held-out scores first gives more episodes than the
+  budget allows.
 - fewer (the budget is rarer than the held-out span can show; the usual case, as a validation
   tail spans hours and a budget is per day): **pot**, peaks over threshold on episodes. At a
   level u (the highest of `LEVEL_QUANTILES` of the scores that gives at least `POT_MIN_PEAKS`
-  episodes) each episode's peak is the highest value the K-window running minimum of the
-  scores reaches in it (K = enter_after: an alert at threshold t starts exactly where K
-  consecutive windows exceed t, so an episode exists at t when its peak is above t). Episode
-  peaks are nearly independent where window scores are not, which is what the generalised
-  Pareto fit over the excesses (peak - u) assumes. With n episodes over u in `days`, the
-  episode rate over t > u is n / days x P(excess > t - u); the threshold solves that for
-  `per_day`. With `EXPONENTIAL_MIN_PEAKS` to `POT_MIN_PEAKS` - 1 peaks, or where the fitted
-  shape is negative (see `MAX_SHAPE`), the shape is 0 (exponential tail, one parameter: the
-  mean excess), **pot-exponential**.
+  episodes) each episode's peak is the highest threshold at which it is still raised (read off
+  the episode count, see `episode_peaks`). Episode peaks are nearly independent where window
+  scores are not, which is what the generalised Pareto fit over the excesses (peak - u)
+  assumes. With n episodes over u in `days`, the episode rate over t > u is
+  n / days x P(excess > t - u); the threshold solves that for `per_day`. With
+  `EXPONENTIAL_MIN_PEAKS` to `POT_MIN_PEAKS` - 1 peaks, or where the fitted shape is negative
+  (see `MAX_SHAPE`), the shape is 0 (exponential tail, one parameter: the mean excess),
+  **pot-exponential**.
 
 The threshold uses the same convention as every other: a window is anomalous when its score is
 strictly above it.
