@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes, one torch thread each (default: %(default)s)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write every figure as JSON")
+    p.add_argument("--false-alarms-per-day", type=float, metavar="N",
+                   help="threshold from a false-alarm budget of N (as `anomalyd train --false-alarms-per-day N`) "
+                        "instead of the default threshold")
     return p.parse_args(argv)
 
 
@@ -85,9 +88,13 @@ def build_cases(datasets: list[str], args: argparse.Namespace) -> list[Case]:
     return cases
 
 
-def suite_config(quick: bool) -> TrainConfig:
-    """`anomalyd train`'s defaults (tests/test_quality_bench.py holds the two together)."""
+def suite_config(quick: bool, false_alarms_per_day: float | None = None) -> TrainConfig:
+    """`anomalyd train`'s defaults (tests/test_quality_bench.py holds the two together), or
+    what `train --false-alarms-per-day N` changes in them."""
     config = TrainConfig()
+    if false_alarms_per_day is not None:
+        config = dataclasses.replace(config, threshold="budget", false_alarms_per_day=false_alarms_per_day,
+                                     threshold_scale=1.0)
     return dataclasses.replace(config, epochs=min(config.epochs, QUICK_EPOCHS)) if quick else config
 
 
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
         raise SystemExit(f"--datasets: unknown {', '.join(unknown)} (use {', '.join(DATASETS)})")
-    config = suite_config(args.quick)
+    config = suite_config(args.quick, args.false_alarms_per_day)
     started = time.time()
     cases = build_cases(datasets, args)
     log.info("%d models to train (%s), %d worker(s); config: %s", len(cases),

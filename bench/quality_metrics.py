@@ -37,12 +37,16 @@ class Figures:
     recall: float
     event_recall: float
     false_alarms_per_day: float  # alarm runs on normal rows per day of normal rows
+    false_alarms: int  # those alarm runs, counted
+    normal_days: float  # the days of normal rows they are counted over
     median_delay_seconds: float  # over the caught events; nan if none was caught
     rows: int
     events: int
     pca_threshold: float | None = None  # PCA only: the combined-statistic threshold used
     by_event: list[EventFigures] = field(default_factory=list)
     mean_fdr: float = math.nan  # over the data set's detectable named events
+    budget_per_day: float = math.nan  # anomalyd only: the false-alarm budget its threshold was set to
+    budget_rules: dict[str, int] = field(default_factory=dict)  # "rule on held-out" -> models
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v)
@@ -74,7 +78,8 @@ def figures(detector: str, runs: list[RunOutcome], predictions: list[np.ndarray]
     fdr = {ev.name: ev.fdr for ev in named}
     mean_fdr = float(np.mean([fdr[n] for n in detectable])) if detectable else math.nan
     return Figures(detector, c.f1, c.far, c.mar, c.precision, c.recall, e.event_recall,
-                   e.false_alarms_per_hour * 24.0, float(np.median(delays)) if delays else math.nan,
+                   e.false_alarms_per_hour * 24.0, e.false_alarm_events, e.normal_hours / 24.0,
+                   float(np.median(delays)) if delays else math.nan,
                    pooled.points, e.events, pca_threshold, named, mean_fdr)
 
 
@@ -92,6 +97,12 @@ def summarise(outcomes: list[CaseOutcome], detectable: tuple[str, ...] = ()) -> 
     """Every detector's figures on one data set (all its cases' runs pooled)."""
     runs = [run for outcome in outcomes for run in outcome.runs]
     ours = figures(OURS, runs, [r.ours for r in runs], detectable)
+    budgets = [o.budget for o in outcomes if o.budget is not None]
+    if budgets:
+        ours.budget_per_day = budgets[0].per_day
+        for b in budgets:
+            key = f"{b.rule} on {b.held_out}"
+            ours.budget_rules[key] = ours.budget_rules.get(key, 0) + 1
     normal_statistic = np.concatenate([r.pca[r.labels == 0] for r in runs])
     moved = threshold_at_far(normal_statistic, ours.far)
     return {

@@ -16,17 +16,18 @@ from pathlib import Path
 import numpy as np
 
 from daemon.cli import build_parser, main as cli_main
+from daemon.commands.train import resolve_threshold_options
 from daemon.core.postprocess import AlertSpec
 from daemon.core.runtime import torch_backend
 from daemon.core.scoring import Scorer
-from daemon.core.thresholds import calibrate
+from daemon.core.thresholds import FalseAlarmBudget, calibrate
 from daemon.offline import synthetic
 from daemon.offline.detection import detect
 from daemon.offline.evaluation import Report, report, segments
 from daemon.offline.frames import Frame, load_csv
 from daemon.offline.training import TrainConfig, train
 
-__all__ = ["AlertSpec", "Frame", "Report", "TrainConfig", "TrainedModel", "cli_train_defaults", "generate",
+__all__ = ["AlertSpec", "FalseAlarmBudget", "Frame", "Report", "TrainConfig", "TrainedModel", "cli_train_defaults", "generate",
            "load_csv", "pooled_report", "segments", "synthetic", "train_model"]
 
 
@@ -35,21 +36,26 @@ class TrainedModel:
     """A model as `anomalyd train` leaves it, ready to score like `anomalyd evaluate`."""
 
     scorer: Scorer
-    calibration_scores: np.ndarray  # the window scores the bundle's threshold was calibrated on
+    normal_scores: np.ndarray  # every normal training window's score (train + validation tail)
     epochs: int
 
     @property
     def threshold(self) -> float:
         return self.scorer.threshold
 
+    @property
+    def budget(self) -> FalseAlarmBudget | None:
+        """How the bundle's false-alarm budget was met (None when its threshold is not a budget)."""
+        return self.scorer.bundle.false_alarm_budget
+
     def alerts(self, frame: Frame) -> np.ndarray:
         """Per-row alert state with the bundle's threshold and hysteresis (what `evaluate` counts)."""
         return detect(self.scorer, frame, self.scorer.threshold).predicted
 
     def plain_flags(self, frame: Frame, quantile: float = 0.999) -> np.ndarray:
-        """Per-row flags of the same model with a plain threshold: the `quantile` of the
-        calibration scores, no safety scale, no hysteresis (every window over it is an alert)."""
-        value = calibrate(f"quantile:{quantile}", self.calibration_scores, None, 1.0).value
+        """Per-row flags of the same model with a plain threshold: the `quantile` of every normal
+        training window's score, no safety scale, no hysteresis (every window over it is an alert)."""
+        value = calibrate(f"quantile:{quantile}", self.normal_scores, None, 1.0).value
         plain = Scorer(dataclasses.replace(self.scorer.bundle, alert=AlertSpec()), self.scorer.backend)
         return detect(plain, frame, value).predicted
 
@@ -57,7 +63,7 @@ class TrainedModel:
 def train_model(frames: list[Frame], config: TrainConfig) -> TrainedModel:
     result = train(frames, config)
     scorer = Scorer(result.bundle, torch_backend(result.model, config.threads))
-    return TrainedModel(scorer, result.validation_scores, int(result.bundle.training["epochs_run"]))
+    return TrainedModel(scorer, result.normal_scores, int(result.bundle.training["epochs_run"]))
 
 
 def pooled_report(files: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Report:
@@ -68,6 +74,7 @@ def pooled_report(files: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Rep
 def cli_train_defaults() -> dict:
     """The option values `anomalyd train` runs with when given only --data and --out."""
     args = build_parser("train").parse_args(["train", "--data", "x.csv", "--out", "x"])
+    resolve_threshold_options(args)  # what `train` fills in for the options left unset
     return vars(args)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from baselines import PcaMonitor
 from quality_cases import Case
-from quality_package import TrainConfig, train_model
+from quality_package import FalseAlarmBudget, TrainConfig, train_model
 
 
 @dataclass
@@ -38,6 +38,7 @@ class CaseOutcome:
     score_seconds: float
     pca_components: int
     runs: list[RunOutcome]
+    budget: FalseAlarmBudget | None = None  # how the model's threshold met its false-alarm budget
 
 
 def run_case(case: Case, config: TrainConfig) -> CaseOutcome:
@@ -54,4 +55,4 @@ def run_case(case: Case, config: TrainConfig) -> CaseOutcome:
             ours=model.alerts(frame)[counted], plain=model.plain_flags(frame)[counted],
             pca=pca.combined(frame.values[counted]), event_names=test.event_names))
     return CaseOutcome(case.dataset, case.name, model.epochs, round(trained - started, 2),
-                       round(time.time() - trained, 2), pca.components, runs)
+                       round(time.time() - trained, 2), pca.components, runs, model.budget)

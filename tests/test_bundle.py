@@ -50,7 +50,7 @@ def test_bundle_records_what_scoring_needs(bundle_dir):
     assert b.features == ["vibration", "current", "pressure", "flow", "temperature"]
     assert (b.window, b.stride, b.arch) == (20, 1, "mlp")
     assert b.threshold.method == "quantile" and b.threshold.params == {"q": 0.999}
-    assert b.threshold.scale == pytest.approx(4 / 3)
+    assert b.threshold.scale == pytest.approx(4 / 3) and b.false_alarm_budget is None
     assert (b.alert.enter_after, b.alert.leave_after) == (3, 5) and b.score.reduction == "max"
     assert b.training["rows_train"] > 0 and b.training["loss_validation"]
     assert (bundle_dir / "training_loss.png").stat().st_size > 0

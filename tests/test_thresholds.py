@@ -22,6 +22,7 @@ DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "demo"
         ("pot:1e-3", ("pot", {"risk": 0.001})),
         ("pot", ("pot", {"risk": 0.001})),
         ("f1", ("f1", {})),
+        ("budget", ("budget", {})),
         (" quantile : 0.9 ", ("quantile", {"q": 0.9})),
     ],
 )
@@ -32,7 +33,7 @@ def test_parse_method(spec, expected):
 @pytest.mark.parametrize(
     ("spec", "fragment"),
     [
-        ("median", "valid methods: quantile, sigma, pot, f1"),
+        ("median", "valid methods: budget, quantile, sigma, pot, f1"),
         ("Quantile:0.9", "unknown threshold method 'Quantile'"),
         ("", "valid methods"),
         ("quantile:1.5", "threshold method 'quantile': q must be in (0, 1), got 1.5"),
@@ -44,12 +45,19 @@ def test_parse_method(spec, expected):
         ("sigma:-1", "k must be > 0, got -1.0"),
         ("sigma:inf", "k must be > 0"),
         ("f1:0.5", "'f1' takes no parameter"),
+        ("budget:2", "'budget' takes no parameter, got 'budget:2' (the budget is --false-alarms-per-day)"),
     ],
 )
 def test_parse_method_errors(spec, fragment):
     with pytest.raises(ValueError) as err:
         parse_method(spec)
     assert fragment in str(err.value)
+
+
+def test_a_budget_is_not_calibrated_from_a_bag_of_scores():
+    """A budget counts alert episodes over time-ordered runs; daemon.offline.budget does that."""
+    with pytest.raises(ValueError, match="calibrated on held-out runs"):
+        calibrate("budget", np.arange(100.0))
 
 
 def test_quantile_of_known_sample():

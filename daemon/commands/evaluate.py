@@ -20,6 +20,8 @@ normal ones), the same state machine the daemon runs per device. Counts are summ
   F1  = TP / (TP + (FP + FN) / 2)      FAR = FP / (FP + TN) * 100 (% of normal points flagged)
   MAR = FN / (FN + TP) * 100 (% of anomalous points missed)
   event recall = share of labelled segments with at least one flagged point
+  false alarms/day = alert episodes touching no labelled row, per day of normal rows (per
+  device-day: every file is one device's run), printed beside the bundle's false-alarm budget
 
 examples:
   anomalyd evaluate --model models/demo --data faults.csv
@@ -57,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
             path = args.plot if len(results) == 1 else args.plot.with_name(
                 f"{args.plot.stem}-{Path(result.frame.source).stem}{args.plot.suffix}")
             _plot(result, pooled.threshold, path, scorer.features)
-    figures = pooled.to_dict()
+    budget = scorer.bundle.false_alarm_budget
+    figures = pooled.to_dict() | {"false_alarms_per_day": pooled.events.false_alarms_per_hour * 24.0,
+                                  "budget_per_day": None if budget is None else budget.per_day}
     if args.json:
         print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in figures.items()}))
         return 0
@@ -68,5 +72,8 @@ def run(args: argparse.Namespace) -> int:
                              ("far", "FAR", " %"), ("mar", "MAR", " %"), ("event_recall", "event recall", ""),
                              ("false_alarms_per_hour", "false alarms/h", "")):
         print(f"  {label:15s} {figures[key]:.4f}{unit}")
+    print(f"  false alarms/d  {figures['false_alarms_per_day']:.4g} per device-day of normal rows "
+          f"({pooled.events.normal_hours / 24:.3g} days), "
+          + (f"budget {budget.per_day:g}" if budget else "no false-alarm budget in this bundle"))
     print(f"  confusion       TP {figures['tp']}  FP {figures['fp']}  TN {figures['tn']}  FN {figures['fn']}")
     return 0

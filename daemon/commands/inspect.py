@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         *([f"calibrated    {b.calibration.get('windows')} windows from {b.calibration.get('data_start')} to "
            f"{b.calibration.get('data_stop')} (was {b.calibration.get('previous_threshold', {}).get('value', '?')})"]
           if b.calibration else []),
+        "false alarms  " + (b.false_alarm_budget.describe() + f"; budget chosen on: {b.false_alarm_budget.chosen_on}"
+                            if b.false_alarm_budget else "no budget (threshold set by its method alone)"),
         f"alert         after {b.alert.enter_after} anomalous window(s), clear after {b.alert.leave_after} normal",
     ]
     if b.preprocess.demean:
@@ -50,5 +52,11 @@ def run(args: argparse.Namespace) -> int:
             f"val scores    mean {t.get('validation_score_mean', float('nan')):.4g}, "
             f"std {t.get('validation_score_std', float('nan')):.4g}",
         ]
+    injected = t.get("injected_faults") or {}
+    if injected:
+        lines.append("injected faults (held-out tail, one feature at a time): detected / injected, "
+                     "share of fault rows in alert")
+        lines += [f"  {kind:20s} {f.get('detected', 0):>4}/{f.get('injected', 0):<4} "
+                  f"{f.get('share_flagged', 0.0):.2f}" for kind, f in injected.items()]
     print("\n".join(lines))
     return 0

@@ -22,10 +22,17 @@ from daemon.offline.training import CALIBRATE_ON, TrainConfig, save, train
 log = logging.getLogger(__name__)
 
 EPILOG = """\
-threshold methods (--threshold), computed on the scores of the normal training windows
-(--calibrate-on all, the default) or of the validation tail only, then multiplied by
---threshold-scale (default 4/3, so the default is SKAB's "99.9th percentile x 4/3" rule):
-  quantile:Q   the Q quantile (default quantile:0.999)
+threshold methods (--threshold-method), each then multiplied by --threshold-scale:
+  budget       the false-alarm budget (selected by --false-alarms-per-day N): the threshold at
+               which the bundle's hysteresis raises N alert episodes per device per day on the
+               held-out validation tail (never the windows the model was fitted on); counted
+               where the tail holds at least 10 budgeted episodes, else extrapolated with a
+               generalised Pareto tail of the episode peaks (peaks over threshold). bundle.json
+               "false_alarm_budget" and `anomalyd inspect` say which, on how many days; check
+               the realised rate with `evaluate` on fresh normal data (docs/quality.md)
+the others are computed on the scores of the normal training windows (--calibrate-on all, the
+default) or of the validation tail only:
+  quantile:Q   the Q quantile (the default: quantile:0.999 x --threshold-scale 1.3333, SKAB's rule)
   sigma:K      mean + K standard deviations
   pot:RISK     peaks-over-threshold: generalised Pareto fit on the score tail, threshold at
                exceedance probability RISK (e.g. pot:1e-3)
@@ -38,15 +45,15 @@ architecture parameters (--param KEY=VALUE, repeatable):
 examples:
   anomalyd train --data normal.csv --out models/pump
   anomalyd train --data run1.csv --data run2.csv --out models/pump-conv --arch conv \\
-      --window 60 --threshold pot:1e-3 --epochs 30 --seed 1
-  anomalyd train --data normal.csv --validation-data labelled.csv --threshold f1 --out models/pump-f1
-  anomalyd train --data normal.csv --out models/pump-ens --arch ensemble \\
-      --score-exclude Temperature,Thermocouple --threshold-scale 1.7    # SKAB's best setting
+      --window 60 --false-alarms-per-day 0.2 --epochs 30 --seed 1
+  anomalyd train --data normal.csv --validation-data labelled.csv --threshold-method f1 --out models/pump-f1
+  anomalyd train --data normal.csv --out models/pump-ens --arch ensemble --score-exclude \\
+      Temperature,Thermocouple --threshold-method quantile:0.999 --threshold-scale 1.7  # SKAB's best
 
 Window scores are the largest per-feature reconstruction error (--score-reduction max): a fault
 that shows on one sensor is not averaged away by the healthy ones. Fewer false alarms: let slow
 sensors stay model inputs without voting, e.g. --score-exclude Temperature,Thermocouple
---threshold-scale 1.5 (their level drifts after a fault has ended). Alerts follow the bundle's
+(their level drifts after a fault has ended), or lower --false-alarms-per-day. Alerts follow the bundle's
 hysteresis (--enter-after / --leave-after), in `anomalyd evaluate` exactly as in the daemon.
 Rows labelled 1 in the label column are never trained on; each --data file is a separate
 run (no window crosses files). The bundle directory gets bundle.json, model.safetensors,
@@ -86,19 +93,26 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--score-exclude", default="none", metavar="none|auto|A,B",
                    help="features the model reads but whose own error does not count in the window score: "
                         "'none', names (e.g. slow temperatures, whose level drifts after a fault; with "
-                        "--threshold-scale 1.5 the low-false-alarm setting), or 'auto' = features with lag-1 "
+                        "a lower budget the low-false-alarm setting), or 'auto' = features with lag-1 "
                         "autocorrelation >= 0.5 in the training rows, a heuristic: check bundle.json "
                         "(default: %(default)s)")
     p.add_argument("--demean", default="none", metavar="auto|none|A,B",
                    help="centre these features on their window mean before the model, so their level is "
                         "ignored ('auto' = the slow sensors, as above) (default: %(default)s)")
     p.add_argument("--validation-data", action="append", metavar="CSV",
-                   help="labelled CSV for --threshold f1")
+                   help="labelled CSV for --threshold-method f1")
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="tail of each run held out for early stopping and calibration (default: %(default)s)")
-    p.add_argument("--threshold", default=TrainConfig.threshold, metavar="METHOD", help="(default: %(default)s)")
-    p.add_argument("--threshold-scale", type=float, default=TrainConfig.threshold_scale, metavar="X",
-                   help="multiply the calibrated threshold by X, a safety margin (default: %(default)s)")
+    p.add_argument("--threshold-method", "--threshold", dest="threshold", default=None,
+                   metavar="METHOD", help="budget, quantile:Q, sigma:K, pot:RISK or f1, see below (default: "
+                                          f"{TrainConfig.threshold}, or budget with --false-alarms-per-day)")
+    p.add_argument("--false-alarms-per-day", type=float, default=None, metavar="N",
+                   help="the false-alarm budget: alert episodes (after hysteresis) per device per day of "
+                        "normal operation that --threshold-method budget sets the threshold for; giving it "
+                        f"selects that method (default: {TrainConfig.false_alarms_per_day:g})")
+    p.add_argument("--threshold-scale", type=float, default=None, metavar="X",
+                   help="multiply the calibrated threshold by X, a safety margin (default: "
+                        f"{TrainConfig.threshold_scale:.4g}, 1 for budget)")
     p.add_argument("--calibrate-on", choices=CALIBRATE_ON, default=TrainConfig.calibrate_on,
                    help="windows whose scores calibrate the threshold: 'all' normal training windows "
                         "(train + validation) or only the 'validation' tail (default: %(default)s)")
@@ -169,11 +183,24 @@ def _training_frames(args: argparse.Namespace) -> list:
     return history.frames()
 
 
+def resolve_threshold_options(args: argparse.Namespace) -> None:
+    """Fill the threshold options left unset: --false-alarms-per-day alone selects the budget,
+    and the budget needs no safety margin (it is the margin)."""
+    if args.threshold is None:
+        args.threshold = "budget" if args.false_alarms_per_day is not None else TrainConfig.threshold
+    if args.false_alarms_per_day is None:
+        args.false_alarms_per_day = TrainConfig.false_alarms_per_day
+    if args.threshold_scale is None:
+        args.threshold_scale = 1.0 if args.threshold.split(":")[0] == "budget" else TrainConfig.threshold_scale
+
+
 def run(args: argparse.Namespace) -> int:
+    resolve_threshold_options(args)
     if args.arch not in ARCHITECTURES:
         raise UserError(f"--arch {args.arch!r} unknown (use one of: {', '.join(ARCHITECTURES)})")
     _check_positive(window=args.window, stride=args.stride, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, threshold_scale=args.threshold_scale, threads=args.threads,
+                    false_alarms_per_day=args.false_alarms_per_day,
                     enter_after=args.enter_after, leave_after=args.leave_after)
     if args.scale_floor < 0:
         raise UserError(f"--scale-floor must be >= 0 (got {args.scale_floor})")
@@ -192,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
                          demean=_selection(args.demean), epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience,
                          validation_fraction=args.validation_fraction, threshold=args.threshold,
-                         threshold_scale=args.threshold_scale, calibrate_on=args.calibrate_on,
+                         false_alarms_per_day=args.false_alarms_per_day, threshold_scale=args.threshold_scale, calibrate_on=args.calibrate_on,
                          enter_after=args.enter_after, leave_after=args.leave_after, seed=args.seed,
                          threads=args.threads,
                          arch_params=_params(args.param), name=args.name or args.out.resolve().name,
@@ -215,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
     t = bundle.training
     print(f"wrote {args.out}: {bundle.arch}, window {bundle.window}, {len(bundle.features)} features, "
           f"{t['epochs_run']} epochs (best {t['best_epoch']}), threshold {bundle.threshold.value:.6g} "
-          f"({bundle.threshold.method} {bundle.threshold.params} x {bundle.threshold.scale:g}), "
+          f"({bundle.threshold.method} {bundle.threshold.params} x {bundle.threshold.scale:g}"
+          + (f"; {bundle.false_alarm_budget.describe()}" if bundle.false_alarm_budget else "") + "), "
           f"alert after {bundle.alert.enter_after} / clear after {bundle.alert.leave_after} window(s), "
           f"{t['seconds']} s")
     return 0

@@ -23,7 +23,7 @@ from daemon.core.errors import BundleError
 from daemon.core.postprocess import AlertSpec
 from daemon.core.preprocess import Preprocess
 from daemon.core.scaling import SCALER_KINDS, Scaler
-from daemon.core.thresholds import Threshold
+from daemon.core.thresholds import FalseAlarmBudget, Threshold
 
 FORMAT = "anomalyd-bundle"
 FORMAT_VERSION = 1
@@ -82,6 +82,9 @@ class Bundle:
     # How `anomalyd calibrate` re-thresholded this bundle: the previous and new thresholds and
     # the data they came from; empty for a bundle as `train` wrote it.
     calibration: dict[str, Any] = field(default_factory=dict)
+    # How a "budget" threshold was set (daemon.offline.budget); None for the other methods and
+    # in bundles written before the budget existed.
+    false_alarm_budget: FalseAlarmBudget | None = None
 
     @property
     def weights_path(self) -> Path:
@@ -112,6 +115,7 @@ class Bundle:
             "sample_period_seconds": self.sample_period_seconds,
             "score": self.score.to_dict(),
             "threshold": self.threshold.to_dict(),
+            "false_alarm_budget": None if self.false_alarm_budget is None else self.false_alarm_budget.to_dict(),
             "alert": self.alert.to_dict(),
             "training": self.training,
             **({"calibration": self.calibration} if self.calibration else {}),
@@ -203,6 +207,11 @@ def load_bundle(directory: str | Path) -> Bundle:
         raise BundleError(f"{json_path}: field 'threshold': {exc}") from None
     if not np.isfinite(threshold.value):
         raise BundleError(f"{json_path}: field 'threshold.value': must be a finite number")
+    try:
+        budget_field = reader.optional("false_alarm_budget", dict, lambda v: True, "")
+        budget = None if budget_field is None else FalseAlarmBudget.from_dict(budget_field)
+    except ValueError as exc:
+        raise BundleError(f"{json_path}: field 'false_alarm_budget': {exc}") from None
     sample_period = reader.optional("sample_period_seconds", (int, float),
                                     lambda v: np.isfinite(v) and v > 0, "must be a positive number of seconds or null")
     bundle = Bundle(
@@ -216,6 +225,7 @@ def load_bundle(directory: str | Path) -> Bundle:
         score=ScoreSpec(error, None if feature_scale is None else tuple(float(x) for x in feature_scale),
                         reduction.removesuffix("_over_features"), tuple(exclude)),
         threshold=threshold,
+        false_alarm_budget=budget,
         alert=alert,
         preprocess=preprocess,
         sample_period_seconds=None if sample_period is None else float(sample_period),

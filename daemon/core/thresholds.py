@@ -14,7 +14,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-METHODS: tuple[str, ...] = ("quantile", "sigma", "pot", "f1")
+METHODS: tuple[str, ...] = ("budget", "quantile", "sigma", "pot", "f1")
+# Methods `calibrate` computes from a bag of scores; "budget" needs time-ordered held-out runs,
+# their span in days and the hysteresis, so `daemon.offline.budget` calibrates it.
+SCORE_METHODS: tuple[str, ...] = ("quantile", "sigma", "pot", "f1")
 
 # Parameter name and default for methods that take one number, so that
 # "quantile" alone is a usable spec and serialized params are self-describing.
@@ -103,6 +106,75 @@ class Threshold:
         )
 
 
+BUDGET_RULES: tuple[str, ...] = ("counted", "pot", "pot-exponential")
+
+
+@dataclass(frozen=True)
+class FalseAlarmBudget:
+    """How a "budget" threshold was set, stored in bundle.json under `false_alarm_budget` so an
+    operator can read what they asked for, what the held-out data said and how sure that is.
+
+    `per_day` is the budget: alert episodes (after the bundle's hysteresis) per device per day
+    of normal operation. `rule` says how the threshold meets it: "counted" (the hysteresis run
+    over the held-out scores, episodes counted), "pot" (generalised Pareto tail of the episode
+    peaks, extrapolated past what the held-out span shows) or "pot-exponential" (the same with
+    the shape at 0: too few peaks to fit a shape, or a fitted shape below 0). `held_out` names the windows it was
+    set on, `held_out_days` their span; `expected_per_day` is the rate the rule predicts at the
+    threshold; `tail` the fitted tail (level, gamma, sigma, peaks), empty for "counted";
+    `chosen_on` says on which data the budget's value was chosen (for the default)."""
+
+    per_day: float
+    rule: str
+    held_out: str
+    held_out_days: float
+    held_out_windows: int
+    expected_per_day: float
+    tail: dict[str, float] = field(default_factory=dict)
+    chosen_on: str = ""
+
+    def describe(self) -> str:
+        """One line for `train` and `inspect`: the budget, how it was met, on what."""
+        how = {"counted": "counted",
+               "pot": f"extrapolated by a generalised Pareto tail over {self.tail.get('peaks', 0):.0f} episode peaks",
+               "pot-exponential": f"extrapolated by an exponential tail over {self.tail.get('peaks', 0):.0f} "
+                                  f"episode peaks"}[self.rule]
+        return (f"budget {self.per_day:g} false alarm(s) per device-day, {how} on the {self.held_out} windows "
+                f"({self.held_out_days * 24:.3g} h held out), expected {self.expected_per_day:.3g}/day")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"per_day": float(self.per_day), "rule": self.rule, "held_out": self.held_out,
+                "held_out_days": float(self.held_out_days), "held_out_windows": int(self.held_out_windows),
+                "expected_per_day": float(self.expected_per_day),
+                "tail": {k: float(v) for k, v in self.tail.items()}, "chosen_on": self.chosen_on}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> FalseAlarmBudget:
+        """Validate on load (bundle.json is edited by hand)."""
+        what = "false_alarm_budget"
+        if not isinstance(d, dict):
+            raise ValueError(f"{what}: expected a dict, got {type(d).__name__}")
+        for key in ("per_day", "rule", "held_out", "held_out_days", "expected_per_day"):
+            if key not in d:
+                raise ValueError(f"{what}: missing key '{key}'")
+        if d["rule"] not in BUDGET_RULES:
+            raise ValueError(f"{what}: key 'rule' must be one of {', '.join(BUDGET_RULES)}, got {d['rule']!r}")
+        tail = d.get("tail", {})
+        if not isinstance(tail, dict):
+            raise ValueError(f"{what}: key 'tail' must be a dict, got {type(tail).__name__}")
+        windows = d.get("held_out_windows", 0)
+        if isinstance(windows, bool) or not isinstance(windows, int) or windows < 0:
+            raise ValueError(f"{what}: key 'held_out_windows' must be an integer >= 0, got {windows!r}")
+        return cls(
+            per_day=_positive_scale(d["per_day"], f"{what}: key 'per_day'"),
+            rule=d["rule"], held_out=str(d["held_out"]),
+            held_out_days=_finite_float(d["held_out_days"], f"{what}: key 'held_out_days'"),
+            held_out_windows=windows,
+            expected_per_day=_finite_float(d["expected_per_day"], f"{what}: key 'expected_per_day'"),
+            tail={str(k): _finite_float(v, f"{what}: key 'tail.{k}'") for k, v in tail.items()},
+            chosen_on=str(d.get("chosen_on", "")),
+        )
+
+
 def threshold_in_force(calibrated: float, override: float | None = None, device: str | None = None,
                        per_device: Mapping[str, float] | None = None) -> float:
     """The threshold scores are compared against: the operator's `override` (config
@@ -139,7 +211,7 @@ def _positive_scale(x: Any, what: str) -> float:
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, float]]:
-    """Parse a CLI/config spec such as 'quantile:0.99', 'sigma:3', 'pot:1e-3' or 'f1'.
+    """Parse a CLI/config spec such as 'budget', 'quantile:0.99', 'sigma:3', 'pot:1e-3' or 'f1'.
 
     Validation happens here rather than in the calibrators so a bad config
     fails at startup, before any scores have been computed.
@@ -151,9 +223,10 @@ def parse_method(spec: str) -> tuple[str, dict[str, float]]:
             f"unknown threshold method {name!r} in spec {spec!r}; "
             f"valid methods: {', '.join(METHODS)}"
         )
-    if name == "f1":
+    if name in ("f1", "budget"):
         if sep:
-            raise ValueError(f"threshold method 'f1' takes no parameter, got {spec!r}")
+            hint = " (the budget is --false-alarms-per-day)" if name == "budget" else ""
+            raise ValueError(f"threshold method {name!r} takes no parameter, got {spec!r}{hint}")
         return name, {}
     key, default = _PARAM_DEFAULTS[name]
     value = _parse_number(name, key, number) if sep else default
@@ -193,6 +266,9 @@ def calibrate(
     value / scale.
     """
     method, params = parse_method(spec)
+    if method not in SCORE_METHODS:
+        raise ValueError(f"threshold method {method!r} is calibrated on held-out runs "
+                         f"(daemon.offline.budget), not on a bag of scores")
     scale = _positive_scale(scale, "threshold: scale")
     s = _check_scores(scores)
     raw, extra = _CALIBRATORS[method](s, params, labels)

@@ -1,0 +1,193 @@
+"""The false-alarm budget: the threshold at which a device raises `per_day` alert episodes per
+day of normal operation, set on held-out normal windows.
+
+An operator cannot say which 99.9th percentile they want, but they can say how often they are
+willing to be paged. An *episode* is what pages them: one entry into alert after the bundle's
+hysteresis (`daemon.core.postprocess`), however long it lasts. So the threshold is set on
+episodes, counted by running that very state machine over held-out scores, not on window
+exceedances (a 3-in / 5-out hysteresis turns a burst of 40 exceeding windows into one page).
+
+Two rules, chosen by how many episodes the budget allows in the held-out span
+(`per_day` x `days`):
+- at least `COUNTED_MIN_EPISODES`: **counted**. Going down from the top score, the lowest
+  threshold before the hysteresis over the held-out scores first gives more episodes than the
+  budget allows.
+- fewer (the budget is rarer than the held-out span can show; the usual case, as a validation
+  tail spans hours and a budget is per day): **pot**, peaks over threshold on episodes. At a
+  level u (the highest of `LEVEL_QUANTILES` of the scores that gives at least `POT_MIN_PEAKS`
+  episodes) each episode's peak is the highest threshold at which it is still raised (read off
+  the episode count, see `episode_peaks`). Episode peaks are nearly independent where window
+  scores are not, which is what the generalised Pareto fit over the excesses (peak - u)
+  assumes. With n episodes over u in `days`, the episode rate over t > u is
+  n / days x P(excess > t - u); the threshold solves that for `per_day`. With
+  `EXPONENTIAL_MIN_PEAKS` to `POT_MIN_PEAKS` - 1 peaks, or where the fitted shape is negative
+  (see `MAX_SHAPE`), the shape is 0 (exponential tail, one parameter: the mean excess),
+  **pot-exponential**.
+
+The threshold uses the same convention as every other: a window is anomalous when its score is
+strictly above it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from daemon.core.postprocess import AlertSpec, alert_flags
+from daemon.core.thresholds import FalseAlarmBudget
+
+SECONDS_PER_DAY = 86_400.0
+COUNTED_MIN_EPISODES = 10.0
+POT_MIN_PEAKS = 10
+EXPONENTIAL_MIN_PEAKS = 3
+LEVEL_QUANTILES = (0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
+MAX_LEVELS = 400
+# The fitted shape is kept in [0, MAX_SHAPE]. Below 0 the generalised Pareto has an upper end
+# just past the largest peak seen: from a dozen peaks of a few hours that end is the sample's,
+# not the process's (a reconstruction error has none: a fault can push it anywhere), and a
+# threshold extrapolated to it sits among the scores of the next day's normal operation. So a
+# negative estimate becomes the exponential tail (shape 0, the mean excess), the lightest tail
+# a score without an end can have. Above MAX_SHAPE the tail would be heavier than any score
+# tail seen in practice: from a few dozen peaks that is the fit's noise, and extrapolating it
+# days ahead would put the threshold orders of magnitude above every score, so the shape is
+# held there and the scale refitted.
+MAX_SHAPE = 0.5
+
+
+class TooLittleTail(ValueError):
+    """The held-out scores hold too few episodes at any level to fit a tail."""
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Time-ordered window scores of held-out normal runs (one array per run, at the serving
+    stride) and the span of operation they cover, in days."""
+
+    runs: list[np.ndarray]
+    days: float
+    name: str  # which windows these are, for the bundle: "validation", "train+validation", ...
+
+    @property
+    def windows(self) -> int:
+        return int(sum(len(r) for r in self.runs))
+
+    @classmethod
+    def from_scores(cls, runs: list[np.ndarray], stride: int, period_seconds: float, name: str) -> HeldOut:
+        """Each window stands for `stride` samples of `period_seconds`: the span the live service
+        scores in the same number of windows."""
+        windows = sum(len(r) for r in runs)
+        return cls([np.asarray(r, dtype=float) for r in runs], windows * stride * period_seconds / SECONDS_PER_DAY,
+                   name)
+
+
+def episodes(runs: list[np.ndarray], threshold: float, spec: AlertSpec) -> int:
+    """Alert episodes the hysteresis raises over these runs at `threshold` (each run starts out
+    of alert, as a device does when the service starts)."""
+    return sum(_entries(alert_flags((r > threshold).astype(np.int8), spec)) for r in runs)
+
+
+def _entries(alerts: np.ndarray) -> int:
+    return int(np.count_nonzero(np.diff(np.concatenate(([0], alerts.astype(np.int8)))) == 1))
+
+
+def episode_peaks(runs: list[np.ndarray], level: float, spec: AlertSpec) -> np.ndarray:
+    """The peak of every episode over `level`: the highest threshold at which it is still raised.
+
+    Read off the episode count itself: the hysteresis is run at the observed scores above
+    `level` (at most `MAX_LEVELS` of them, evenly by rank), and wherever the count drops between
+    two neighbouring thresholds, that many episodes peak at the upper one. Counting (rather than
+    taking each episode's maximum at `level`) keeps an episode that splits in two at a higher
+    threshold as the two pages it then is. Where the count is not monotone (at low levels
+    episodes merge), it is taken as its running maximum from the top."""
+    grid = np.unique(np.concatenate(runs))
+    grid = grid[grid >= level]
+    if len(grid) > MAX_LEVELS:
+        grid = grid[np.unique(np.linspace(0, len(grid) - 1, MAX_LEVELS).round().astype(int))]
+    counts = np.array([episodes(runs, t, spec) for t in grid] + [0])
+    counts = np.maximum.accumulate(counts[::-1])[::-1]  # non-increasing in the threshold
+    drops = counts[:-1] - counts[1:]
+    upper = np.append(grid[1:], grid[-1])  # the top score: nothing exceeds it
+    return np.repeat(upper, drops).astype(float)
+
+
+def calibrate_budget(held_out: HeldOut, per_day: float, spec: AlertSpec, chosen_on: str = "") -> tuple[float, FalseAlarmBudget]:
+    """The threshold meeting `per_day` on `held_out`, and the record that says how."""
+    if not (math.isfinite(per_day) and per_day > 0):
+        raise ValueError(f"false-alarm budget must be a positive number of episodes per day, got {per_day}")
+    if held_out.days <= 0 or held_out.windows < spec.enter_after:
+        raise TooLittleTail(f"{held_out.windows} held-out windows: too few to see any episode")
+    allowed = per_day * held_out.days
+    if allowed >= COUNTED_MIN_EPISODES:
+        return _counted(held_out, per_day, spec, chosen_on)
+    level, peaks = _tail_level(held_out, spec)
+    if len(peaks) <= allowed:  # the budget allows as many episodes as the level shows: count them
+        return _counted(held_out, per_day, spec, chosen_on)
+    ratio = allowed / len(peaks)
+    excesses = peaks - level
+    gamma, sigma = _fit_gpd(excesses) if len(peaks) >= POT_MIN_PEAKS else (0.0, 0.0)
+    rule = "pot" if gamma > 0 else "pot-exponential"
+    if gamma <= 0:
+        gamma, sigma = 0.0, float(excesses.mean())
+    if abs(gamma) < 1e-6:
+        threshold = level - sigma * math.log(ratio)
+    else:
+        threshold = level + sigma / gamma * (ratio ** -gamma - 1.0)
+    record = FalseAlarmBudget(per_day, rule, held_out.name, held_out.days, held_out.windows, per_day,
+                              {"level": level, "gamma": gamma, "sigma": sigma, "peaks": float(len(peaks))},
+                              chosen_on)
+    return float(threshold), record
+
+
+def _counted(held_out: HeldOut, per_day: float, spec: AlertSpec, chosen_on: str) -> tuple[float, FalseAlarmBudget]:
+    """Down from the top score, the lowest threshold before the count first exceeds the budget:
+    doubling the rank from the top until it does, then bisecting (the count rises as the
+    threshold falls until, far below any page-worthy level, episodes merge into one)."""
+    allowed = per_day * held_out.days
+    ranked = np.unique(np.concatenate(held_out.runs))[::-1]  # [0] = the maximum: 0 episodes above it
+    ok, step = 0, 1
+    while ok + step < len(ranked) and episodes(held_out.runs, ranked[ok + step], spec) <= allowed:
+        ok, step = ok + step, step * 2
+    bad = min(ok + step, len(ranked))
+    while bad - ok > 1:
+        mid = (ok + bad) // 2
+        if episodes(held_out.runs, ranked[mid], spec) <= allowed:
+            ok = mid
+        else:
+            bad = mid
+    threshold = float(ranked[ok])
+    expected = episodes(held_out.runs, threshold, spec) / held_out.days
+    return threshold, FalseAlarmBudget(per_day, "counted", held_out.name, held_out.days, held_out.windows,
+                                       expected, {}, chosen_on)
+
+
+def _tail_level(held_out: HeldOut, spec: AlertSpec) -> tuple[float, np.ndarray]:
+    """The highest level of `LEVEL_QUANTILES` with at least `POT_MIN_PEAKS` episodes, else the one
+    with the most (from `EXPONENTIAL_MIN_PEAKS` on); its episode peaks."""
+    scores = np.concatenate(held_out.runs)
+    best_level, best_peaks = math.nan, np.empty(0)
+    for q in LEVEL_QUANTILES:
+        level = float(np.quantile(scores, q))
+        peaks = episode_peaks(held_out.runs, level, spec)
+        if len(peaks) >= POT_MIN_PEAKS:
+            return level, peaks
+        if len(peaks) > len(best_peaks):
+            best_level, best_peaks = level, peaks
+    if len(best_peaks) < EXPONENTIAL_MIN_PEAKS:
+        raise TooLittleTail(f"{held_out.windows} held-out windows ({held_out.days * 24:.3g} h) show at most "
+                            f"{len(best_peaks)} alert episode(s) at any level, need {EXPONENTIAL_MIN_PEAKS} "
+                            f"to fit a tail")
+    return best_level, best_peaks
+
+
+def _fit_gpd(excesses: np.ndarray) -> tuple[float, float]:
+    """Maximum-likelihood generalised Pareto (shape, scale) of the excesses, location 0; the
+    shape capped at `MAX_SHAPE` (refitted with the shape fixed there when the free fit is above).
+    A negative shape is returned as is: the caller replaces it by the exponential tail."""
+    from scipy import stats  # lazy: slow to import, only training needs it
+
+    gamma, _, sigma = stats.genpareto.fit(excesses, floc=0)
+    if gamma > MAX_SHAPE:
+        gamma, _, sigma = stats.genpareto.fit(excesses, f0=MAX_SHAPE, floc=0)
+    return float(gamma), float(sigma)
