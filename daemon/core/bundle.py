@@ -23,6 +23,7 @@ from daemon.core.errors import BundleError
 from daemon.core.postprocess import AlertSpec
 from daemon.core.preprocess import Preprocess
 from daemon.core.scaling import SCALER_KINDS, Scaler
+from daemon.core.sensor_health import HealthSpec
 from daemon.core.thresholds import Threshold
 
 FORMAT = "anomalyd-bundle"
@@ -79,6 +80,9 @@ class Bundle:
     # can tell a gap in a device's readings from its normal pace; None where it is unknown
     # (frames without timestamps, bundles written before the field existed).
     sample_period_seconds: float | None = None
+    # The sensor-health checks fitted on the training data (daemon.core.sensor_health); None in
+    # bundles written before they existed, which then score with the checks off.
+    health: HealthSpec | None = None
 
     @property
     def weights_path(self) -> Path:
@@ -107,6 +111,7 @@ class Bundle:
             "scaler": self.scaler.to_dict(),
             "preprocess": self.preprocess.to_dict(),
             "sample_period_seconds": self.sample_period_seconds,
+            "health": None if self.health is None else self.health.to_dict(),
             "score": self.score.to_dict(),
             "threshold": self.threshold.to_dict(),
             "alert": self.alert.to_dict(),
@@ -199,6 +204,11 @@ def load_bundle(directory: str | Path) -> Bundle:
         raise BundleError(f"{json_path}: field 'threshold': {exc}") from None
     if not np.isfinite(threshold.value):
         raise BundleError(f"{json_path}: field 'threshold.value': must be a finite number")
+    try:
+        health = reader.optional("health", dict, lambda v: True, "must be an object or null")
+        health = None if health is None else HealthSpec.from_dict(health, n)
+    except ValueError as exc:
+        raise BundleError(f"{json_path}: field 'health': {exc}") from None
     sample_period = reader.optional("sample_period_seconds", (int, float),
                                     lambda v: np.isfinite(v) and v > 0, "must be a positive number of seconds or null")
     bundle = Bundle(
@@ -215,6 +225,7 @@ def load_bundle(directory: str | Path) -> Bundle:
         alert=alert,
         preprocess=preprocess,
         sample_period_seconds=None if sample_period is None else float(sample_period),
+        health=health,
         training=reader.optional("training", dict, lambda v: True, "") or {},
         weights_sha256=reader.require("weights.sha256", str, lambda v: len(v) == 64, "must be a sha256 hex digest"),
         path=directory,

@@ -30,6 +30,7 @@ from daemon.core.preprocess import Preprocess, resolve_features
 from daemon.core.runtime import torch_backend
 from daemon.core.scaling import Scaler
 from daemon.core.scoring import Scorer
+from daemon.core.sensor_health import HealthSpec, fit_health
 from daemon.core.thresholds import Threshold, calibrate
 from daemon.core.windowing import windows
 from daemon.offline.evaluation import segments
@@ -262,7 +263,15 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         "anomalyd_version": __version__,
         "torch_version": torch.__version__,
     }
+    bundle.health = _fit_sensor_health(split, config)
     return TrainResult(bundle, model, history, calib_scores)
+
+
+def _fit_sensor_health(split: Split, config: TrainConfig) -> HealthSpec:
+    """The sensor-health checks beside the model (daemon.core.sensor_health), fitted on the
+    same normal runs: the rows fitted on and the held-out validation tails."""
+    return fit_health([f.values for f in split.train], [f.values for f in split.validation],
+                      config.window, config.stride, config.scale_floor)
 
 
 CALIBRATE_ON = ("all", "validation")
