@@ -16,6 +16,7 @@ from daemon.core.scoring import OUT_OF_RANGE, Scorer
 from daemon.core.sensor_health import (CHECKS, DRIFT, OUT_OF_ENVELOPE, STUCK, HealthSpec, HealthState, check_of,
                                        check_windows, fit_health)
 from daemon.core.windowing import window_ends, windows
+from daemon.live.alerting import AlertTracker
 from daemon.live.events import WindowJob
 from daemon.live.sinks.line_protocol import decode, encode
 from daemon.offline import synthetic
@@ -161,6 +162,26 @@ def test_offline_scoring_and_the_live_worker_give_the_same_flags_and_reasons():
     flagged = next(e for e in live if e.reason == "stuck:flow")
     point = decode(encode(flagged))
     assert point.tags["reason"] == "stuck:flow" and point.fields["anomaly"] == 1
+
+
+def test_a_device_keeps_its_health_memory_beside_its_alert_state_until_it_is_forgotten():
+    tracker = AlertTracker(3, 5)
+    first, other = tracker.health_states(["pump-3", "pump-4"])
+    assert tracker.health_states(["pump-3"]) == [first] and first is not other
+    tracker.forget("pump-3")
+    assert tracker.health_states(["pump-3"])[0] is not first
+
+
+def test_a_reloaded_bundle_starts_the_drift_memory_again():
+    values = quiet_vibration(synthetic.normal(3000, seed=0).values, seed=0)
+    old, new = fitted(values), fitted(values)
+    state = HealthState()
+    z = [5.0] * 5
+    state.step(old, z, old.drift_limit.tolist(), old.drift_k.tolist())
+    state.step(old, [10.0] * 5, old.drift_limit.tolist(), old.drift_k.tolist())
+    assert state.up[0] > 0
+    state.step(new, z, new.drift_limit.tolist(), new.drift_k.tolist())
+    assert state.spec is new and state.up == [0.0] * 5
 
 
 def test_an_old_bundle_without_health_loads_and_scores_with_the_checks_off(tmp_path):

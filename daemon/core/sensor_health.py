@@ -10,19 +10,24 @@ apart from "process anomaly". The window's score and errors stay the model's own
 beside the score, never mixed into it.
 
 - `out_of_envelope`: a value of the window lies beyond the training's [min, max] by more than
-  ENVELOPE_MARGIN of the training range.
+  the larger of ENVELOPE_MARGIN times the training range and ENVELOPE_MIN_STDS standard
+  deviations (floored like the model's scaler).
 - `stuck`: the sensor's standard deviation within the window falls below STUCK_FRACTION of its
   median over the training windows. A sensor whose training already holds windows that quiet
   (a constant, quantised or slow sensor) is exempt: the check cannot tell its normal from stuck.
-- `drift`: a two-sided CUSUM on the sensor's window level (the window mean, standardised by
-  the mean and spread of the training windows' levels), one step per scored window, with an
-  allowance of DRIFT_K standard deviations. Its alarm limit is DRIFT_MARGIN times the largest
-  sum the training runs themselves reach (the runs fitted on and the held-out validation
-  tails, which the level statistics did not see), never below DRIFT_MIN_LIMIT: learnt from how
-  much this sensor's level wanders in normal operation, so a sensor whose training level
-  wanders is held to a wide limit instead of paging on its normal behaviour. The sums are
-  capped at DRIFT_CAP times the limit, so a flag clears within a bounded number of windows
-  once the level is back.
+- `drift`: a two-sided CUSUM, one step per scored window, on the gap between the sensor's
+  window level (its mean, in training standard deviations) and a baseline that follows that
+  level slowly (DRIFT_FOLLOW): a level that keeps moving away from where it just was, and away
+  from the training level (beyond the allowance on that side; a return is no drift). The
+  allowance is the larger of DRIFT_K and DRIFT_MARGIN times the largest gap the training runs
+  show, the alarm limit DRIFT_MARGIN times the largest sum they reach (never below
+  DRIFT_MIN_LIMIT): both learnt from how much this sensor's level moves in normal operation,
+  on the runs fitted on and on the held-out validation tails the statistics did not see. Sums
+  are capped at DRIFT_CAP times the limit, so a flag clears within a bounded number of windows
+  once the level settles. Only quiet sensors are watched (QUIET_RATIO): noise around a steady
+  level, where a slow drift is a sensor fault and not the process moving.
+- A sensor whose level moved within training alone (TREND_LIMIT) is exempt from the envelope
+  and drift checks: its training range and level are no reference.
 
 The drift sums are memory across windows, held per device in a `HealthState`: the live worker
 keeps one per device next to its alert state, offline scoring builds one per file and runs it
@@ -49,8 +54,8 @@ STUCK = "stuck"
 DRIFT = "drift"
 CHECKS = (OUT_OF_ENVELOPE, STUCK, DRIFT)  # the order a window's reason is chosen in
 
-# A reading beyond the training range by a quarter of that range is outside what the model
-# was shown; a fraction of the range (not of the spread) so a sensor's margin is in its units.
+# A reading beyond the training range by as much again as that range is a fault code, a wrong
+# unit or a broken sensor rather than the process, which the model judges inside the envelope.
 ENVELOPE_MARGIN = 1.0
 # ... and by at least this many of the sensor's (floored) standard deviations, so a sensor whose
 # training range is narrow is not held to a margin inside its own noise.
@@ -59,15 +64,15 @@ ENVELOPE_MIN_STDS = 6.0
 _UNBOUNDED = float(np.finfo(np.float64).max)
 # A working sensor's noise alone keeps its window spread well above a tenth of the usual one.
 STUCK_FRACTION = 0.1
-# CUSUM allowance: half a standard deviation of the level, the textbook choice for a shift of one.
+# The smallest CUSUM allowance: half a standard deviation, the textbook choice for a shift of one.
 DRIFT_K = 0.5
-# The limit is twice the largest sum seen in training: room for runs longer than training's.
+# Allowance and limit are twice what training shows: room for runs longer than training's.
 DRIFT_MARGIN = 2.0
 # ... and never below the textbook limit for k = 0.5 (about 900 windows between false alarms
-# on independent standard-normal levels).
+# on independent standard-normal gaps).
 DRIFT_MIN_LIMIT = 5.0
-# Sums are capped at twice the limit: after a fault they fall below it again within about
-# limit / k windows of normal levels.
+# Sums are capped at twice the limit: once the level settles they fall below it again within
+# about limit / allowance windows.
 DRIFT_CAP = 2.0
 # The baseline a level is compared with follows it by this share per window (an exponential
 # memory of about 100 windows): a sensor that keeps moving away from where it just was is
@@ -110,11 +115,11 @@ def window_levels(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class HealthSpec:
     """The fitted limits, one entry per feature in the bundle's order (stored in bundle.json)."""
 
-    envelope_low: np.ndarray  # float64 [F]: values below are out of envelope
-    envelope_high: np.ndarray  # float64 [F]: values above are out of envelope
+    envelope_low: np.ndarray  # float64 [F]: values below are out of envelope (exempt: -float64 max)
+    envelope_high: np.ndarray  # float64 [F]: values above are out of envelope (exempt: float64 max)
     stuck_below: np.ndarray  # float64 [F]: a window spread below it is stuck; 0 = exempt
-    level_mean: np.ndarray  # float64 [F]: the training windows' mean level
-    level_std: np.ndarray  # float64 [F]: their spread, > 0
+    level_mean: np.ndarray  # float64 [F]: the mean of the rows fitted on
+    level_std: np.ndarray  # float64 [F]: their standard deviation, floored, > 0
     drift_k: np.ndarray  # float64 [F]: the CUSUM allowance, in level standard deviations
     drift_limit: np.ndarray  # float64 [F]: the CUSUM alarm limit; 0 = exempt
 
@@ -159,6 +164,9 @@ class HealthState:
     __slots__ = ("spec", "base", "up", "down")
 
     def __init__(self, spec: HealthSpec | None = None) -> None:
+        self._reset(spec)
+
+    def _reset(self, spec: HealthSpec | None) -> None:
         self.spec = spec
         n = 0 if spec is None else len(spec.level_mean)
         self.base: list[float] | None = None  # the slow baseline of each level; None before the first window
@@ -171,7 +179,7 @@ class HealthState:
         unscorable reading) leaves that sensor's memory as it is; an exempt sensor (limit 0)
         keeps zero sums."""
         if spec is not self.spec:
-            self.__init__(spec)
+            self._reset(spec)
         if self.base is None:
             self.base = [level if math.isfinite(level) else 0.0 for level in z]
         base, up, down, first = self.base, self.up, self.down, -1
@@ -181,17 +189,17 @@ class HealthState:
             cap = DRIFT_CAP * limit
             gap = level - base[f]
             base[f] += DRIFT_FOLLOW * gap
-            u = up[f] + gap - k
-            d = down[f] - gap - k
+            # A move counts as drifting away only on the far side of the training level; a
+            # level coming back towards it (a fault ending) is no evidence of drift.
+            rise = gap if level > k or gap < 0.0 else 0.0
+            fall = -gap if level < -k or gap > 0.0 else 0.0
+            u = up[f] + rise - k
+            d = down[f] + fall - k
             up[f] = u = 0.0 if u < 0.0 else cap if u > cap else u
             down[f] = d = 0.0 if d < 0.0 else cap if d > cap else d
             if first < 0 and (u > limit or d > limit):
                 first = f
         return first
-
-    def is_idle(self) -> bool:
-        """True when the sums are zero: a fresh state would behave the same."""
-        return not (any(self.up) or any(self.down))
 
 
 def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
