@@ -161,7 +161,7 @@ FLUX_COLUMNS = {"_time", "_value", "_field", "_measurement", "_start", "_stop"}
 def flux_problems(query: str) -> list[str]:
     """Why a Flux query reads a measurement, field, tag or column anomalyd does not write."""
     problems: list[str] = []
-    tags, fields = set(SCHEMA.tag_keys), set(SCHEMA.fixed_fields)
+    tags, fields = set(SCHEMA.tag_keys) | {SCHEMA.reason_tag}, set(SCHEMA.fixed_fields)
     columns = FLUX_COLUMNS | tags | fields
 
     measurements = re.findall(r'r\._measurement\s*==\s*"([^"]*)"', query)

@@ -44,7 +44,7 @@ class FakeScorer:
     def release(self) -> None:
         self._released.set()
 
-    def model_input(self, raw: np.ndarray) -> ModelInput:
+    def model_input(self, raw: np.ndarray, health: list | None = None) -> ModelInput:
         self.batches.append(raw.shape)
         return ModelInput(raw)
 

@@ -14,8 +14,9 @@ from daemon.core.thresholds import threshold_in_force
 
 EPILOG = """\
 output columns: timestamp (RFC 3339, UTC, time of the window's last row), score, threshold,
-anomaly (0/1: score > threshold, or a reason), reason (empty, or why the window could not be
-scored: out_of_range, non_finite_score; its score is then the largest float32),
+anomaly (0/1: score > threshold, or a reason), reason (empty; or why the window could not be
+scored: out_of_range, non_finite_score, its score then the largest float32; or a sensor-health
+flag: stuck:<feature>, out_of_envelope:<feature>, drift:<feature>),
 err_<feature> (that sensor's reconstruction error).
 
 example:

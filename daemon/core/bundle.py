@@ -23,6 +23,7 @@ from daemon.core.errors import BundleError
 from daemon.core.postprocess import AlertSpec
 from daemon.core.preprocess import Preprocess
 from daemon.core.scaling import SCALER_KINDS, Scaler
+from daemon.core.sensor_health import HealthSpec
 from daemon.core.thresholds import FalseAlarmBudget, Threshold
 
 FORMAT = "anomalyd-bundle"
@@ -85,6 +86,9 @@ class Bundle:
     # How a "budget" threshold was set (daemon.offline.budget); None for the other methods and
     # in bundles written before the budget existed.
     false_alarm_budget: FalseAlarmBudget | None = None
+    # The sensor-health checks fitted on the training data (daemon.core.sensor_health); None in
+    # bundles written before they existed, which then score with the checks off.
+    health: HealthSpec | None = None
 
     @property
     def weights_path(self) -> Path:
@@ -113,6 +117,7 @@ class Bundle:
             "scaler": self.scaler.to_dict(),
             "preprocess": self.preprocess.to_dict(),
             "sample_period_seconds": self.sample_period_seconds,
+            "health": None if self.health is None else self.health.to_dict(),
             "score": self.score.to_dict(),
             "threshold": self.threshold.to_dict(),
             "false_alarm_budget": None if self.false_alarm_budget is None else self.false_alarm_budget.to_dict(),
@@ -212,6 +217,11 @@ def load_bundle(directory: str | Path) -> Bundle:
         budget = None if budget_field is None else FalseAlarmBudget.from_dict(budget_field)
     except ValueError as exc:
         raise BundleError(f"{json_path}: field 'false_alarm_budget': {exc}") from None
+    try:
+        health = reader.optional("health", dict, lambda v: True, "must be an object or null")
+        health = None if health is None else HealthSpec.from_dict(health, n)
+    except ValueError as exc:
+        raise BundleError(f"{json_path}: field 'health': {exc}") from None
     sample_period = reader.optional("sample_period_seconds", (int, float),
                                     lambda v: np.isfinite(v) and v > 0, "must be a positive number of seconds or null")
     bundle = Bundle(
@@ -229,6 +239,7 @@ def load_bundle(directory: str | Path) -> Bundle:
         alert=alert,
         preprocess=preprocess,
         sample_period_seconds=None if sample_period is None else float(sample_period),
+        health=health,
         training=reader.optional("training", dict, lambda v: True, "") or {},
         calibration=reader.optional("calibration", dict, lambda v: True, "") or {},
         weights_sha256=reader.require("weights.sha256", str, lambda v: len(v) == 64, "must be a sha256 hex digest"),

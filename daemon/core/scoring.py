@@ -24,6 +24,13 @@ consumer applies them alike:
 
 Scores and errors leaving this module are therefore always finite (every store accepts them),
 and `WindowScores.flags` flags a window with a reason whatever the threshold.
+
+Beside the score, the bundle's sensor-health checks (daemon.core.sensor_health) give a window a
+reason `<check>:<feature>` (`stuck:flow`, `out_of_envelope:pressure`, `drift:temperature`) when
+one of its sensors looks broken; they never change the score. They run when the caller passes
+each window's `HealthState` (its device's memory for the drift check): the live worker passes
+the device's, offline scoring one per file. A window that cannot be scored keeps its
+unscorable reason: the sensor-health reason is the lesser news.
 """
 
 from __future__ import annotations
@@ -35,10 +42,11 @@ import numpy as np
 
 from daemon.core.bundle import Bundle, ScoreSpec, load_bundle
 from daemon.core.runtime import Backend, load_backend, model_batches, padded_sizes
+from daemon.core.sensor_health import HealthState, check_windows
 
 OUT_OF_RANGE = "out_of_range"
 NON_FINITE_SCORE = "non_finite_score"
-REASONS = (OUT_OF_RANGE, NON_FINITE_SCORE)
+REASONS = (OUT_OF_RANGE, NON_FINITE_SCORE)  # the unscorable reasons; health reasons: sensor_health.CHECKS
 # The score (and error) of a window that cannot be scored: the largest float32, finite so that
 # line protocol, CSV and JSON carry it, and above any threshold a bundle calibrates.
 MAX_SCORE = float(np.finfo(np.float32).max)
@@ -52,14 +60,16 @@ class ModelInput:
 
     values: np.ndarray  # float32 [B, W, F]: scaled, preprocessed, contiguous
     out_of_range: np.ndarray | None = None  # bool [B, F]: the feature had a value out of range; None: none had
+    health: list[str] | None = None  # per window, a sensor-health reason or ""; None: every window healthy
 
 
 @dataclass
 class WindowScores:
     scores: np.ndarray  # float32 [B], finite
     feature_errors: np.ndarray  # float32 [B, F], finite: the per-sensor contributions
-    # Per window, why it is anomalous whatever its score ("" for none; see REASONS). None when
-    # no window of the batch has a reason, the usual case, which then costs nothing.
+    # Per window, why it is anomalous whatever its score ("" for none; see REASONS and the
+    # sensor-health reasons). None when no window of the batch has a reason, the usual case,
+    # which then costs nothing.
     reasons: list[str] | None = None
 
     def flags(self, threshold: float) -> np.ndarray:
@@ -124,8 +134,9 @@ class Scorer:
         for size in padded_sizes(max_batch):
             self.backend(np.zeros((size, self.window, len(self.features)), dtype=np.float32))
 
-    def score_windows(self, raw: np.ndarray) -> WindowScores:
-        """Score raw (unscaled) windows `[B, window, features]` in the bundle's feature order.
+    def score_windows(self, raw: np.ndarray, health: list[HealthState] | None = None) -> WindowScores:
+        """Score raw (unscaled) windows `[B, window, features]` in the bundle's feature order;
+        with `health` (window i's device memory, see `model_input`), run the sensor-health checks.
 
         Raw windows are scaled, then preprocessed (the bundle's `preprocess`, e.g. centring slow
         features on their window mean), then reconstructed. Per-feature errors are reported
@@ -139,7 +150,7 @@ class Scorer:
         errors = np.empty((len(raw), len(self.features)), dtype=np.float32)
         reasons: list[str] | None = None
         for part in model_batches(len(raw)):
-            model_input = self.model_input(raw[part])
+            model_input = self.model_input(raw[part], None if health is None else health[part])
             result = self.finish(model_input, self.backend(model_input.values))
             scores[part], errors[part] = result.scores, result.feature_errors
             if result.reasons is not None:
@@ -147,8 +158,13 @@ class Scorer:
                 reasons[part] = result.reasons
         return WindowScores(scores, errors, reasons)
 
-    def model_input(self, raw: np.ndarray) -> ModelInput:
-        """What the model sees for raw windows: scaled, clipped into range, preprocessed."""
+    def model_input(self, raw: np.ndarray, health: list[HealthState] | None = None) -> ModelInput:
+        """What the model sees for raw windows: scaled, clipped into range, preprocessed; and,
+        given `health` (one state per window, windows of a device in time order) and a bundle
+        with health checks, each window's sensor-health reason."""
+        health_reasons = None
+        if health is not None and self.bundle.health is not None:
+            health_reasons = check_windows(self.bundle.health, self.features, raw, health)
         with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are handled below
             scaled = self.bundle.scaler.transform(raw)
         out_of_range = None
@@ -158,7 +174,7 @@ class Scorer:
             scaled = np.clip(np.nan_to_num(scaled, nan=SCALED_LIMIT, posinf=SCALED_LIMIT, neginf=-SCALED_LIMIT),
                              -SCALED_LIMIT, SCALED_LIMIT)
         values = self.bundle.preprocess.apply(scaled, self.features)
-        return ModelInput(np.ascontiguousarray(values), out_of_range)
+        return ModelInput(np.ascontiguousarray(values), out_of_range, health_reasons)
 
     def finish(self, model_input: ModelInput, reconstruction: np.ndarray) -> WindowScores:
         """Scores and per-feature errors from the model's reconstruction of `model_input`."""
@@ -166,8 +182,12 @@ class Scorer:
             errors = feature_errors(model_input.values, reconstruction, self.bundle.score.error)
             scores = combine(errors, self.bundle.score, self.features)
         if model_input.out_of_range is None and np.isfinite(scores).all() and np.isfinite(errors).all():
-            return WindowScores(scores, errors)
-        return _unscorable_as_maximal(scores, errors, model_input.out_of_range)
+            return WindowScores(scores, errors, model_input.health)
+        result = _unscorable_as_maximal(scores, errors, model_input.out_of_range)
+        if model_input.health is not None:
+            unscorable = result.reasons or [""] * len(scores)
+            result.reasons = [u or h for u, h in zip(unscorable, model_input.health)]
+        return result
 
 
 def _unscorable_as_maximal(scores: np.ndarray, errors: np.ndarray, out_of_range: np.ndarray | None) -> WindowScores:

@@ -5,6 +5,9 @@ runs offline, so live alerts and offline metrics cannot disagree. This module ad
 service with many devices needs: only devices in alert or part-way through a streak are
 stored (a quiet device costs nothing), a count of active alerts, and a lock, because updates
 come from the worker thread and `forget` from ingest (device eviction).
+
+Each device's sensor-health memory (`daemon.core.sensor_health.HealthState`, the drift sums)
+lives here too, beside its alert state, so eviction and a Kafka rebalance forget both at once.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from __future__ import annotations
 import threading
 
 from daemon.core.postprocess import AlertSpec, Hysteresis
+from daemon.core.sensor_health import HealthState
 
 
 class AlertTracker:
     def __init__(self, enter_after: int, leave_after: int) -> None:
         self.spec = AlertSpec(enter_after, leave_after)
         self._states: dict[str, Hysteresis] = {}
+        self._health: dict[str, HealthState] = {}
         self._active = 0
         self._lock = threading.Lock()
 
@@ -54,9 +59,23 @@ class AlertTracker:
                 append((alert, alert and not was))
         return out
 
+    def health_states(self, devices: list[str]) -> list[HealthState]:
+        """Each device's sensor-health memory, a new one for a device not seen before. Only the
+        worker thread advances them; `forget` may drop one it still holds, which is harmless."""
+        health = self._health
+        with self._lock:
+            out = []
+            for device in devices:
+                state = health.get(device)
+                if state is None:
+                    state = health[device] = HealthState()
+                out.append(state)
+        return out
+
     def forget(self, device: str) -> None:
         """Drop a device's state (it was evicted as idle), clearing its alert if any."""
         with self._lock:
+            self._health.pop(device, None)
             state = self._states.pop(device, None)
             if state is not None and state.alert:
                 self._active -= 1

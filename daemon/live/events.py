@@ -32,4 +32,4 @@ class ScoreEvent:
     alert: bool  # debounced state after hysteresis
     feature_errors: dict[str, float]  # feature name -> error, written as err_<feature>
     received: float  # arrival time of the last sample
-    reason: str = ""  # why the window is anomalous whatever its score (daemon.core.scoring.REASONS), or ""
+    reason: str = ""  # why the window is anomalous whatever its score (unscorable or sensor health), or ""

@@ -32,6 +32,7 @@ from daemon.live.telemetry.metrics import Metrics
 from daemon.live.telemetry.ratelimit import RateLimitedLog
 from daemon.core.runtime import model_batches
 from daemon.core.scoring import ModelInput, Scorer, WindowScores
+from daemon.core.sensor_health import check_of
 from daemon.core.thresholds import threshold_in_force
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,8 @@ class Worker:
         try:
             # One concatenate + reshape: cheaper than np.stack for many small windows.
             raw = np.concatenate([job.window for job in fitting]).reshape(len(fitting), *expected)
-            model_input = scorer.model_input(raw)
+            health = slot.alerts.health_states([job.device for job in fitting])
+            model_input = scorer.model_input(raw, health)
         except Exception as exc:
             self._scoring_failed(len(fitting), exc)
             return None
@@ -244,21 +246,28 @@ class Worker:
                   zip(jobs, result.scores.tolist(), result.feature_errors.tolist(), flags, alerts, reasons,
                       thresholds)]
         if result.reasons is not None:
-            self._count_unscorable(scorer, jobs, result.reasons)
+            self._count_reasons(scorer, jobs, result.reasons)
         self._metrics.windows_scored.inc(len(jobs))
         self._metrics.anomalous_windows.inc(sum(flags))
         self._metrics.alerts_raised.inc(sum(raised for _, raised in alerts))
         return events
 
-
-    def _count_unscorable(self, scorer: Scorer, jobs: list[WindowJob], reasons: list[str]) -> None:
-        """Windows flagged for a reason rather than their score: counted by reason, and logged
-        (rate-limited) with a device, so a sensor sending a fault code is found by name."""
+    def _count_reasons(self, scorer: Scorer, jobs: list[WindowJob], reasons: list[str]) -> None:
+        """Windows flagged for a reason rather than their score: unscorable ones counted by
+        reason, sensor-health flags by check; each kind logged (rate-limited) with a device and
+        the reason, so a sensor sending a fault code or stuck on a value is found by name."""
         for reason in set(reasons) - {""}:
             windows = [job for job, r in zip(jobs, reasons) if r == reason]
-            self._metrics.unscorable_windows.labels(reason=reason).inc(len(windows))
-            self._errors.warning("unscorable:" + reason, "%d windows of model %s flagged %s (device %r, ...)",
-                                 len(windows), scorer.bundle.name, reason, windows[0].device)
+            check = check_of(reason)
+            if check is None:
+                self._metrics.unscorable_windows.labels(reason=reason).inc(len(windows))
+                self._errors.warning("unscorable:" + reason, "%d windows of model %s flagged %s (device %r, ...)",
+                                     len(windows), scorer.bundle.name, reason, windows[0].device)
+            else:
+                self._metrics.sensor_health_flags.labels(check=check).inc(len(windows))
+                self._errors.warning("health:" + check, "%d windows of model %s flagged by sensor health, "
+                                     "e.g. device %r: %s", len(windows), scorer.bundle.name, windows[0].device,
+                                     reason)
 
 
 def _timed(backend, model_input: np.ndarray) -> tuple[np.ndarray, float]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daemon.core.scoring import Scorer, WindowScores
+from daemon.core.sensor_health import HealthState
 from daemon.core.windowing import window_ends, windows
 from daemon.offline.frames import Frame
 
@@ -22,10 +23,13 @@ class FrameScores(WindowScores):
 
 
 def score_frame(scorer: Scorer, frame: Frame, stride: int | None = None) -> FrameScores:
-    """Score every window of one run; frame columns must already be in model order."""
+    """Score every window of one run; frame columns must already be in model order. The run
+    is one device's stream: its windows share one sensor-health state, in time order, as the
+    live worker's windows of a device share that device's."""
     stride = stride or scorer.bundle.stride
     ends = window_ends(len(frame), scorer.window, stride)
-    result = scorer.score_windows(windows(frame.values, scorer.window, stride))
+    state = HealthState()
+    result = scorer.score_windows(windows(frame.values, scorer.window, stride), [state] * len(ends))
     return FrameScores(result.scores, result.feature_errors, result.reasons, ends=ends,
                        timestamps=frame.timestamps[ends])
 

@@ -30,6 +30,7 @@ from daemon.core.preprocess import Preprocess, resolve_features
 from daemon.core.runtime import torch_backend
 from daemon.core.scaling import Scaler
 from daemon.core.scoring import Scorer
+from daemon.core.sensor_health import HealthSpec, fit_health
 from daemon.core.thresholds import FalseAlarmBudget, Threshold, calibrate, parse_method
 from daemon.core.windowing import windows
 from daemon.offline.budget import HeldOut, TooLittleTail, calibrate_budget
@@ -244,6 +245,7 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         alert=AlertSpec(config.enter_after, config.leave_after),
         preprocess=preprocess,
         sample_period_seconds=median_sample_period(frames),
+        health=_fit_sensor_health(split, config),  # before the self-check below, which scores with it
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     scorer = Scorer(bundle, torch_backend(model, config.threads))
@@ -284,6 +286,13 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         "torch_version": torch.__version__,
     }
     return TrainResult(bundle, model, history, calib_scores, normal_scores)
+
+
+def _fit_sensor_health(split: Split, config: TrainConfig) -> HealthSpec:
+    """The sensor-health checks beside the model (daemon.core.sensor_health), fitted on the
+    same normal runs: the rows fitted on and the held-out validation tails."""
+    return fit_health([f.values for f in split.train], [f.values for f in split.validation],
+                      config.window, config.stride, config.scale_floor)
 
 
 CALIBRATE_ON = ("all", "validation")

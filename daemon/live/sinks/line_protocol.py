@@ -4,9 +4,12 @@ One line per `ScoreEvent`:
 
     anomaly,device=<id>,model=<name>[,reason=<why>] score=<f>,threshold=<f>,anomaly=<0|1>i,alert=<0|1>i,err_<feature>=<f>... <ms>
 
-The `reason` tag is written only for a window flagged whatever its score (`out_of_range`,
-`non_finite_score`: daemon.core.scoring), so a dashboard can tell a broken sensor from a
-process anomaly; such a window's score is the largest float32, a finite number.
+The `reason` tag is written only for a window flagged whatever its score, so a dashboard can
+tell a broken sensor from a process anomaly: `out_of_range` or `non_finite_score` for a window
+that could not be scored (daemon.core.scoring; its score is then the largest float32, a finite
+number), or a sensor-health flag `<check>:<feature>` such as `stuck:flow`
+(daemon.core.sensor_health; the score stays the model's). One tag holding check and sensor
+keeps a flag one series per device and reason, readable as it stands.
 
 Timestamps are integer milliseconds (write with precision `ms`): VictoriaMetrics stores
 milliseconds anyway, and a window's end time never needs more. Floats are written with 9
@@ -40,7 +43,7 @@ class LineSchema:
 
     measurement: str = "anomaly"
     tag_keys: tuple[str, ...] = ("device", "model")
-    reason_tag: str = "reason"  # written only when the event has a reason
+    reason_tag: str = "reason"  # written only when the event has a reason: unscorable, or <check>:<feature>
     float_fields: tuple[str, ...] = ("score", "threshold")
     flag_fields: tuple[str, ...] = ("anomaly", "alert")  # written as integers 0/1
     feature_prefix: str = "err_"  # one float field per feature: err_<feature>

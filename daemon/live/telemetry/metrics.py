@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from daemon.core.scoring import REASONS as UNSCORABLE_REASONS
+from daemon.core.sensor_health import CHECKS as HEALTH_CHECKS
 
 PREFIX = "anomalyd_"
 
@@ -169,13 +170,19 @@ class Metrics:
         for reason in DROP_REASONS:
             self.windows_dropped.labels(reason=reason)
         self.anomalous_windows = Counter(PREFIX + "anomalous_windows_total",
-                                         "Scored windows flagged anomalous (score above the threshold, or "
-                                         "unscorable).", registry=r)
+                                         "Scored windows flagged anomalous (score above the threshold, "
+                                         "unscorable, or a sensor-health flag).", registry=r)
         self.unscorable_windows = Counter(PREFIX + "unscorable_windows_total",
                                           "Windows that cannot be scored, flagged anomalous, by reason.",
                                           ["reason"], registry=r)
         for reason in UNSCORABLE_REASONS:
             self.unscorable_windows.labels(reason=reason)
+        self.sensor_health_flags = Counter(PREFIX + "sensor_health_flags_total",
+                                           "Windows flagged anomalous by a sensor-health check (a sensor stuck, "
+                                           "out of its training envelope or drifting), by check.",
+                                           ["check"], registry=r)
+        for check in HEALTH_CHECKS:
+            self.sensor_health_flags.labels(check=check)
         self.alerts_raised = Counter(PREFIX + "alerts_raised_total",
                                      "Transitions of a device into alert (after hysteresis).", registry=r)
         self.inference_seconds = Histogram(PREFIX + "inference_seconds",

@@ -1,0 +1,311 @@
+"""Sensor-health checks beside the autoencoder: is each sensor still a working sensor?
+
+An autoencoder scores how well a window fits the relations it learnt between sensors; it is
+weak on faults of one sensor that keep those relations roughly intact: a sensor stuck on its
+last value, a reading far outside anything seen in training, a quiet channel drifting slowly.
+Three checks per sensor catch them, each fitted on the training data and stored in bundle.json
+under `health`; a window failing one is anomalous with a reason naming the check and the
+sensor, `<check>:<feature>` (e.g. `stuck:flow`), so the operator reads "flow sensor stuck"
+apart from "process anomaly". The window's score and errors stay the model's own: health is
+beside the score, never mixed into it.
+
+- `out_of_envelope`: a value of the window lies beyond the training's [min, max] by more than
+  the larger of ENVELOPE_MARGIN times the training range and ENVELOPE_MIN_STDS standard
+  deviations (floored like the model's scaler).
+- `stuck`: the sensor's standard deviation within the window falls below STUCK_FRACTION of its
+  median over the training windows. A sensor whose training already holds windows that quiet
+  (a constant, quantised or slow sensor) is exempt: the check cannot tell its normal from stuck.
+- `drift`: a two-sided CUSUM, one step per scored window, on the gap between the sensor's
+  window level (its mean, in training standard deviations) and a baseline that follows that
+  level slowly (DRIFT_FOLLOW): a level that keeps moving away from where it just was, and away
+  from the training level (beyond the allowance on that side; a return is no drift). The
+  allowance is the larger of DRIFT_K and DRIFT_MARGIN times the largest gap the training runs
+  show, the alarm limit DRIFT_MARGIN times the largest sum they reach (never below
+  DRIFT_MIN_LIMIT): both learnt from how much this sensor's level moves in normal operation,
+  on the runs fitted on and on the held-out validation tails the statistics did not see. Sums
+  are capped at DRIFT_CAP times the limit, so a flag clears within a bounded number of windows
+  once the level settles. Only quiet sensors are watched (QUIET_RATIO): noise around a steady
+  level, where a slow drift is a sensor fault and not the process moving.
+- A sensor whose level moved within training alone (TREND_LIMIT) is exempt from the envelope
+  and drift checks: its training range and level are no reference.
+
+The drift sums are memory across windows, held per device in a `HealthState`: the live worker
+keeps one per device next to its alert state, offline scoring builds one per file and runs it
+over the file's windows in time order; both call `check_windows`, the one implementation.
+A window may fail several checks; its reason is the first failing check in CHECKS order
+(the most severe first), on the first failing sensor in the bundle's feature order.
+
+Every limit is a statistic of the training rows times a constant chosen a priori (below),
+never a figure fitted on labelled test rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from daemon.core.windowing import windows
+
+OUT_OF_ENVELOPE = "out_of_envelope"
+STUCK = "stuck"
+DRIFT = "drift"
+CHECKS = (OUT_OF_ENVELOPE, STUCK, DRIFT)  # the order a window's reason is chosen in
+
+# A reading beyond the training range by as much again as that range is a fault code, a wrong
+# unit or a broken sensor rather than the process, which the model judges inside the envelope.
+ENVELOPE_MARGIN = 1.0
+# ... and by at least this many of the sensor's (floored) standard deviations, so a sensor whose
+# training range is narrow is not held to a margin inside its own noise.
+ENVELOPE_MIN_STDS = 6.0
+# The envelope of a sensor exempt from it (finite, so bundle.json can carry it).
+_UNBOUNDED = float(np.finfo(np.float64).max)
+# A working sensor's noise alone keeps its window spread well above a tenth of the usual one.
+STUCK_FRACTION = 0.1
+# The smallest CUSUM allowance: half a standard deviation, the textbook choice for a shift of one.
+DRIFT_K = 0.5
+# Allowance and limit are twice what training shows: room for runs longer than training's.
+DRIFT_MARGIN = 2.0
+# ... and never below the textbook limit for k = 0.5 (about 900 windows between false alarms
+# on independent standard-normal gaps).
+DRIFT_MIN_LIMIT = 5.0
+# Sums are capped at twice the limit: once the level settles they fall below it again within
+# about limit / allowance windows.
+DRIFT_CAP = 2.0
+# The baseline a level is compared with follows it by this share per window (an exponential
+# memory of about 100 windows): a sensor that keeps moving away from where it just was is
+# drifting, while a steady level, whatever it is, is left to the envelope check. Runs of the
+# same process differ by small steady offsets, which a fixed training mean would add up.
+DRIFT_FOLLOW = 0.01
+# A sensor whose held-out tail sits this many standard deviations from the level of the rows
+# before it moved within training alone (a temperature still warming up): its training range
+# and level are no reference, so its envelope and drift checks are off.
+TREND_LIMIT = 1.0
+# The drift check watches quiet sensors: those whose level varies less from window to window
+# than their readings within a window (noise around a steady level). The level of any other
+# sensor follows the process, which is the model's to judge; a CUSUM on it would page on every
+# change of operating point.
+QUIET_RATIO = 1.0
+# Windows per chunk when fitting, bounding memory on long training runs.
+_FIT_CHUNK = 4096
+
+
+def reason(check: str, feature: str) -> str:
+    """The reason a window carries for a failed check: `<check>:<feature>`."""
+    return f"{check}:{feature}"
+
+
+def check_of(window_reason: str) -> str | None:
+    """The check named by a health reason (`stuck:flow` -> `stuck`); None for other reasons."""
+    check, sep, _ = window_reason.partition(":")
+    return check if sep and check in CHECKS else None
+
+
+def window_levels(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per window and sensor, the level (mean) and the spread (standard deviation) of raw
+    windows `[B, W, F]`, in float64. Training and scoring both call this on a contiguous copy,
+    so live and offline compute the same numbers bit for bit whatever the input's layout."""
+    values = np.ascontiguousarray(raw, dtype=np.float64)
+    return values.mean(axis=1), values.std(axis=1)
+
+
+@dataclass
+class HealthSpec:
+    """The fitted limits, one entry per feature in the bundle's order (stored in bundle.json)."""
+
+    envelope_low: np.ndarray  # float64 [F]: values below are out of envelope (exempt: -float64 max)
+    envelope_high: np.ndarray  # float64 [F]: values above are out of envelope (exempt: float64 max)
+    stuck_below: np.ndarray  # float64 [F]: a window spread below it is stuck; 0 = exempt
+    level_mean: np.ndarray  # float64 [F]: the mean of the rows fitted on
+    level_std: np.ndarray  # float64 [F]: their standard deviation, floored, > 0
+    drift_k: np.ndarray  # float64 [F]: the CUSUM allowance, in level standard deviations
+    drift_limit: np.ndarray  # float64 [F]: the CUSUM alarm limit; 0 = exempt
+
+    FIELDS = ("envelope_low", "envelope_high", "stuck_below", "level_mean", "level_std", "drift_k", "drift_limit")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: [float(v) for v in getattr(self, name)] for name in self.FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: Any, n_features: int) -> HealthSpec:
+        """Validate on load (bundle.json is edited by hand); errors name the key."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.FIELDS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(cls.FIELDS)})")
+        arrays = {}
+        for name in cls.FIELDS:
+            value = data.get(name)
+            if (not isinstance(value, list) or len(value) != n_features
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                               for v in value)):
+                raise ValueError(f"{name!r} must be {n_features} finite numbers")
+            arrays[name] = np.asarray(value, dtype=np.float64)
+        if (arrays["envelope_low"] > arrays["envelope_high"]).any():
+            raise ValueError("'envelope_low' must not exceed 'envelope_high'")
+        for name, ok, why in (("stuck_below", arrays["stuck_below"] >= 0, ">= 0"),
+                              ("level_std", arrays["level_std"] > 0, "> 0"),
+                              ("drift_k", arrays["drift_k"] >= 0, ">= 0"),
+                              ("drift_limit", arrays["drift_limit"] >= 0, ">= 0")):
+            if not ok.all():
+                raise ValueError(f"{name!r} must be {why}")
+        return cls(**arrays)
+
+
+class HealthState:
+    """One device's (or one offline file's) memory for the drift check: the upward and downward
+    CUSUM sums per sensor. Bound to the spec it was built for: a state met with another spec
+    (a reloaded bundle) starts again from zero. Plain Python floats: for a handful of sensors a
+    scalar loop costs less than numpy's per-call overhead, and this runs once per window."""
+
+    __slots__ = ("spec", "base", "up", "down")
+
+    def __init__(self, spec: HealthSpec | None = None) -> None:
+        self._reset(spec)
+
+    def _reset(self, spec: HealthSpec | None) -> None:
+        self.spec = spec
+        n = 0 if spec is None else len(spec.level_mean)
+        self.base: list[float] | None = None  # the slow baseline of each level; None before the first window
+        self.up = [0.0] * n
+        self.down = [0.0] * n
+
+    def step(self, spec: HealthSpec, z: list[float], limits: list[float], allowances: list[float]) -> int:
+        """Advance by one window's standardised levels `z`; `limits` and `allowances` are
+        `spec.drift_limit` and `spec.drift_k` as lists. Returns the first drifting sensor's index, -1 for none. A non-finite level (an
+        unscorable reading) leaves that sensor's memory as it is; an exempt sensor (limit 0)
+        keeps zero sums."""
+        if spec is not self.spec:
+            self._reset(spec)
+        if self.base is None:
+            self.base = [level if math.isfinite(level) else 0.0 for level in z]
+        base, up, down, first = self.base, self.up, self.down, -1
+        for f, (level, limit, k) in enumerate(zip(z, limits, allowances)):
+            if limit <= 0.0 or not math.isfinite(level):
+                continue
+            cap = DRIFT_CAP * limit
+            gap = level - base[f]
+            base[f] += DRIFT_FOLLOW * gap
+            # A move counts as drifting away only on the far side of the training level; a
+            # level coming back towards it (a fault ending) is no evidence of drift.
+            rise = gap if level > k or gap < 0.0 else 0.0
+            fall = -gap if level < -k or gap > 0.0 else 0.0
+            u = up[f] + rise - k
+            d = down[f] + fall - k
+            up[f] = u = 0.0 if u < 0.0 else cap if u > cap else u
+            down[f] = d = 0.0 if d < 0.0 else cap if d > cap else d
+            if first < 0 and (u > limit or d > limit):
+                first = f
+        return first
+
+
+def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
+                  states: Sequence[HealthState]) -> list[str] | None:
+    """Health reasons for raw windows `[B, W, F]` ("" for a healthy window), None when every
+    window is healthy. `states[i]` is the memory of window i's device; windows of one device
+    must come in time order (the drift sums advance once per window)."""
+    if len(states) != len(raw):
+        raise ValueError(f"check_windows: {len(raw)} windows but {len(states)} health states")
+    level, spread = window_levels(raw)
+    with np.errstate(invalid="ignore"):  # NaN readings fail no comparison: unscorable, not unhealthy
+        outside = (raw > spec.envelope_high) | (raw < spec.envelope_low)
+        # The reduction over the window is the costly part; the usual batch has nothing outside.
+        outside = outside.any(axis=1) if outside.any() else np.zeros(level.shape, dtype=bool)
+        stuck = spread < spec.stuck_below
+        z = ((level - spec.level_mean) / spec.level_std).tolist()
+    limits, allowances = spec.drift_limit.tolist(), spec.drift_k.tolist()
+    drifting = [state.step(spec, z_i, limits, allowances) for state, z_i in zip(states, z)]
+    outside_any, stuck_any = outside.any(axis=1), stuck.any(axis=1)
+    if not (outside_any.any() or stuck_any.any() or max(drifting, default=-1) >= 0):
+        return None
+    reasons = [""] * len(raw)
+    for i in np.flatnonzero(outside_any):
+        reasons[i] = reason(OUT_OF_ENVELOPE, features[int(np.argmax(outside[i]))])
+    for i in np.flatnonzero(stuck_any & ~outside_any):
+        reasons[i] = reason(STUCK, features[int(np.argmax(stuck[i]))])
+    for i, f in enumerate(drifting):
+        if f >= 0 and not reasons[i]:
+            reasons[i] = reason(DRIFT, features[f])
+    return reasons
+
+
+def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], window: int, stride: int,
+               scale_floor: float = 0.0) -> HealthSpec:
+    """Fit the checks on normal runs `[n, F]`: `fitted`, the runs the model was fitted on, and
+    `held_out`, the validation tails it was not. Envelope and stuck limits come from every row;
+    the level statistics from the fitted runs; the drift allowance and limit from what the
+    CUSUM meets over every run, each from a fresh state, so they include how far the level
+    moves on rows the statistics did not see. `scale_floor` is the training's (see
+    daemon.offline.training.floor_scale): a sensor's standard deviation counts as at least
+    that fraction of its mean level, so a sensor that barely moved in training is not held to
+    a change of a few hundredths of a degree."""
+    runs = [*fitted, *held_out]
+    rows = np.concatenate(runs).astype(np.float64)
+    low, high = rows.min(axis=0), rows.max(axis=0)
+    per_run = [_levels(run, window, stride) for run in runs if len(run) >= window]
+    if not per_run:
+        raise ValueError(f"sensor health: no normal run is one window ({window} rows) long")
+    levels = np.concatenate([run_levels for run_levels, _ in per_run])
+    spreads = np.concatenate([run_spreads for _, run_spreads in per_run])
+    typical = STUCK_FRACTION * np.median(spreads, axis=0)
+    stuck_below = np.where(spreads.min(axis=0) > typical, typical, 0.0)
+    fitted_rows = np.concatenate(fitted).astype(np.float64)
+    level_mean = fitted_rows.mean(axis=0)
+    level_std = np.maximum(fitted_rows.std(axis=0), scale_floor * np.abs(level_mean))
+    steady = level_std > 1e-12 * np.maximum(1.0, np.abs(level_mean))  # a constant level cannot drift by chance
+    level_std = np.where(steady, level_std, 1.0)
+    quiet = levels.std(axis=0) <= QUIET_RATIO * np.median(spreads, axis=0)
+    margin = np.maximum(ENVELOPE_MARGIN * (high - low), ENVELOPE_MIN_STDS * np.where(steady, level_std, 0.0))
+    if held_out:
+        moved = np.abs(np.concatenate(held_out).astype(np.float64).mean(axis=0) - level_mean) / level_std
+        trending = moved > TREND_LIMIT
+        steady &= ~trending
+        low = np.where(trending, -_UNBOUNDED, low)
+        high = np.where(trending, _UNBOUNDED, high)
+        margin = np.where(trending, 0.0, margin)
+    exempt = np.where(steady & quiet, np.inf, 0.0)
+    spec = HealthSpec(low - margin, high + margin, stuck_below, level_mean, level_std, np.zeros(len(low)), exempt)
+    gaps = _largest_drift_terms(spec, runs, window, stride, gaps=True)
+    spec.drift_k = np.maximum(DRIFT_K, DRIFT_MARGIN * gaps)
+    sums = _largest_drift_terms(spec, runs, window, stride, gaps=False)
+    spec.drift_limit = np.where(steady & quiet, np.maximum(DRIFT_MARGIN * sums, DRIFT_MIN_LIMIT), 0.0)
+    return spec
+
+
+def _largest_drift_terms(spec: HealthSpec, runs: Sequence[np.ndarray], window: int, stride: int,
+                         gaps: bool) -> np.ndarray:
+    """Per sensor, the largest gap between a level and its baseline (`gaps`), or the largest
+    CUSUM sum, that `HealthState` meets over the runs, each run from a fresh state."""
+    limits, allowances = spec.drift_limit.tolist(), spec.drift_k.tolist()
+    largest = np.zeros(len(spec.level_mean))
+    for run in runs:
+        state = HealthState(spec)
+        for run_levels in _levels(run, window, stride, chunks=True):
+            terms = np.zeros((len(run_levels), 2, len(largest)))  # per window: (gap, 0) or (up, down)
+            for i, z in enumerate(((run_levels - spec.level_mean) / spec.level_std).tolist()):
+                before = state.base
+                before = list(before) if before is not None else list(z)
+                state.step(spec, z, limits, allowances)
+                terms[i] = (np.subtract(z, before), np.zeros(len(z))) if gaps else (state.up, state.down)
+            largest = np.maximum(largest, np.nanmax(np.abs(terms), axis=(0, 1)))
+    return largest
+
+
+def _levels(run: np.ndarray, window: int, stride: int, chunks: bool = False):
+    """`window_levels` of a run's windows, computed a chunk of windows at a time; with
+    `chunks`, an iterator over the chunks' levels instead of (levels, spreads) of the run."""
+    n_windows = 0 if len(run) < window else (len(run) - window) // stride + 1
+    parts = []
+    for first in range(0, n_windows, _FIT_CHUNK):
+        count = min(_FIT_CHUNK, n_windows - first)
+        rows = run[first * stride:(first + count - 1) * stride + window]
+        parts.append(window_levels(windows(rows, window, stride)))
+    if chunks:
+        return (level for level, _ in parts)
+    if not parts:
+        n = run.shape[1]
+        return np.empty((0, n)), np.empty((0, n))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -1,0 +1,238 @@
+"""Sensor-health checks beside the autoencoder (daemon.core.sensor_health): fitted on training
+data, stored in the bundle, run by the one scoring path offline and live alike."""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.core.bundle import load_bundle
+from daemon.core.errors import BundleError
+from daemon.core.postprocess import alert_flags
+from daemon.core.scoring import OUT_OF_RANGE, Scorer
+from daemon.core.sensor_health import (CHECKS, DRIFT, OUT_OF_ENVELOPE, STUCK, HealthSpec, HealthState, check_of,
+                                       check_windows, fit_health)
+from daemon.core.windowing import window_ends, windows
+from daemon.live.alerting import AlertTracker
+from daemon.live.events import WindowJob
+from daemon.live.sinks.line_protocol import decode, encode
+from daemon.offline import synthetic
+from daemon.offline.frame_scoring import score_frame
+from daemon.offline.frames import Frame
+from daemon.offline.training import TrainConfig, train
+from test_live_worker import FakeSink, counter, make_worker
+
+DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
+WINDOW = 20
+QUIET = "bearing_temperature"
+
+
+def fitted(values: np.ndarray) -> HealthSpec:
+    """The checks as training fits them: the first 80 % of the rows, the tail held out."""
+    cut = int(len(values) * 0.8)
+    return fit_health([values[:cut]], [values[cut:]], WINDOW, 1)
+
+
+def with_quiet_channel(data: synthetic.Synthetic, seed: int) -> np.ndarray:
+    """The generated pump plus a quiet sensor: a steady level with a little noise."""
+    quiet = 40.0 + 0.1 * np.random.default_rng(seed).normal(size=len(data.values))
+    return np.column_stack([data.values, quiet]).astype(np.float32)
+
+
+def reasons_of(spec: HealthSpec, features: list[str], values: np.ndarray) -> list[str]:
+    raw = windows(values, WINDOW, 1)
+    state = HealthState()
+    return check_windows(spec, features, raw, [state] * len(raw)) or [""] * len(raw)
+
+
+def quiet_vibration(values: np.ndarray, seed: int) -> np.ndarray:
+    """The generated pump with a quiet vibration sensor (noise around a steady level), so that
+    every check, drift included, watches one of the demo model's sensors."""
+    values = values.copy()
+    values[:, 0] = 0.026 + 0.0008 * np.random.default_rng(seed).normal(size=len(values))
+    return values
+
+
+def demo_with_health() -> Scorer:
+    """The shipped demo model with checks fitted on generated normal data."""
+    scorer = Scorer.load(DEMO)
+    health = fitted(quiet_vibration(synthetic.normal(6000, seed=0).values, seed=0))
+    return Scorer(dataclasses.replace(scorer.bundle, health=health), scorer.backend)
+
+
+def frame_of(values: np.ndarray, features: list[str]) -> Frame:
+    timestamps = 1_700_000_000.0 + np.arange(len(values), dtype=np.float64)
+    return Frame("test", timestamps, values.astype(np.float32), features, None)
+
+
+def test_a_normal_series_raises_no_health_flag():
+    features = [*synthetic.FEATURES, QUIET]
+    spec = fitted(with_quiet_channel(synthetic.normal(6000, seed=0), seed=0))
+    assert reasons_of(spec, features, with_quiet_channel(synthetic.normal(4000, seed=3), seed=3)) == [""] * 3981
+
+
+def test_a_stuck_sensor_is_flagged_stuck_with_its_name():
+    spec = fitted(synthetic.normal(6000, seed=0).values)
+    data = synthetic.inject(synthetic.normal(2000, seed=3), "stuck", 1000, 300)
+    reasons = reasons_of(spec, synthetic.FEATURES, data.values)
+    ends = window_ends(len(data.values), WINDOW, 1)
+    stuck = [r for end, r in zip(ends, reasons) if 1000 + WINDOW <= end < 1300]
+    assert stuck == ["stuck:flow"] * len(stuck) and len(stuck) == 300 - WINDOW
+    assert set(reasons[:1000 - WINDOW]) == {""}
+
+
+def test_a_slow_drift_on_a_quiet_channel_is_flagged_drift_before_it_leaves_the_envelope():
+    features = [*synthetic.FEATURES, QUIET]
+    spec = fitted(with_quiet_channel(synthetic.normal(6000, seed=0), seed=0))
+    values = with_quiet_channel(synthetic.normal(4000, seed=3), seed=3)
+    values[1000:, -1] += 0.005 * np.arange(3000)  # 0.05 noise standard deviations per reading
+    reasons = reasons_of(spec, features, values)
+    first = next(i for i, r in enumerate(reasons) if r)
+    assert reasons[first] == f"drift:{QUIET}"
+    assert first + WINDOW - 1 >= 1000
+    assert values[first + WINDOW - 1, -1] < spec.envelope_high[-1]  # the envelope alone would not yet see it
+
+
+def test_a_sensor_constant_or_quantised_in_training_is_exempt_from_the_stuck_check():
+    values = synthetic.normal(3000, seed=0).values.copy()
+    values[:, 1] = np.round(values[:, 1], 0)  # quantised: flat windows are its normal
+    values[:, 2] = 7.0  # constant
+    spec = fitted(values)
+    assert spec.stuck_below[1] == 0 and spec.stuck_below[2] == 0 and spec.stuck_below[0] > 0
+    assert spec.drift_limit[2] == 0  # a constant level has no spread to measure a drift in
+
+
+def test_every_health_reason_names_its_check_and_sensor():
+    assert [check_of(f"{c}:flow") for c in CHECKS] == [OUT_OF_ENVELOPE, STUCK, DRIFT]
+    assert check_of(OUT_OF_RANGE) is None and check_of("") is None
+
+
+def test_a_window_that_cannot_be_scored_keeps_its_unscorable_reason():
+    scorer = demo_with_health()
+    raw = synthetic.normal(WINDOW, seed=5).values[None].copy()
+    raw[0, :, 3] = raw[0, 0, 3]  # stuck flow ...
+    raw[0, -1, 2] = 3.4028234e38  # ... and a fault code
+    assert scorer.score_windows(raw, [HealthState()]).reasons == [OUT_OF_RANGE]
+    raw[0, -1, 2] = raw[0, -2, 2]
+    assert scorer.score_windows(raw, [HealthState()]).reasons == ["stuck:flow"]
+
+
+def test_health_flags_leave_the_autoencoder_score_untouched():
+    scorer = demo_with_health()
+    raw = synthetic.normal(WINDOW, seed=5).values[None].copy()
+    raw[0, :, 3] = raw[0, 0, 3]
+    with_health = scorer.score_windows(raw, [HealthState()])
+    without = scorer.score_windows(raw)
+    assert with_health.reasons == ["stuck:flow"] and without.reasons is None
+    np.testing.assert_array_equal(with_health.scores, without.scores)
+    np.testing.assert_array_equal(with_health.feature_errors, without.feature_errors)
+    assert with_health.flags(np.inf).tolist() == [True]
+
+
+def test_offline_scoring_and_the_live_worker_give_the_same_flags_and_reasons():
+    scorer = demo_with_health()
+    data = synthetic.inject(synthetic.normal(1500, seed=4), "stuck", 300, 150)
+    values = quiet_vibration(data.values, seed=4)
+    values[700:, 0] += 0.0002 * np.arange(800)  # vibration drifting away, then out of the envelope
+    frame = frame_of(values, synthetic.FEATURES)
+    offline = score_frame(scorer, frame)
+    offline_alerts = alert_flags(offline.flags(scorer.threshold).astype(np.int8), scorer.bundle.alert)
+    assert {check_of(r) for r in offline.reasons} == {None, STUCK, DRIFT, OUT_OF_ENVELOPE}
+
+    sink = FakeSink()
+    spec = scorer.bundle.alert
+    worker, queue, metrics = make_worker(scorer, sink, spec.enter_after, spec.leave_after, queue_size=5000,
+                                         max_wait_s=0)
+    for end in offline.ends:
+        queue.put(WindowJob("pump-3", float(frame.timestamps[end]), values[end - WINDOW + 1:end + 1].copy(), 1.0))
+    queue.put(WindowJob("pump-4", 1.0, values[:WINDOW].copy(), 1.0))  # another device: its own memory
+    worker.start()
+    events = sink.wait_for(len(offline.ends) + 1)
+    worker.stop()
+    live = [e for e in events if e.device == "pump-3"]
+    assert [e.reason for e in live] == offline.reasons
+    assert [e.anomaly for e in live] == offline.flags(scorer.threshold).tolist()
+    assert [e.alert for e in live] == offline_alerts.astype(bool).tolist()
+    assert [e.score for e in live] == offline.scores.tolist()
+    stuck = sum(check_of(r) == STUCK for r in offline.reasons)
+    assert counter(metrics, "anomalyd_sensor_health_flags_total", check=STUCK) == stuck
+    flagged = next(e for e in live if e.reason == "stuck:flow")
+    point = decode(encode(flagged))
+    assert point.tags["reason"] == "stuck:flow" and point.fields["anomaly"] == 1
+
+
+def test_a_device_keeps_its_health_memory_beside_its_alert_state_until_it_is_forgotten():
+    tracker = AlertTracker(3, 5)
+    first, other = tracker.health_states(["pump-3", "pump-4"])
+    assert tracker.health_states(["pump-3"]) == [first] and first is not other
+    tracker.forget("pump-3")
+    assert tracker.health_states(["pump-3"])[0] is not first
+
+
+def test_a_reloaded_bundle_starts_the_drift_memory_again():
+    values = quiet_vibration(synthetic.normal(3000, seed=0).values, seed=0)
+    old, new = fitted(values), fitted(values)
+    state = HealthState()
+    z = [5.0] * 5
+    state.step(old, z, old.drift_limit.tolist(), old.drift_k.tolist())
+    state.step(old, [10.0] * 5, old.drift_limit.tolist(), old.drift_k.tolist())
+    assert state.up[0] > 0
+    state.step(new, z, new.drift_limit.tolist(), new.drift_k.tolist())
+    assert state.spec is new and state.up == [0.0] * 5
+
+
+def test_an_old_bundle_without_health_loads_and_scores_with_the_checks_off(tmp_path):
+    directory = tmp_path / "old"
+    shutil.copytree(DEMO, directory)
+    data = json.loads((directory / "bundle.json").read_text())
+    del data["health"]
+    (directory / "bundle.json").write_text(json.dumps(data))
+    scorer = Scorer.load(directory)
+    assert scorer.bundle.health is None
+    raw = synthetic.normal(WINDOW, seed=5).values[None].copy()
+    raw[0, :, 3] = raw[0, 0, 3]
+    assert scorer.score_windows(raw, [HealthState()]).reasons is None
+    assert Scorer.load(DEMO).score_windows(raw, [HealthState()]).reasons == ["stuck:flow"]
+
+
+def test_health_is_written_to_and_read_back_from_bundle_json(tmp_path):
+    directory = tmp_path / "bundle"
+    shutil.copytree(DEMO, directory)
+    bundle = load_bundle(directory)
+    bundle.health = fitted(synthetic.normal(3000, seed=0).values)
+    bundle.write_json(directory)
+    loaded = load_bundle(directory).health
+    for name in HealthSpec.FIELDS:
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(bundle.health, name))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda h: h.update(stuck_below=[1.0]), "'stuck_below' must be 5 finite numbers"),
+    (lambda h: h.update(level_std=[0.0] * 5), "'level_std' must be > 0"),
+    (lambda h: h.update(envelope_low=[1e9] * 5), "'envelope_low' must not exceed 'envelope_high'"),
+    (lambda h: h.update(surprise=1), "unknown key(s) surprise"),
+])
+def test_a_broken_health_section_is_a_bundle_error_naming_the_field(tmp_path, edit, message):
+    directory = tmp_path / "bundle"
+    shutil.copytree(DEMO, directory)
+    bundle = load_bundle(directory)
+    bundle.health = fitted(synthetic.normal(3000, seed=0).values)
+    bundle.write_json(directory)
+    data = json.loads((directory / "bundle.json").read_text())
+    edit(data["health"])
+    (directory / "bundle.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="field 'health'") as error:
+        load_bundle(directory)
+    assert message in str(error.value)
+
+
+def test_training_fits_the_checks_into_the_bundle():
+    data = synthetic.normal(1200, seed=0)
+    frame = Frame("normal.csv", data.timestamps, data.values, list(synthetic.FEATURES), None)
+    health = train([frame], TrainConfig(epochs=1, arch="mlp")).bundle.health
+    assert health is not None and health.stuck_below.shape == (5,)
+    assert (health.envelope_low < data.values.min(axis=0)).all()
+    assert (health.envelope_high > data.values.max(axis=0)).all()
