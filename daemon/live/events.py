@@ -11,7 +11,11 @@ import numpy as np
 
 class Receipt(Protocol):
     """A source's claim on one window: settled once the sink has written or spooled the window,
-    or once a stage dropped it (counted), so the source may commit past its reading (Kafka)."""
+    or once a stage dropped it (counted), so the source may commit past its reading (Kafka).
+    `replay`: the window's readings were scored and stored before (a new owner refilling its
+    windows); it is scored for the alert state only, never written, and needs no settling."""
+
+    replay: bool
 
     def settle(self) -> None: ...
 

@@ -237,8 +237,12 @@ class Worker:
                   for job, score, errors, anomaly, (alert, _), reason in
                   zip(jobs, result.scores.tolist(), result.feature_errors.tolist(), flags, alerts, reasons)]
         if jobs[0].receipt is not None:  # a source that commits only what the sink holds (Kafka)
+            kept = []
             for event, job in zip(events, jobs):
                 event.receipt = job.receipt
+                if not job.receipt.replay:  # a replayed window only rebuilds the alert state
+                    kept.append(event)
+            events = kept
         if result.reasons is not None:
             self._count_unscorable(scorer, jobs, result.reasons)
         self._metrics.windows_scored.inc(len(jobs))

@@ -13,8 +13,13 @@ Group semantics that keep windows whole:
   the other devices' windows keep running; `group.instance.id` (static membership) lets a
   restarted instance get its partitions back without a rebalance.
 - On assignment each new partition is rewound by `replay_seconds` (`offsets_for_times`), so
-  its devices' windows are full again by the time its first unread record arrives. Records
-  below the committed offset are counted as replayed. Records older than the span are skipped
+  its devices' windows are full again by the time its first unread record arrives. With a
+  committed offset, the span ends at the last committed record's time, not at now: the
+  partition starts at that record, read only for its time, then seeks back (`_seek_back`).
+  A crashed member's partitions move only once its session expired, and the windows of the
+  records it had not committed need the readings before them. Records below the committed
+  offset are counted as replayed; their windows only rebuild the alert states (the previous
+  owner wrote them: their offsets were committed only once its sink held them). Records older than the span are skipped
   (counted) in case the broker's time lookup returns an earlier offset than asked for (Tansu
   answers 0).
 - On revocation (or loss) the partitions' devices are handed to `drop_devices`, which forgets
@@ -31,9 +36,9 @@ no window is committable once every earlier window of its partition is settled. 
 every `commit_interval_ms`, on revocation and at stop (after waiting up to `settle_seconds`
 for the windows in flight). After a crash the next owner starts at the committed offset, so it
 reads again every record whose window the sink may not hold, never skips one; the rewind
-before it refills the windows, as long as the committed offset is no older than the replay
-margin (commits lag by about `commit_interval_ms` plus the sink's write delay). Windows whose
-records are read again are written again, with the same series key and timestamp.
+before it refills the windows, reaching `replay_seconds` behind the time of the last committed
+record however long ago that was (`_seek_back`). The windows in flight at a move can thus be
+written by both owners, with the same series key and timestamp: InfluxDB keeps one.
 
 Everything (consume, rebalance callbacks, statistics, commits) runs on the consumer thread,
 which is the only thread that touches the pipeline, so the pipeline needs no locks.
@@ -72,9 +77,9 @@ TopicPartitionKey = tuple[str, int]
 
 
 def replay_span(window: int, sample_period: float, margin: float) -> float:
-    """Seconds to rewind a newly assigned partition: `window` samples refill a device's ring,
-    so its first window is complete again where the previous owner stopped; the margin covers
-    late and jittery readings."""
+    """Seconds to rewind a newly assigned partition behind its last committed record: `window`
+    samples refill a device's ring, so its first window is complete again where the previous
+    owner's commits stopped; the margin covers late and jittery readings."""
     return window * sample_period + margin
 
 
@@ -138,6 +143,7 @@ class _Claim:
     """A receipt (`daemon.live.events.Receipt`) for the window completed by the record at `offset`."""
 
     __slots__ = ("offset", "settled")
+    replay = False
 
     def __init__(self, offset: int) -> None:
         self.offset = offset
@@ -145,6 +151,18 @@ class _Claim:
 
     def settle(self) -> None:  # any thread; a bool store needs no lock
         self.settled = True
+
+
+class _Replayed:
+    """The receipt of a window completed by a replayed record: scored for the alert state only."""
+
+    replay = True
+
+    def settle(self) -> None:
+        pass
+
+
+_REPLAYED = _Replayed()
 
 
 class PartitionLedger:
@@ -212,9 +230,11 @@ class KafkaSource:
         self._assigned: set[TopicPartitionKey] = set()
         self._devices_of: defaultdict[TopicPartitionKey, set[str]] = defaultdict(set)
         self._rewinds: dict[TopicPartitionKey, _Rewind] = {}
+        self._unprobed: dict[TopicPartitionKey, int] = {}  # committed offset, until its record is read
         self._ledgers: dict[TopicPartitionKey, PartitionLedger] = {}  # of the assigned partitions
         self._ledger: PartitionLedger | None = None  # of the record being handed over (for _claim)
         self._offset = -1  # of the record being handed over
+        self._replaying = False  # the record being handed over is a replayed one
         self._committed: dict[TopicPartitionKey, int] = {}  # offsets committed (or being committed)
         self._connected = False
         self._joined = False
@@ -307,8 +327,12 @@ class KafkaSource:
             log.warning("stopping with %d windows not yet settled by the sink: their records are read again by "
                         "the next owner", left)
 
-    def _claim(self) -> _Claim:
-        """`claim` for the pipeline: the receipt of a window completed by the record being handed over."""
+    def _claim(self) -> _Claim | _Replayed:
+        """`claim` for the pipeline: the receipt of a window completed by the record being handed
+        over. A replayed record's window was written by the previous owner (its record is below
+        the committed offset): it rebuilds the alert state and is not written again."""
+        if self._replaying:
+            return _REPLAYED
         ledger = self._ledger
         return _Claim(self._offset) if ledger is None else ledger.claim(self._offset)
 
@@ -336,21 +360,27 @@ class KafkaSource:
         ledgers = self._ledgers
         claim = self._claim
         last: dict[TopicPartitionKey, int] = {}
+        seeked: set[TopicPartitionKey] = set()  # their records left in this batch come again after the seek
         replayed = skipped = 0
         for msg in messages:
             if msg.error() is not None:
                 self._message_error(msg)
                 continue
             tp = (msg.topic(), msg.partition())
+            if tp in seeked or (self._unprobed and tp in self._unprobed and self._seek_back(tp, msg)):
+                seeked.add(tp)
+                continue
             offset = msg.offset()
             last[tp] = offset
             try:
+                replaying = False
                 if rewinds and tp in rewinds:
                     step = self._replay_step(tp, offset, msg)
                     if step is _SKIP:
                         skipped += 1
                         continue
-                    replayed += step is _REPLAY
+                    replaying = step is _REPLAY
+                    replayed += replaying
                 value = msg.value()
                 if value is None:
                     self._reject("tombstone", "record at %s[%d]@%d has no value (tombstone)", *tp, offset)
@@ -365,7 +395,7 @@ class KafkaSource:
                                                                                                              value):
                     continue
                 devices_of[tp].add(device)
-                self._ledger, self._offset = ledgers.get(tp), offset
+                self._ledger, self._offset, self._replaying = ledgers.get(tp), offset, replaying
                 handler(topic, value, now, claim)
             except Exception as exc:  # a bug must cost one counted record, not the consumer thread
                 counts["internal_error"] += 1
@@ -379,6 +409,30 @@ class KafkaSource:
             self._metrics.kafka_replayed.inc(replayed)
         if skipped:
             self._metrics.kafka_replay_skipped.inc(skipped)
+
+    def _seek_back(self, tp: TopicPartitionKey, msg: Message) -> bool:
+        """The record before a newly assigned partition's committed offset, the last one its
+        previous owner committed: seek back to `replay_seconds` before its time, so the windows
+        of the records from the committed offset on are full again however long ago the
+        previous owner stopped (a crashed member's partitions move only once its session
+        expired). True: the partition was re-positioned, its other records in this batch come
+        again."""
+        stored = self._unprobed.pop(tp)
+        kind, ts = msg.timestamp()
+        last_ms = int(time.time() * 1000) if kind == TIMESTAMP_NOT_AVAILABLE else ts
+        not_before_ms = last_ms - int(self.replay_seconds * 1000)
+        try:
+            found = self._consumer.offsets_for_times([TopicPartition(*tp, not_before_ms)], timeout=OFFSETS_TIMEOUT_S)
+            start = found[0].offset if found[0].error is None else -1
+            if 0 <= start < stored:
+                self._consumer.seek(TopicPartition(*tp, start))
+                self._rewinds[tp] = _Rewind(stored, not_before_ms)
+            else:  # the broker knows no earlier record in the span: no replay
+                self._consumer.seek(TopicPartition(*tp, stored))
+        except KafkaException as exc:
+            log.error("cannot rewind %s[%d] (its devices' windows restart empty): %s", *tp, exc)
+            self._consumer.seek(TopicPartition(*tp, stored))
+        return True
 
     def _replay_step(self, tp: TopicPartitionKey, offset: int, msg: Message) -> str:
         """What a record of a partition being rewound is: replayed (read before, inside the
@@ -458,23 +512,25 @@ class KafkaSource:
             log.info("assigned %s; now consuming %d partitions", _names(partitions), len(self._assigned))
 
     def _rewind(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Set each partition's start offset `replay_seconds` back, or at its committed offset
-        if that is earlier (a group lagging behind: nothing unread is skipped)."""
+        """Start each partition with a committed offset at the record before it, read only for
+        its time: the replay reaches `replay_seconds` behind it (`_seek_back`). Start the others
+        `replay_seconds` before now."""
         not_before_ms = int((time.time() - self.replay_seconds) * 1000)
         committed = {(p.topic, p.partition): p.offset if p.error is None else -1
                      for p in consumer.committed(partitions, timeout=OFFSETS_TIMEOUT_S)}
-        asked = [TopicPartition(p.topic, p.partition, not_before_ms) for p in partitions]
+        fresh = [p for p in partitions if committed.get((p.topic, p.partition), -1) < 0]
+        asked = [TopicPartition(p.topic, p.partition, not_before_ms) for p in fresh]
         found = {(p.topic, p.partition): p.offset if p.error is None else -1
-                 for p in consumer.offsets_for_times(asked, timeout=OFFSETS_TIMEOUT_S)}
+                 for p in (consumer.offsets_for_times(asked, timeout=OFFSETS_TIMEOUT_S) if asked else [])}
         for p in partitions:
             tp = (p.topic, p.partition)
             stored, start = max(committed.get(tp, -1), -1), found.get(tp, -1)
             if stored >= 0:
                 self._ledgers[tp] = PartitionLedger(stored)
                 self._committed[tp] = stored
-                if 0 <= start < stored:
-                    p.offset = start
-                    self._rewinds[tp] = _Rewind(stored, not_before_ms)
+                if stored > 0:
+                    self._unprobed[tp] = stored
+                    p.offset = stored - 1
                 else:
                     p.offset = stored
             elif start >= 0 and self.settings.auto_offset_reset == "latest":
@@ -504,7 +560,7 @@ class KafkaSource:
         for p in partitions:
             tp = (p.topic, p.partition)
             devices |= self._devices_of.pop(tp, set())
-            for table in (self._ledgers, self._committed, self._rewinds):
+            for table in (self._ledgers, self._committed, self._rewinds, self._unprobed):
                 table.pop(tp, None)
             self._assigned.discard(tp)
             self._metrics.kafka_assigned_partitions.set(len(self._assigned))
