@@ -416,8 +416,12 @@ class KafkaSource:
         of the records from the committed offset on are full again however long ago the
         previous owner stopped (a crashed member's partitions move only once its session
         expired). True: the partition was re-positioned, its other records in this batch come
-        again."""
+        again; False: hand this record on as it is."""
         stored = self._unprobed.pop(tp)
+        if msg.offset() != stored - 1:  # that record is gone (retention, compaction): start unrewound
+            log.warning("cannot rewind %s[%d]: the record before its committed offset %d is gone; its devices' "
+                        "windows restart empty", *tp, stored)
+            return self._seek(tp, stored)
         kind, ts = msg.timestamp()
         last_ms = int(time.time() * 1000) if kind == TIMESTAMP_NOT_AVAILABLE else ts
         not_before_ms = last_ms - int(self.replay_seconds * 1000)
@@ -431,8 +435,19 @@ class KafkaSource:
                 self._consumer.seek(TopicPartition(*tp, stored))
         except KafkaException as exc:
             log.error("cannot rewind %s[%d] (its devices' windows restart empty): %s", *tp, exc)
-            self._consumer.seek(TopicPartition(*tp, stored))
+            return self._seek(tp, stored)
         return True
+
+    def _seek(self, tp: TopicPartitionKey, offset: int) -> bool:
+        """Position `tp` at `offset`. False if that fails too: the records are then handed on
+        from where they are (the one before the committed offset a second time: a duplicate,
+        never a gap)."""
+        try:
+            self._consumer.seek(TopicPartition(*tp, offset))
+            return True
+        except KafkaException as exc:
+            log.error("cannot seek %s[%d] to %d: %s", *tp, offset, exc)
+            return False
 
     def _replay_step(self, tp: TopicPartitionKey, offset: int, msg: Message) -> str:
         """What a record of a partition being rewound is: replayed (read before, inside the
