@@ -56,6 +56,7 @@ class Exposition:
 def exposition() -> Exposition:
     metrics = Metrics(CollectorRegistry())
     metrics.set_models([("m", "1", "mlp", "torch")])  # the info gauge has no sample until a model is set
+    metrics.kafka_consumer_lag.labels(topic="t", partition="0")  # no sample until a partition is consumed
     found = Exposition()
     for family in metrics.registry.collect():
         for sample in family.samples:

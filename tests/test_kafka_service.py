@@ -1,6 +1,6 @@
 """The service with `source: kafka` against a real Kafka-protocol broker (Tansu): records keyed by
-device are scored by the same routes, worker and sink as MQTT messages, and /healthz follows the
-consumer's subscription."""
+device are scored by the same routes, worker and sink as MQTT messages, /healthz follows the
+consumer's subscription, and offsets are committed once the sink has written the windows."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("confluent_kafka")
 
-from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from servers import wait_until  # noqa: E402
 
 from daemon.core.errors import ConfigError  # noqa: E402
@@ -67,6 +67,11 @@ def test_a_kafka_fed_service_scores_every_device_through_the_same_pipeline(tansu
         service.shutdown()
     points = read_points(tmp_path / "scores.lp")
     assert {p["device"] for p in points} == set(DEVICES)
+    # The file sink settled every window before the consumer left: every record is committed.
+    consumer = Consumer({"bootstrap.servers": tansu.bootstrap_servers, "group.id": "svc"})
+    committed = consumer.committed([TopicPartition("readings", p) for p in range(3)], 10)
+    consumer.close()
+    assert sum(max(p.offset, 0) for p in committed) == len(DEVICES) * ROWS + 1  # (-1001: a partition unused)
 
 
 def test_kafka_without_a_sample_period_or_replay_span_is_a_config_error(tmp_path):

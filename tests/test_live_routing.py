@@ -9,7 +9,7 @@ class Recorder:
         self.name = name
         self.topics: list[str] = []
 
-    def __call__(self, topic: str, payload: bytes, now: float) -> str:
+    def __call__(self, topic: str, payload: bytes, now: float, claim=None) -> str:
         self.topics.append(topic)
         return self.name
 

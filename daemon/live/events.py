@@ -4,8 +4,27 @@ unit-tested with hand-made values."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Protocol
 
 import numpy as np
+
+
+class Receipt(Protocol):
+    """A source's claim on one window: settled once the sink has written or spooled the window,
+    or once a stage dropped it (counted), so the source may commit past its reading (Kafka).
+    `replay`: the window's readings were scored and stored before (a new owner refilling its
+    windows); it is scored for the alert state only, never written, and needs no settling."""
+
+    replay: bool
+
+    def settle(self) -> None: ...
+
+
+def settle(receipts: Iterable[Receipt | None]) -> None:
+    """Settle every receipt given (None, from a source without receipts, is skipped)."""
+    for receipt in receipts:
+        if receipt is not None:
+            receipt.settle()
 
 
 @dataclass(slots=True)
@@ -17,6 +36,7 @@ class WindowJob:
     window: np.ndarray  # float32 [window, features], raw (unscaled)
     received: float  # arrival time of the last sample, for publish-to-sink latency
     route: str = ""  # which model scores it: a key of model.devices, "" for model.path
+    receipt: Receipt | None = None  # the Kafka source's claim on the window's last reading; None from MQTT
 
 
 @dataclass(slots=True)
@@ -33,3 +53,4 @@ class ScoreEvent:
     feature_errors: dict[str, float]  # feature name -> error, written as err_<feature>
     received: float  # arrival time of the last sample
     reason: str = ""  # why the window is anomalous whatever its score (unscorable or sensor health), or ""
+    receipt: Receipt | None = None  # the window's `WindowJob.receipt`, settled by the sink

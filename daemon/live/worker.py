@@ -9,7 +9,9 @@ GIL), the worker thread finishes the batch before it (errors, threshold, hystere
 line protocol in the sink) and prepares the next, so the worker's own Python overlaps the
 forward pass on a second core (bench/throughput.py measures the gain).
 
-The queue drops the OLDEST window when full (see `WindowQueue`).
+The queue drops the OLDEST window when full (see `WindowQueue`). A window's receipt (Kafka)
+goes with its event to the sink, which settles it; a window dropped on the way settles its
+receipt where it is dropped, so its source never waits for it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 
 from daemon.live.alerting import AlertTracker
 from daemon.live.bounded_queue import BoundedQueue
-from daemon.live.events import ScoreEvent, WindowJob
+from daemon.live.events import ScoreEvent, WindowJob, settle
 from daemon.live.sinks.base import Sink
 from daemon.live.telemetry.memory import release_free_memory
 from daemon.live.telemetry.metrics import Metrics
@@ -54,6 +56,7 @@ class WindowQueue(BoundedQueue[WindowJob]):
         self._ratelog = RateLimitedLog(log, interval=30.0)
 
     def _dropped(self, jobs: list[WindowJob]) -> None:
+        settle(job.receipt for job in jobs)
         self._drops.inc(len(jobs))
         self._ratelog.warning("queue_full", "window queue: dropped %d windows, oldest first (queue of %d full: "
                               "the model is not keeping up; or stopping without draining)", len(jobs), self.maxsize)
@@ -182,6 +185,7 @@ class Worker:
         """Check and scale one route's windows and submit its forward pass. A failure loses
         these windows (counted and logged, rate-limited), never the thread."""
         if slot is None:
+            settle(job.receipt for job in jobs)
             self._metrics.windows_dropped.labels(reason="model_mismatch").inc(len(jobs))
             self._errors.warning("route:" + route, "dropped %d windows of route %r, which no longer has a model",
                                  len(jobs), route)
@@ -190,6 +194,7 @@ class Worker:
         expected = (scorer.window, len(scorer.features))
         fitting = [job for job in jobs if job.window.shape == expected]
         if len(fitting) < len(jobs):
+            settle(job.receipt for job in jobs if job.window.shape != expected)
             self._metrics.windows_dropped.labels(reason="model_mismatch").inc(len(jobs) - len(fitting))
             self._errors.warning("shape", "dropped %d windows that do not fit model %s (%d x %d)",
                                  len(jobs) - len(fitting), scorer.bundle.name, *expected)
@@ -201,7 +206,7 @@ class Worker:
             health = slot.alerts.health_states([job.device for job in fitting])
             model_input = scorer.model_input(raw, health)
         except Exception as exc:
-            self._scoring_failed(len(fitting), exc)
+            self._scoring_failed(fitting, exc)
             return None
         return _InFlight(slot, fitting, model_input,
                          self._model_thread.submit(_timed, scorer.backend, model_input.values))
@@ -212,21 +217,23 @@ class Worker:
             reconstruction, seconds = batch.reconstruction.result()
             result = batch.slot.scorer.finish(batch.model_input, reconstruction)
         except Exception as exc:  # a model bug must not end the worker
-            self._scoring_failed(len(batch.jobs), exc)
+            self._scoring_failed(batch.jobs, exc)
             return
         self._metrics.inference_seconds.observe(seconds)
         events = self._events(batch.slot, batch.jobs, result)
         try:
             self._sink.submit(events)
         except Exception as exc:  # a sink bug likewise
+            settle(event.receipt for event in events)
             self._metrics.sink_points.labels(result="dropped").inc(len(events))
             self._errors.error("sink:" + type(exc).__name__, "sink rejected %d events, events lost: %s",
                                len(events), exc, exc_info=True)
 
-    def _scoring_failed(self, windows: int, exc: Exception) -> None:
-        self._metrics.windows_dropped.labels(reason="scoring_error").inc(windows)
+    def _scoring_failed(self, jobs: list[WindowJob], exc: Exception) -> None:
+        settle(job.receipt for job in jobs)
+        self._metrics.windows_dropped.labels(reason="scoring_error").inc(len(jobs))
         self._errors.error("score:" + type(exc).__name__, "scoring %d windows failed, windows lost: %s",
-                           windows, exc, exc_info=True)
+                           len(jobs), exc, exc_info=True)
 
     def _events(self, slot: ModelSlot, jobs: list[WindowJob], result: WindowScores) -> list[ScoreEvent]:
         scorer = slot.scorer
@@ -245,6 +252,13 @@ class Worker:
                   for job, score, errors, anomaly, (alert, _), reason, threshold in
                   zip(jobs, result.scores.tolist(), result.feature_errors.tolist(), flags, alerts, reasons,
                       thresholds)]
+        if jobs[0].receipt is not None:  # a source that commits only what the sink holds (Kafka)
+            kept = []
+            for event, job in zip(events, jobs):
+                event.receipt = job.receipt
+                if not job.receipt.replay:  # a replayed window only rebuilds the alert state
+                    kept.append(event)
+            events = kept
         if result.reasons is not None:
             self._count_reasons(scorer, jobs, result.reasons)
         self._metrics.windows_scored.inc(len(jobs))

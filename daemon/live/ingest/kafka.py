@@ -13,21 +13,32 @@ Group semantics that keep windows whole:
   the other devices' windows keep running; `group.instance.id` (static membership) lets a
   restarted instance get its partitions back without a rebalance.
 - On assignment each new partition is rewound by `replay_seconds` (`offsets_for_times`), so
-  its devices' windows are full again by the time its first unread record arrives. Records
-  below the committed offset are counted as replayed. Records older than the span are skipped
+  its devices' windows are full again by the time its first unread record arrives. With a
+  committed offset, the span ends at the last committed record's time, not at now: the
+  partition starts at that record, read only for its time, then seeks back (`_seek_back`).
+  A crashed member's partitions move only once its session expired, and the windows of the
+  records it had not committed need the readings before them. Records below the committed
+  offset are counted as replayed; their windows only rebuild the alert states (the previous
+  owner wrote them: their offsets were committed only once its sink held them). Records older than the span are skipped
   (counted) in case the broker's time lookup returns an earlier offset than asked for (Tansu
   answers 0).
 - On revocation (or loss) the partitions' devices are handed to `drop_devices`, which forgets
   their buffers and alert states: another instance scores them from now on.
 
-Offsets: auto-commit is off. After each batch the next offset of every partition is recorded
-as handed to the pipeline (`_handed`); those are committed every `commit_interval_ms`, on
-revocation and at stop. That is at-least-once up to the pipeline, not yet up to the sink: a
-crash between the commit and the sink's write loses the windows in flight. To close it, a
-window must carry its partition and the offset of its last reading, the sink must acknowledge
-windows once written or spooled, and `_committable` must return per partition the lowest
-offset of a window still in flight (the handed offset when none is): the rewind on
-assignment then puts every reading after the committed offset into a window again.
+Offsets, at-least-once up to the sink: auto-commit is off. Each window a record completes
+carries a receipt naming the record's offset (`PartitionLedger.claim`, through the pipeline's
+`claim`); the sink settles it once the window is written or spooled, and so does any stage that
+drops the window (a counted loss: holding the offset back would not bring the window back while
+the instance runs, and would make every restart re-read everything since). What a partition
+commits (`PartitionLedger.committable`) is the offset of its oldest window not yet settled, or,
+when none is in flight, the offset after the last record handed over: a record that completes
+no window is committable once every earlier window of its partition is settled. Commits run
+every `commit_interval_ms`, on revocation and at stop (after waiting up to `settle_seconds`
+for the windows in flight). After a crash the next owner starts at the committed offset, so it
+reads again every record whose window the sink may not hold, never skips one; the rewind
+before it refills the windows, reaching `replay_seconds` behind the time of the last committed
+record however long ago that was (`_seek_back`). The windows in flight at a move can thus be
+written by both owners, with the same series key and timestamp: InfluxDB keeps one.
 
 Everything (consume, rebalance callbacks, statistics, commits) runs on the consumer thread,
 which is the only thread that touches the pipeline, so the pipeline needs no locks.
@@ -39,7 +50,7 @@ import json
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -60,14 +71,15 @@ OFFSETS_TIMEOUT_S = 10.0  # committed() and offsets_for_times() on assignment
 STATS_INTERVAL_MS = 2000  # librdkafka statistics: consumer lag and broker state
 _KEY_CACHE = 16384  # record keys whose device and topic are remembered; emptied when full
 _NEW, _REPLAY, _SKIP = "new", "replay", "skip"  # what a record of a partition being rewound is
+SETTLE_SECONDS = 10.0  # at stop: longest wait for windows in flight before the last commit
 
 TopicPartitionKey = tuple[str, int]
 
 
 def replay_span(window: int, sample_period: float, margin: float) -> float:
-    """Seconds to rewind a newly assigned partition: `window` samples refill a device's ring,
-    so its first window is complete again where the previous owner stopped; the margin covers
-    late and jittery readings."""
+    """Seconds to rewind a newly assigned partition behind its last committed record: `window`
+    samples refill a device's ring, so its first window is complete again where the previous
+    owner's commits stopped; the margin covers late and jittery readings."""
     return window * sample_period + margin
 
 
@@ -127,6 +139,60 @@ class _LibrdkafkaLog:
         self._limited.log(level, "librdkafka:" + facility, msg, facility, *args)
 
 
+class _Claim:
+    """A receipt (`daemon.live.events.Receipt`) for the window completed by the record at `offset`."""
+
+    __slots__ = ("offset", "settled")
+    replay = False
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.settled = False
+
+    def settle(self) -> None:  # any thread; a bool store needs no lock
+        self.settled = True
+
+
+class _Replayed:
+    """The receipt of a window completed by a replayed record: scored for the alert state only."""
+
+    replay = True
+
+    def settle(self) -> None:
+        pass
+
+
+_REPLAYED = _Replayed()
+
+
+class PartitionLedger:
+    """What one assigned partition may commit (module docstring: the rule). `claim` and
+    `committable` run on the consumer thread; a claim's `settle` on any thread."""
+
+    def __init__(self, handed: int = -1) -> None:
+        self.handed = handed  # the offset after the last record handed to the pipeline (-1: none yet)
+        self._open: deque[_Claim] = deque()  # windows not known to be settled, in offset order
+
+    def claim(self, offset: int) -> _Claim:
+        """The receipt of a window completed by the record at `offset` (records are handed in
+        offset order, so claims are too)."""
+        claim = _Claim(offset)
+        self._open.append(claim)
+        return claim
+
+    def committable(self) -> int:
+        """The offset of the oldest window not settled, else `handed`."""
+        open_ = self._open
+        while open_ and open_[0].settled:
+            open_.popleft()
+        return open_[0].offset if open_ else self.handed
+
+    @property
+    def in_flight(self) -> int:
+        """Windows claimed and not settled (any thread)."""
+        return sum(not claim.settled for claim in list(self._open))
+
+
 @dataclass(slots=True)
 class _Rewind:
     """A partition being re-read after assignment."""
@@ -142,11 +208,13 @@ class KafkaSource:
 
     def __init__(self, settings: KafkaConfig, handler: MessageHandler, metrics: Metrics, *,
                  topic_of: Callable[[str], str], replay_seconds: float, max_payload_bytes: int,
-                 drop_devices: Callable[[set[str]], object]) -> None:
+                 drop_devices: Callable[[set[str]], object], settle_seconds: float = SETTLE_SECONDS) -> None:
         """`topic_of(device)` makes a topic the pipeline's topic rule maps back to `device`;
-        `drop_devices(devices)` forgets the state of devices whose partitions moved away."""
+        `drop_devices(devices)` forgets the state of devices whose partitions moved away;
+        `settle_seconds` bounds the wait at stop for windows the sink has not settled."""
         self.settings = settings
         self.replay_seconds = replay_seconds
+        self.settle_seconds = settle_seconds
         self._handler = handler
         self._metrics = metrics
         self._topic_of = topic_of
@@ -162,7 +230,11 @@ class KafkaSource:
         self._assigned: set[TopicPartitionKey] = set()
         self._devices_of: defaultdict[TopicPartitionKey, set[str]] = defaultdict(set)
         self._rewinds: dict[TopicPartitionKey, _Rewind] = {}
-        self._handed: dict[TopicPartitionKey, int] = {}  # next offset after the last record handed over
+        self._unprobed: dict[TopicPartitionKey, int] = {}  # committed offset, until its record is read
+        self._ledgers: dict[TopicPartitionKey, PartitionLedger] = {}  # of the assigned partitions
+        self._ledger: PartitionLedger | None = None  # of the record being handed over (for _claim)
+        self._offset = -1  # of the record being handed over
+        self._replaying = False  # the record being handed over is a replayed one
         self._committed: dict[TopicPartitionKey, int] = {}  # offsets committed (or being committed)
         self._connected = False
         self._joined = False
@@ -203,8 +275,15 @@ class KafkaSource:
         self._thread = threading.Thread(target=self._run, name="kafka-consumer", daemon=True)
         self._thread.start()
 
+    @property
+    def in_flight(self) -> int:
+        """Windows handed on and not yet settled (written, spooled or dropped)."""
+        return sum(ledger.in_flight for ledger in list(self._ledgers.values()))
+
     def stop(self, timeout: float = 30.0) -> None:
-        """Commit what was handed to the pipeline, leave the group and end the thread."""
+        """Stop consuming, wait up to `settle_seconds` for the windows in flight, commit what is
+        settled, leave the group and end the thread. The pipeline's downstream (worker, sink)
+        must still run meanwhile."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -234,10 +313,28 @@ class KafkaSource:
                     next_commit = time.monotonic() + commit_every
                     self._commit(self._assigned, asynchronous=True)
         finally:
+            self._await_settled()
             self._commit(self._assigned, asynchronous=False)
             consumer.close()  # revokes (and commits) what is left, leaves the group unless static
             self._connected = False
             self._metrics.kafka_connected.set(0)
+
+    def _await_settled(self) -> None:
+        deadline = time.monotonic() + self.settle_seconds
+        while (left := self.in_flight) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if left:
+            log.warning("stopping with %d windows not yet settled by the sink: their records are read again by "
+                        "the next owner", left)
+
+    def _claim(self) -> _Claim | _Replayed:
+        """`claim` for the pipeline: the receipt of a window completed by the record being handed
+        over. A replayed record's window was written by the previous owner (its record is below
+        the committed offset): it rebuilds the alert state and is not written again."""
+        if self._replaying:
+            return _REPLAYED
+        ledger = self._ledger
+        return _Claim(self._offset) if ledger is None else ledger.claim(self._offset)
 
     def _guard(self, callback: Callable[..., None]) -> Callable[..., None]:
         """`callback` for librdkafka: an exception escaping it would surface from consume() and
@@ -260,22 +357,30 @@ class KafkaSource:
         keys = self._keys
         devices_of = self._devices_of
         rewinds = self._rewinds
+        ledgers = self._ledgers
+        claim = self._claim
         last: dict[TopicPartitionKey, int] = {}
+        seeked: set[TopicPartitionKey] = set()  # their records left in this batch come again after the seek
         replayed = skipped = 0
         for msg in messages:
             if msg.error() is not None:
                 self._message_error(msg)
                 continue
             tp = (msg.topic(), msg.partition())
+            if tp in seeked or (self._unprobed and tp in self._unprobed and self._seek_back(tp, msg)):
+                seeked.add(tp)
+                continue
             offset = msg.offset()
             last[tp] = offset
             try:
+                replaying = False
                 if rewinds and tp in rewinds:
                     step = self._replay_step(tp, offset, msg)
                     if step is _SKIP:
                         skipped += 1
                         continue
-                    replayed += step is _REPLAY
+                    replaying = step is _REPLAY
+                    replayed += replaying
                 value = msg.value()
                 if value is None:
                     self._reject("tombstone", "record at %s[%d]@%d has no value (tombstone)", *tp, offset)
@@ -290,17 +395,59 @@ class KafkaSource:
                                                                                                              value):
                     continue
                 devices_of[tp].add(device)
-                handler(topic, value, now)
+                self._ledger, self._offset, self._replaying = ledgers.get(tp), offset, replaying
+                handler(topic, value, now, claim)
             except Exception as exc:  # a bug must cost one counted record, not the consumer thread
                 counts["internal_error"] += 1
                 self._log.error("internal:record", "bug handling a kafka record: %r", exc, exc_info=True)
+        self._ledger = None
         for tp, offset in last.items():
-            if tp in self._assigned and offset + 1 > self._handed.get(tp, -1):
-                self._handed[tp] = offset + 1
+            ledger = ledgers.get(tp)
+            if ledger is not None and offset + 1 > ledger.handed:
+                ledger.handed = offset + 1
         if replayed:
             self._metrics.kafka_replayed.inc(replayed)
         if skipped:
             self._metrics.kafka_replay_skipped.inc(skipped)
+
+    def _seek_back(self, tp: TopicPartitionKey, msg: Message) -> bool:
+        """The record before a newly assigned partition's committed offset, the last one its
+        previous owner committed: seek back to `replay_seconds` before its time, so the windows
+        of the records from the committed offset on are full again however long ago the
+        previous owner stopped (a crashed member's partitions move only once its session
+        expired). True: the partition was re-positioned, its other records in this batch come
+        again; False: hand this record on as it is."""
+        stored = self._unprobed.pop(tp)
+        if msg.offset() != stored - 1:  # that record is gone (retention, compaction): start unrewound
+            log.warning("cannot rewind %s[%d]: the record before its committed offset %d is gone; its devices' "
+                        "windows restart empty", *tp, stored)
+            return self._seek(tp, stored)
+        kind, ts = msg.timestamp()
+        last_ms = int(time.time() * 1000) if kind == TIMESTAMP_NOT_AVAILABLE else ts
+        not_before_ms = last_ms - int(self.replay_seconds * 1000)
+        try:
+            found = self._consumer.offsets_for_times([TopicPartition(*tp, not_before_ms)], timeout=OFFSETS_TIMEOUT_S)
+            start = found[0].offset if found[0].error is None else -1
+            if 0 <= start < stored:
+                self._consumer.seek(TopicPartition(*tp, start))
+                self._rewinds[tp] = _Rewind(stored, not_before_ms)
+            else:  # the broker knows no earlier record in the span: no replay
+                self._consumer.seek(TopicPartition(*tp, stored))
+        except KafkaException as exc:
+            log.error("cannot rewind %s[%d] (its devices' windows restart empty): %s", *tp, exc)
+            return self._seek(tp, stored)
+        return True
+
+    def _seek(self, tp: TopicPartitionKey, offset: int) -> bool:
+        """Position `tp` at `offset`. False if that fails too: the records are then handed on
+        from where they are (the one before the committed offset a second time: a duplicate,
+        never a gap)."""
+        try:
+            self._consumer.seek(TopicPartition(*tp, offset))
+            return True
+        except KafkaException as exc:
+            log.error("cannot seek %s[%d] to %d: %s", *tp, offset, exc)
+            return False
 
     def _replay_step(self, tp: TopicPartitionKey, offset: int, msg: Message) -> str:
         """What a record of a partition being rewound is: replayed (read before, inside the
@@ -371,6 +518,8 @@ class KafkaSource:
             log.error("cannot rewind %s (their devices' windows restart empty): %s", _names(partitions), exc)
             for p in partitions:
                 p.offset = OFFSET_INVALID
+        for p in partitions:
+            self._ledgers.setdefault((p.topic, p.partition), PartitionLedger())
         consumer.incremental_assign(partitions)
         self._assigned.update((p.topic, p.partition) for p in partitions)
         self._metrics.kafka_assigned_partitions.set(len(self._assigned))
@@ -378,22 +527,25 @@ class KafkaSource:
             log.info("assigned %s; now consuming %d partitions", _names(partitions), len(self._assigned))
 
     def _rewind(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Set each partition's start offset `replay_seconds` back, or at its committed offset
-        if that is earlier (a group lagging behind: nothing unread is skipped)."""
+        """Start each partition with a committed offset at the record before it, read only for
+        its time: the replay reaches `replay_seconds` behind it (`_seek_back`). Start the others
+        `replay_seconds` before now."""
         not_before_ms = int((time.time() - self.replay_seconds) * 1000)
         committed = {(p.topic, p.partition): p.offset if p.error is None else -1
                      for p in consumer.committed(partitions, timeout=OFFSETS_TIMEOUT_S)}
-        asked = [TopicPartition(p.topic, p.partition, not_before_ms) for p in partitions]
+        fresh = [p for p in partitions if committed.get((p.topic, p.partition), -1) < 0]
+        asked = [TopicPartition(p.topic, p.partition, not_before_ms) for p in fresh]
         found = {(p.topic, p.partition): p.offset if p.error is None else -1
-                 for p in consumer.offsets_for_times(asked, timeout=OFFSETS_TIMEOUT_S)}
+                 for p in (consumer.offsets_for_times(asked, timeout=OFFSETS_TIMEOUT_S) if asked else [])}
         for p in partitions:
             tp = (p.topic, p.partition)
             stored, start = max(committed.get(tp, -1), -1), found.get(tp, -1)
             if stored >= 0:
-                self._handed[tp] = self._committed[tp] = stored
-                if 0 <= start < stored:
-                    p.offset = start
-                    self._rewinds[tp] = _Rewind(stored, not_before_ms)
+                self._ledgers[tp] = PartitionLedger(stored)
+                self._committed[tp] = stored
+                if stored > 0:
+                    self._unprobed[tp] = stored
+                    p.offset = stored - 1
                 else:
                     p.offset = stored
             elif start >= 0 and self.settings.auto_offset_reset == "latest":
@@ -423,7 +575,7 @@ class KafkaSource:
         for p in partitions:
             tp = (p.topic, p.partition)
             devices |= self._devices_of.pop(tp, set())
-            for table in (self._handed, self._committed, self._rewinds):
+            for table in (self._ledgers, self._committed, self._rewinds, self._unprobed):
                 table.pop(tp, None)
             self._assigned.discard(tp)
             self._metrics.kafka_assigned_partitions.set(len(self._assigned))
@@ -439,10 +591,14 @@ class KafkaSource:
     # ---- offsets ------------------------------------------------------------------------------
 
     def _committable(self, partitions: Iterable[TopicPartitionKey]) -> list[TopicPartition]:
-        """Offsets that may be committed: every record below them was handed to the pipeline.
-        (The sink-acknowledged variant is described in the module docstring.)"""
-        return [TopicPartition(topic, partition, offset) for topic, partition in partitions
-                if (offset := self._handed.get((topic, partition), -1)) > self._committed.get((topic, partition), -1)]
+        """Offsets that may be committed and move a partition forward (module docstring: the rule)."""
+        offsets = []
+        for tp in partitions:
+            ledger = self._ledgers.get(tp)
+            offset = -1 if ledger is None else ledger.committable()
+            if offset > self._committed.get(tp, -1):
+                offsets.append(TopicPartition(*tp, offset))
+        return offsets
 
     def _commit(self, partitions: Iterable[TopicPartitionKey], asynchronous: bool) -> None:
         offsets = self._committable(partitions)

@@ -6,6 +6,10 @@ The address is the string that carries the device id (for MQTT, the topic); the 
 topic rules say where in it the id sits. Nothing here knows which source delivered the
 message, so every source shares one pipeline, one set of rules and one set of counters.
 
+A source that must know when a window is safely stored (Kafka, which commits offsets only
+then) also passes `claim`: called once for each window the message completes, it returns the
+source's `Receipt`, which travels with the window to the sink (`daemon.live.events`).
+
 The handler runs on the source's network thread, which must never block: the window queue
 drops its oldest window instead of waiting, and each message ends in exactly one counted
 result (`anomalyd_messages_total{result}`).
@@ -16,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Protocol
 
-from daemon.live.events import WindowJob
+from daemon.live.events import Receipt, WindowJob
 from daemon.live.ingest.buffers import DeviceBuffers
 from daemon.live.ingest.payload import PayloadParser, Rejected
 from daemon.live.telemetry.metrics import MessageCounts
@@ -24,8 +28,14 @@ from daemon.live.telemetry.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
-# (address, payload, arrival time in epoch seconds) -> result; the result is informational.
-MessageHandler = Callable[[str, bytes, float], object]
+Claim = Callable[[], Receipt]
+
+
+class MessageHandler(Protocol):
+    """(address, payload, arrival time in epoch seconds[, claim]) -> result; the result is
+    informational."""
+
+    def __call__(self, topic: str, payload: bytes, received: float, claim: Claim | None = None) -> object: ...
 
 
 class Source(Protocol):
@@ -64,8 +74,9 @@ class MessagePipeline:
         self._rejects = RateLimitedLog(log)
         self.last_ok: float | None = None  # arrival time of the last accepted reading
 
-    def __call__(self, topic: str, payload: bytes, received: float) -> str:
-        """Handle one message; returns its result label."""
+    def __call__(self, topic: str, payload: bytes, received: float, claim: Claim | None = None) -> str:
+        """Handle one message; returns its result label. `claim()` gives the receipt of the
+        window the message completes, if any."""
         parsed = self._parse(topic, payload, received)
         if type(parsed) is Rejected:
             return self._reject(parsed)
@@ -74,6 +85,8 @@ class MessagePipeline:
         if job is not None:
             if type(job) is Rejected:
                 return self._reject(job)
+            if claim is not None:
+                job.receipt = claim()
             self._enqueue(job)
         self._counts["ok"] += 1
         self.last_ok = received

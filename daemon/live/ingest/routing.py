@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Sequence
 
 from daemon.live.ingest.payload import PayloadParser, Rejected
-from daemon.live.ingest.pipeline import MessageHandler
+from daemon.live.ingest.pipeline import Claim, MessageHandler
 from daemon.live.ingest.topics import TopicMemory
 
 
@@ -32,11 +32,11 @@ class DeviceRouter:
     def route_of(self, device: str) -> MessageHandler:
         return next((pipeline for pattern, pipeline in self._routes if fnmatchcase(device, pattern)), self._default)
 
-    def __call__(self, topic: str, payload: bytes, received: float) -> object:
+    def __call__(self, topic: str, payload: bytes, received: float, claim: Claim | None = None) -> object:
         pipeline = self._by_topic.get(topic)
         if pipeline is None:
             device = self._device_of(topic)
             if type(device) is Rejected:
-                return self._default(topic, payload, received)
+                return self._default(topic, payload, received, claim)
             pipeline = self._by_topic.remember(topic, self.route_of(device))
-        return pipeline(topic, payload, received)
+        return pipeline(topic, payload, received, claim)

@@ -8,6 +8,10 @@ health and the last error for /healthz, and `close` with a timeout. A sink plugs
 dropped, or moved to a spool), and optionally a `Backlog` of data it keeps outside the queue
 and retries on its own schedule (the InfluxDB sink's spool).
 
+Settlement: every queued item leaves through `write` or `on_drop`, exactly once; after either
+returns, `settled` gets the items, so a sink settles its events' receipts there (Kafka commits
+offsets only for windows the sink has written, spooled, or dropped and counted).
+
 Failures: `write` reports the destination's state with `record_success` / `record_failure`;
 an exception escaping `write` is a bug, so its batch goes to `on_drop` (nothing accepted is
 lost uncounted), the sink is marked unhealthy and the writer carries on after a pause.
@@ -65,20 +69,23 @@ class BufferedWriter(Generic[T]):
     `name` prefixes log lines ("file sink") and names the thread. `max_queued` bounds the
     queue in units of `size_of` (items by default); past it the oldest go to `on_drop`, which
     also gets the batch of a `write` that raised and whatever `close` could not flush in time.
-    `on_drop` runs on the submitting thread for overflow, on the writer thread otherwise."""
+    `on_drop` runs on the submitting thread for overflow, on the writer thread otherwise.
+    `settled(items)` follows every `write` and `on_drop`, on the same thread, even when they raise."""
 
     def __init__(self, name: str, write: Callable[[list[T]], None], on_drop: Callable[[list[T]], None], *,
                  max_queued: int, batch_size: int, max_wait_s: float, size_of: Callable[[T], int] | None = None,
-                 backlog: Backlog | None = None) -> None:
+                 backlog: Backlog | None = None, settled: Callable[[list[T]], None] | None = None) -> None:
         if batch_size < 1 or max_wait_s < 0:
             raise ValueError(f"{name}: batch_size must be >= 1 and max_wait_s >= 0, got {batch_size} and {max_wait_s}")
         self.name = name
         self._write = write
         self._on_drop = on_drop
+        self._settled = settled
         self._batch_size = batch_size
         self._max_wait_s = max_wait_s
         self._backlog = backlog
-        self._queue: BoundedQueue[T] = BoundedQueue(max_queued, on_drop, size_of)
+        self._queue: BoundedQueue[T] = BoundedQueue(max_queued, on_drop if settled is None
+                                                    else _followed_by(on_drop, settled), size_of)
         self._healthy = True
         self._last_error: str | None = None
         self._failures = 0  # consecutive failed attempts
@@ -172,3 +179,16 @@ class BufferedWriter(Generic[T]):
                 except Exception:
                     log.exception("%s: %d items lost: on_drop failed", self.name, len(batch))
             self._closing.wait(PAUSE_AFTER_BUG_S)
+        finally:
+            if batch and self._settled is not None:
+                self._settled(batch)
+
+
+def _followed_by(action: Callable[[list[T]], None], then: Callable[[list[T]], None]) -> Callable[[list[T]], None]:
+    """`action(items)`, then `then(items)` whether or not `action` raised."""
+    def both(items: list[T]) -> None:
+        try:
+            action(items)
+        finally:
+            then(items)
+    return both

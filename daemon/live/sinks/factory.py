@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from daemon.live.config import Config
-from daemon.live.events import ScoreEvent
+from daemon.live.events import ScoreEvent, settle
 from daemon.live.sinks.base import Sink
 from daemon.live.sinks.file import FileSink
 from daemon.live.sinks.influx import InfluxSink
@@ -22,7 +22,7 @@ class DiscardSink:
     healthy = True
 
     def submit(self, events: list[ScoreEvent]) -> None:
-        pass
+        settle(event.receipt for event in events)
 
     def status(self) -> dict[str, object]:
         return {"healthy": True, "sink": "none"}

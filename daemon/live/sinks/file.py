@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from daemon.live.events import ScoreEvent
+from daemon.live.events import ScoreEvent, settle
 from daemon.live.sinks.base import BufferedWriter
 from daemon.live.sinks.line_protocol import decode, encode_each
 from daemon.live.telemetry.metrics import Metrics
@@ -57,7 +57,7 @@ class FileSink:
         # batch_size = max_queue: one take gets every queued block (each holds at least one line).
         self._writer: BufferedWriter[_Block] = BufferedWriter(
             "file sink", self._append, self._drop, max_queued=max_queue, batch_size=max_queue, max_wait_s=0.0,
-            size_of=_lines)
+            size_of=_lines, settled=_settle_blocks)
 
     @property
     def healthy(self) -> bool:
@@ -74,6 +74,8 @@ class FileSink:
         lines = [line for line, _ in encode_each(events, self._ratelog, "file sink")]
         self._count(self._dropped, len(events) - len(lines))
         blocks = [_Block(events, ("\n".join(lines) + "\n").encode(), len(lines))] if lines else []
+        if not blocks:
+            settle(event.receipt for event in events)
         self._writer.submit(blocks)
 
     def close(self, timeout: float = 10.0) -> bool:
@@ -118,6 +120,10 @@ class FileSink:
 
 def _lines(block: _Block) -> int:
     return block.lines
+
+
+def _settle_blocks(blocks: list[_Block]) -> None:
+    settle(event.receipt for block in blocks for event in block.events)
 
 
 def read_points(path: str | os.PathLike[str]) -> list[dict[str, object]]:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 from daemon.live.config import InfluxdbConfig
-from daemon.live.events import ScoreEvent
+from daemon.live.events import Receipt, ScoreEvent, settle
 from daemon.live.sinks.base import Backlog, BufferedWriter
 from daemon.live.sinks.line_protocol import encode_each
 from daemon.live.sinks.spool import Spool
@@ -60,6 +60,13 @@ log = logging.getLogger(__name__)
 # 4xx answers that mean "fix the configuration" (token, org, bucket), not "bad data": the
 # points are kept in the spool so they survive until an operator fixes the config.
 CONFIG_STATUSES = (401, 403, 404)
+
+
+_Item = tuple[str, float, "Receipt | None"]  # what the writer queues: (line, arrival time, receipt)
+
+
+def _settle_items(items: list[_Item]) -> None:
+    settle(receipt for _, _, receipt in items)
 
 
 class _Outcome(enum.Enum):
@@ -113,9 +120,10 @@ class InfluxSink:
 
         self._backoff = backoff.initial_s
         self._retry_at = 0.0  # monotonic time before which the database is not tried again
-        self._writer: BufferedWriter[tuple[str, float]] = BufferedWriter(  # items: (line, arrival time)
+        self._writer: BufferedWriter[_Item] = BufferedWriter(
             "influx sink", self._deliver, self._spill, max_queued=self._max_queue, batch_size=settings.batch_size,
-            max_wait_s=settings.flush_interval_s, backlog=Backlog(self._retry_due_in, self._replay_one))
+            max_wait_s=settings.flush_interval_s, backlog=Backlog(self._retry_due_in, self._replay_one),
+            settled=_settle_items)
 
     # -- caller side ------------------------------------------------------------------------
 
@@ -144,13 +152,16 @@ class InfluxSink:
         self._spool.close()
         return True
 
-    def _encode_received(self, events: Iterable[ScoreEvent]) -> list[tuple[str, float]]:
-        """(line, arrival time) of the events that can be encoded; the others are counted as dropped."""
+    def _encode_received(self, events: Iterable[ScoreEvent]) -> list[_Item]:
+        """(line, arrival time, receipt) of the events that can be encoded; the others are
+        counted as dropped (and their receipts settled)."""
         events = list(events)
-        encoded = [(line, event.received) for line, event in encode_each(events, self._ratelog, "influx sink")]
-        if len(encoded) < len(events):
-            self._counts["dropped"].inc(len(events) - len(encoded))
-        return encoded
+        pairs = encode_each(events, self._ratelog, "influx sink")
+        if len(pairs) < len(events):
+            self._counts["dropped"].inc(len(events) - len(pairs))
+            kept = {id(event) for _, event in pairs}
+            settle(event.receipt for event in events if id(event) not in kept)
+        return [(line, event.received, event.receipt) for line, event in pairs]
 
     # -- writer thread ----------------------------------------------------------------------
 
@@ -158,27 +169,27 @@ class InfluxSink:
         """Seconds until the spool's next replay is due; None while the spool is empty."""
         return None if self._spool.empty else self._retry_at - time.monotonic()
 
-    def _deliver(self, encoded: list[tuple[str, float]]) -> None:
+    def _deliver(self, encoded: list[_Item]) -> None:
         """A live batch: to the database if nothing older waits and the back-off allows, else
         to the spool; its first failed attempt also sends it to the spool."""
-        lines = [line for line, _ in encoded]
+        lines = [line for line, _, _ in encoded]
         if not self._spool.empty or time.monotonic() < self._retry_at:
             self._to_spool(lines)
             return
         outcome = self._write(lines)
         if outcome is _Outcome.WRITTEN:
             now = time.time()
-            for _, received in encoded:
+            for _, received, _ in encoded:
                 self._metrics.publish_to_sink_seconds.observe(now - received)
         elif outcome is _Outcome.RETRY:
             self._to_spool(lines)
 
-    def _spill(self, encoded: list[tuple[str, float]]) -> None:
+    def _spill(self, encoded: list[_Item]) -> None:
         """Lines the writer cannot send from memory (the queue overflowed, its write failed
         unexpectedly, or `close` timed out) go to the spool, oldest first."""
         self._ratelog.warning("spill", "influx sink: %d points could not wait in memory (queue of %d full, or the "
                               "writer is stuck or stopped); spooled them", len(encoded), self._max_queue)
-        self._to_spool([line for line, _ in encoded])
+        self._to_spool([line for line, _, _ in encoded])
 
     def _replay_one(self) -> None:
         """Write the spool's oldest batch; ack it on success, keep it for the next try otherwise."""
