@@ -32,6 +32,7 @@ from daemon.core.scaling import Scaler
 from daemon.core.scoring import Scorer
 from daemon.core.thresholds import Threshold, calibrate
 from daemon.core.windowing import windows
+from daemon.live.staleness import REFERENCE_KEY, ScoreReference
 from daemon.offline.evaluation import segments
 from daemon.offline.frame_scoring import score_frames
 from daemon.offline.frames import Frame, median_sample_period
@@ -257,6 +258,8 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         "loss_validation": [round(v, 6) for _, v in history],
         "validation_score_mean": float(calib_scores.mean()),
         "validation_score_std": float(calib_scores.std()),
+        # what the live service compares recent scores with to see the model go stale
+        REFERENCE_KEY: ScoreReference.of_scores(calib_scores).to_dict(),
         "config": {k: v for k, v in vars(config).items() if k not in ("arch_params", "name", "version")},
         "seconds": round(time.time() - started, 2),
         "anomalyd_version": __version__,
