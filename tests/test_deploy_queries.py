@@ -22,6 +22,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from daemon.live.sinks.line_protocol import SCHEMA
+from daemon.live.staleness import ModelStaleness, StalenessTracker
 from daemon.live.telemetry.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -52,9 +53,16 @@ class Exposition:
         return name in self.series or name in SYNTHETIC_SERIES
 
 
+class OneModelScored(StalenessTracker):
+    """The staleness gauges have a series per model only once its windows are scored."""
+
+    def snapshot(self) -> list[ModelStaleness]:
+        return [ModelStaleness("m", 0.01, 0.01, 100, 0)]
+
+
 @pytest.fixture(scope="module")
 def exposition() -> Exposition:
-    metrics = Metrics(CollectorRegistry())
+    metrics = Metrics(CollectorRegistry(), staleness=OneModelScored())
     metrics.set_models([("m", "1", "mlp", "torch")])  # the info gauge has no sample until a model is set
     metrics.kafka_consumer_lag.labels(topic="t", partition="0")  # no sample until a partition is consumed
     found = Exposition()

@@ -173,3 +173,89 @@ def test_the_template_differs_from_the_unit_only_where_instances_must():
         if key not in per_instance:
             assert unit.get(key) == template.get(key), f"{key}: {unit.get(key)} vs {template.get(key)}"
     assert "%i" in one(parse_unit(TEMPLATE), "ExecStart")
+
+
+# ---- the nightly retrain: anomalyd-retrain.service + .timer --------------------------------------
+
+RETRAIN = SYSTEMD / "anomalyd-retrain.service"
+RETRAIN_TIMER = SYSTEMD / "anomalyd-retrain.timer"
+CANDIDATES = "/var/lib/anomalyd/candidate"
+
+
+def test_systemd_analyze_verify_accepts_the_retrain_service_and_its_timer(systemd_analyze, tmp_path):
+    installed_copy(RETRAIN, tmp_path)
+    (tmp_path / RETRAIN_TIMER.name).write_text(RETRAIN_TIMER.read_text())
+    assert verify(systemd_analyze, tmp_path, RETRAIN.name) == []
+    assert verify(systemd_analyze, tmp_path, RETRAIN_TIMER.name) == []
+
+
+def test_the_retrain_runs_nightly_as_the_service_user_writing_only_candidates():
+    timer, unit = parse_unit(RETRAIN_TIMER), parse_unit(RETRAIN)
+    assert one(timer, "OnCalendar", "Timer") == "*-*-* 02:30:00" and one(timer, "Persistent", "Timer") == "yes"
+    assert one(timer, "WantedBy", "Install") == "timers.target"
+    assert one(unit, "Type") == "oneshot"
+    assert one(unit, "User") == "anomalyd" and one(unit, "ReadWritePaths") == CANDIDATES
+    served = parse_unit(UNIT)["Service"]
+    for key in ("NoNewPrivileges", "ProtectSystem", "CapabilityBoundingSet", "SystemCallFilter",
+                "RestrictAddressFamilies", "EnvironmentFile"):
+        assert unit["Service"][key] == served[key], key
+
+
+def retrain_script(candidates: Path) -> tuple[list[str], dict[str, str]]:
+    """The retrain's ExecStart as systemd runs it (continuations joined, quoting, `$$` and `%%`
+    unescaped), installed with this repository's binary and `candidates` as its directory, and
+    the unit's Environment= settings."""
+    text = installed_copy(RETRAIN, candidates.parent, "unit").read_text().replace(CANDIDATES, str(candidates))
+    text = re.sub(r"\\\n", " ", text)
+    [command] = [line[len("ExecStart="):] for line in text.splitlines() if line.startswith("ExecStart=")]
+    argv = [word.replace("$$", "$").replace("%%", "%") for word in shlex.split(command)]
+    environment = {}
+    for line in text.splitlines():
+        if line.startswith("Environment="):
+            environment.update(word.split("=", 1) for word in shlex.split(line[len("Environment="):]))
+    return argv, environment
+
+
+def run_retrain(candidates: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    argv, environment = retrain_script(candidates)
+    assert argv[:2] == ["/bin/sh", "-ec"]
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **environment, **settings}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_a_failed_retrain_names_the_problem_and_leaves_no_candidate(tmp_path):
+    candidates = tmp_path / "candidate"
+    result = run_retrain(candidates, ANOMALYD_RETRAIN_URL="http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert "InfluxDB at http://127.0.0.1:9: cannot connect" in result.stderr
+    assert [p.name for p in candidates.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_the_retrain_trains_on_history_and_calibrates_on_the_recent_day(tmp_path, influxdb_session):
+    import time as _time
+
+    from daemon.core.bundle import load_bundle
+    from daemon.offline import synthetic
+
+    database, period = "retrain", 60.0
+    start = _time.time() - 2 * 86400
+    influxdb_session.create_database(database)
+    for seed, device in enumerate(["pump-1", "pump-2"]):
+        data = synthetic.normal(2 * 24 * 60 - 5, seed=30 + seed, start=start, period=period)
+        influxdb_session.write_lines(database, [
+            f"pump,device={device} " + ",".join(f"{f}={v:.5f}" for f, v in zip(synthetic.FEATURES, row))
+            + f" {int(t * 1000)}" for t, row in zip(data.timestamps, data.values)])
+    candidates = tmp_path / "candidate"
+    result = run_retrain(candidates, ANOMALYD_RETRAIN_URL=influxdb_session.url, ANOMALYD_RETRAIN_DATABASE=database,
+                         ANOMALYD_RETRAIN_HISTORY="3d", ANOMALYD_RETRAIN_RECENT="6h",
+                         ANOMALYD_RETRAIN_TRAIN_ARGS="--arch mlp --window 20 --epochs 2 --seed 0 --no-onnx",
+                         ANOMALYD_RETRAIN_CALIBRATE_ARGS="--per-device")
+    assert result.returncode == 0, result.stderr[-2000:]
+    [candidate] = list(candidates.iterdir())  # the work directory is gone
+    assert re.fullmatch(r"pump-\d{8}", candidate.name)
+    assert f"candidate bundle: {candidate}" in result.stdout
+    bundle = load_bundle(candidate)
+    assert bundle.name == candidate.name
+    assert set(bundle.threshold.devices) == {"pump-1", "pump-2"}
+    assert bundle.calibration["score_reference"]["value"] > 0  # what the staleness gauge compares with
+    assert bundle.calibration["windows"] < bundle.training["windows_train"]  # the recent 6 h, not the history

@@ -67,6 +67,7 @@ class Service:
         models = {(r.scorer.bundle.name, r.scorer.bundle.version, r.scorer.bundle.arch, config.model.runtime)
                   for r in self.routes}
         self.metrics.set_models(sorted(models))
+        self.metrics.staleness.serve([r.scorer.bundle for r in self.routes])
 
     # ---- health ---------------------------------------------------------------------------
 

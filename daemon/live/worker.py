@@ -220,6 +220,7 @@ class Worker:
             self._scoring_failed(batch.jobs, exc)
             return
         self._metrics.inference_seconds.observe(seconds)
+        self._metrics.staleness.observe(batch.slot.scorer.bundle, [job.device for job in batch.jobs], result.scores)
         events = self._events(batch.slot, batch.jobs, result)
         try:
             self._sink.submit(events)

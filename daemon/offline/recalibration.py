@@ -29,6 +29,7 @@ from daemon.core.bundle import BUNDLE_FILE, ONNX_FILE, WEIGHTS_FILE, Bundle
 from daemon.core.errors import BundleError, DataError, UserError
 from daemon.core.scoring import Scorer
 from daemon.core.thresholds import Threshold, calibrate
+from daemon.core.score_reference import REFERENCE_KEY, ScoreReference
 from daemon.offline.frame_scoring import score_frames
 from daemon.offline.frames import Frame
 from daemon.offline.training import normal_runs
@@ -42,6 +43,7 @@ class Recalibration:
     threshold: Threshold  # the new one, with per-device values when asked for
     scores: np.ndarray  # every device's calibration window scores, pooled
     windows: dict[str, int]  # calibration windows per device
+    reference: ScoreReference  # the normal windows' score quantile, for the live staleness gauge
 
 
 def recalibrate(scorer: Scorer, runs: dict[str, list[Frame]], per_device: bool = False) -> Recalibration:
@@ -56,8 +58,10 @@ def recalibrate(scorer: Scorer, runs: dict[str, list[Frame]], per_device: bool =
     threshold = _calibrate(old, pooled, "the data")
     devices = ({device: _calibrate(old, scores, f"device {device!r}").value
                 for device, scores in sorted(per_device_scores.items())} if per_device else {})
+    reference = ScoreReference.of_scores(_normal(pooled), {device: _normal(scores) for device, scores
+                                                           in per_device_scores.items()} if per_device else None)
     return Recalibration(dataclasses.replace(threshold, devices=devices), pooled[0],
-                         {device: len(scores[0]) for device, scores in per_device_scores.items()})
+                         {device: len(scores[0]) for device, scores in per_device_scores.items()}, reference)
 
 
 def _scores(scorer: Scorer, frames: list[Frame], method: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -70,6 +74,12 @@ def _scores(scorer: Scorer, frames: list[Frame], method: str) -> tuple[np.ndarra
         return _concat([r.scores for r in results]), _concat([f.labels[r.ends] for f, r in zip(usable, results)])
     normal = [run for frame in frames for run in normal_runs(frame, scorer.window)]
     return _concat([r.scores for r in score_frames(scorer, normal)]), None
+
+
+def _normal(scored: tuple[np.ndarray, np.ndarray | None]) -> np.ndarray:
+    """The scores of the normal windows ('f1' scores labelled anomalies too)."""
+    scores, labels = scored
+    return scores if labels is None else scores[labels == 0]
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -114,6 +124,7 @@ def write_recalibrated(source: Bundle, result: Recalibration, out: Path, name: s
             "threshold": result.threshold.to_dict(),
             "windows": int(sum(result.windows.values())),
             "windows_per_device": {d: int(n) for d, n in sorted(result.windows.items()) if d},
+            REFERENCE_KEY: result.reference.to_dict(),
             "data": sorted(data),
             "data_start": _iso(first),
             "data_stop": _iso(last),

@@ -34,6 +34,7 @@ from daemon.core.sensor_health import HealthSpec, fit_health
 from daemon.core.thresholds import FalseAlarmBudget, Threshold, calibrate, parse_method
 from daemon.core.windowing import windows
 from daemon.offline.budget import HeldOut, TooLittleTail, calibrate_budget
+from daemon.core.score_reference import REFERENCE_KEY, ScoreReference
 from daemon.offline.evaluation import segments
 from daemon.offline.injection import injected_fault_table
 from daemon.offline.frame_scoring import score_frames
@@ -280,6 +281,8 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         # What the bundle catches of synthetic faults written into the held-out tail (no label
         # needed; daemon.offline.injection); empty when no held-out run is two windows long.
         "injected_faults": {k: f.to_dict() for k, f in injected.items() if f.injected},
+        # what the live service compares recent scores with to see the model go stale
+        REFERENCE_KEY: ScoreReference.of_scores(calib_scores).to_dict(),
         "config": {k: v for k, v in vars(config).items() if k not in ("arch_params", "name", "version")},
         "seconds": round(time.time() - started, 2),
         "anomalyd_version": __version__,

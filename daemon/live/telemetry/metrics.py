@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from daemon.core.scoring import REASONS as UNSCORABLE_REASONS
 from daemon.core.sensor_health import CHECKS as HEALTH_CHECKS
+from daemon.live.staleness import STALE_RATIO, StalenessTracker
 
 PREFIX = "anomalyd_"
 
@@ -150,8 +151,38 @@ class LiveStateCollector:
             yield GaugeMetricFamily(PREFIX + name, doc, value=values[name])
 
 
+STALENESS_GAUGES = {
+    "model_drift_share": "Share of the last hour's windows scoring above the 99th percentile of the windows the "
+                         "model's threshold was calibrated on (NaN with too few windows).",
+    "model_drift_expected_share": "The share expected while the data looks like the calibration data.",
+    "model_drifted_devices": f"Devices whose own share over the last hour is over {STALE_RATIO:g} times the "
+                             f"expected share.",
+}
+
+
+class StalenessCollector:
+    """The staleness gauges (`STALENESS_GAUGES`), one series per model, summarised from the
+    tracker at scrape time (see daemon.live.staleness for why per model, not per device)."""
+
+    def __init__(self, registry: CollectorRegistry, tracker: StalenessTracker) -> None:
+        self.tracker = tracker
+        registry.register(self)
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(PREFIX + name, doc, labels=["model"]) for name, doc in STALENESS_GAUGES.items()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = self.describe()
+        share, expected, devices = families
+        for model in self.tracker.snapshot():
+            share.add_metric([model.model], model.share)
+            expected.add_metric([model.model], model.expected_share)
+            devices.add_metric([model.model], model.drifted_devices)
+        yield from families
+
+
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, staleness: StalenessTracker | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)  # process_* (CPU, RSS, start time): restarts and leaks show up
@@ -229,6 +260,9 @@ class Metrics:
         self.model_info = Gauge(PREFIX + "model_info", "The loaded model bundle (value is always 1).",
                                 ["name", "version", "architecture", "runtime"], registry=r)
         self.live_state = LiveStateCollector(r)
+        # the worker counts each scored batch here; a test injects a tracker with its own clock
+        self.staleness = staleness or StalenessTracker()
+        StalenessCollector(r, self.staleness)
 
     def set_models(self, models: list[tuple[str, str, str, str]]) -> None:
         """One info series per loaded bundle: (name, version, architecture, runtime)."""
