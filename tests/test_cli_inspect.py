@@ -17,3 +17,10 @@ def test_inspect_shows_the_bundles_score_definition_and_alert_hysteresis(capsys)
     assert lines["score"] == f"{bundle.score.error} per feature, {bundle.score.reduction} over features"
     assert lines["alert"] == (f"after {bundle.alert.enter_after} anomalous window(s), "
                               f"clear after {bundle.alert.leave_after} normal")
+
+
+def test_inspect_names_the_sensors_each_health_check_watches(capsys):
+    assert main(["inspect", "--model", str(DEMO)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("sensor health"))
+    assert "stuck: vibration, current, pressure, flow, temperature" in line
+    assert "envelope:" in line and "drift:" in line

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
           if b.calibration else []),
         "false alarms  " + (b.false_alarm_budget.describe() + f"; budget chosen on: {b.false_alarm_budget.chosen_on}"
                             if b.false_alarm_budget else "no budget (threshold set by its method alone)"),
+        "sensor health " + (b.health.describe(b.features) if b.health else "off (bundle written without checks)"),
         f"alert         after {b.alert.enter_after} anomalous window(s), clear after {b.alert.leave_after} normal",
     ]
     if b.preprocess.demean:

@@ -128,6 +128,15 @@ class HealthSpec:
     def to_dict(self) -> dict[str, Any]:
         return {name: [float(v) for v in getattr(self, name)] for name in self.FIELDS}
 
+    def describe(self, features: list[str]) -> str:
+        """One line for `inspect`: which sensors each check watches (the others are exempt)."""
+        watched = {
+            "envelope": [f for f, hi in zip(features, self.envelope_high) if hi < np.finfo(np.float64).max],
+            "stuck": [f for f, below in zip(features, self.stuck_below) if below > 0],
+            "drift": [f for f, limit in zip(features, self.drift_limit) if limit > 0],
+        }
+        return "; ".join(f"{check}: {', '.join(names) or 'none'}" for check, names in watched.items())
+
     @classmethod
     def from_dict(cls, data: Any, n_features: int) -> HealthSpec:
         """Validate on load (bundle.json is edited by hand); errors name the key."""
