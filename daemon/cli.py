@@ -24,6 +24,7 @@ COMMANDS = {
     "replay": "publish a CSV file to MQTT as a device's readings",
     "demo": "run broker + service + replayed devices end to end",
     "generate": "write synthetic sensor data with labelled faults",
+    "compare": "compare the served model's alerts with its shadow candidate's",
 }
 
 DESCRIPTION = """\

@@ -49,6 +49,7 @@ def test_the_line_protocol_table_lists_every_tag_and_field():
     text = section("Line protocol written")
     rows = dict((name, kind) for kind, name in re.findall(r"^\| (tag|field) \| `([^`]+)` \|", text, re.M))
     expected = {**{tag: "tag" for tag in SCHEMA.tag_keys}, SCHEMA.reason_tag: "tag",
+                SCHEMA.shadow_tag: "tag",
                 **{name: "field" for name in SCHEMA.fixed_fields},
                 SCHEMA.feature_field("<feature>"): "field"}
     assert rows == expected

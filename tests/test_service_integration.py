@@ -7,6 +7,7 @@ metrics and the health endpoint. Waits poll with deadlines; nothing asserts a wa
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -15,6 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from daemon.cli import main
+from daemon.core.errors import UserError
+from daemon.live.assembly import assemble
+from daemon.live.telemetry.metrics import Metrics
 from daemon.offline import synthetic
 from daemon.live.config import build
 from daemon.live.sinks.file import read_points
@@ -275,3 +280,57 @@ def test_metrics_read_the_state_of_every_model_devices_route(bundle, mosquitto_s
         assert scraped(service, "anomalyd_devices") == 2
     finally:
         service.shutdown()
+
+
+def candidate_copy(bundle: Path, directory: Path, name: str, threshold: float) -> Path:
+    """The served bundle under another name and threshold: a candidate to shadow it."""
+    out = directory / name
+    shutil.copytree(bundle, out)
+    spec = json.loads((out / "bundle.json").read_text())
+    spec["name"] = name
+    spec["threshold"]["value"] = threshold
+    (out / "bundle.json").write_text(json.dumps(spec))
+    return out
+
+
+def test_a_candidate_scores_the_same_windows_in_shadow_and_moves_no_alert_metric(
+        bundle, mosquitto_session, tmp_path, unique_name, capsys):
+    candidate = candidate_copy(bundle, tmp_path, "eager", threshold=0.0)  # every window anomalous
+    points_file = tmp_path / "scores.lp"
+    service = make_service(bundle, mosquitto_session, tmp_path, model={"candidate": str(candidate)},
+                           local_store={"path": str(points_file)})
+    device = unique_name[:40]
+    try:
+        publish(mosquitto_session, device_runs([device], None, rows=100))
+        wait_scored(service, windows_per_device(100))
+        before = service.worker.shadow
+        service.reload()  # SIGHUP: the candidate is loaded again and keeps its alert states
+        assert service.worker.shadow.scorer is not before.scorer and service.worker.shadow.alerts is before.alerts
+    finally:
+        service.shutdown()
+    points = [p for p in read_points(points_file) if p["device"] == device]
+    served = [p for p in points if "shadow" not in p]
+    shadow = [p for p in points if p.get("shadow") == "1"]
+    assert len(served) == len(shadow) == windows_per_device(100)
+    assert {p["model"] for p in served} == {"model"} and {p["model"] for p in shadow} == {"eager"}
+    assert sorted(p["ts"] for p in shadow) == sorted(p["ts"] for p in served)
+    assert all(p["alert"] == 1 for p in shadow[WINDOW:])  # its own hysteresis, in alert throughout
+    assert not any(p["alert"] for p in served)
+    assert metric(service, "anomalyd_alerts_raised_total") == 0
+    assert metric(service, "anomalyd_anomalous_windows_total") == 0
+    assert metric(service, "anomalyd_windows_scored_total") == windows_per_device(100)
+    assert metric(service, "anomalyd_alerts_active") == 0
+
+    assert main(["compare", "--points", str(points_file)]) == 0
+    total = capsys.readouterr().out.splitlines()[-1].split()
+    assert total[:3] == ["total", "0", "1"]  # episodes: the served model none, the candidate one
+
+
+def test_a_candidate_that_takes_other_windows_is_refused_naming_the_field(bundle, tmp_path):
+    candidate = candidate_copy(bundle, tmp_path, "other", threshold=1.0)
+    spec = json.loads((candidate / "bundle.json").read_text())
+    spec["window"] = spec["window"] * 2
+    (candidate / "bundle.json").write_text(json.dumps(spec))
+    config = build({"model": {"path": str(bundle), "candidate": str(candidate)}})
+    with pytest.raises(UserError, match="model.candidate"):
+        assemble(config, Metrics())

@@ -81,6 +81,9 @@ def _anomaly_lines() -> list[str]:
                      f"{int(ts(row) * 1000)}")
         lines.append(f"anomaly,device=pump-2,model=pump-v1 score=0.2,threshold=1,anomaly=0i,alert=0i "
                      f"{int(ts(row) * 1000)}")
+        # a shadow candidate (model.candidate) in alert throughout: it raised nothing, so no period
+        lines.append(f"anomaly,device=pump-2,model=pump-v2,shadow=1 score=2,threshold=1,anomaly=1i,alert=1i "
+                     f"{int(ts(row) * 1000)}")
     # a window flagged for a reason, inside the second period: its own series, the same model
     lines.append(f"anomaly,device=pump-1,model=pump-v1,reason=out_of_range score=3.4e38,threshold=1,anomaly=1i,"
                  f"alert=1i {int(ts(1100) * 1000) + 1}")

@@ -16,6 +16,9 @@ import logging
 from dataclasses import dataclass
 from typing import Mapping
 
+from daemon.core.bundle import load_bundle
+from daemon.core.errors import UserError
+from daemon.core.runtime import load_backend
 from daemon.core.scoring import Scorer
 from daemon.live.alerting import AlertTracker
 from daemon.live.config import Config, StreamConfig
@@ -57,6 +60,37 @@ def load_scorers(config: Config) -> dict[str, Scorer]:
         scorers[route] = loaded[path]
     release_free_memory()
     return scorers
+
+
+def load_candidate(config: Config, scorers: Mapping[str, Scorer]) -> Scorer | None:
+    """The `model.candidate` bundle, loaded and warmed up, or None when none is named. It
+    scores the windows cut for model.path, so it must take the same window and features."""
+    path = config.model.candidate
+    if not path:
+        return None
+    bundle = load_bundle(path)  # checked before its weights load, so a mismatch is named as such
+    served = scorers[""]
+    if (bundle.window, bundle.features) != (served.window, served.features):
+        raise UserError(f"model.candidate: {path} takes windows of {bundle.window} x {bundle.features}, "
+                        f"model.path {config.model.path} of {served.window} x {served.features}; "
+                        "a candidate scores the same windows, so both must match")
+    candidate = Scorer(bundle, load_backend(bundle, config.model.runtime, config.batching.torch_threads))
+    candidate.warm_up(config.batching.max_batch)
+    return candidate
+
+
+def shadow_slot(config: Config, candidate: Scorer | None, old: ModelSlot | None = None) -> ModelSlot | None:
+    """What the worker scores the candidate with: its own threshold and its own alert states
+    (kept from `old` across a reload), so its `alert` field shows what it would have raised."""
+    if candidate is None:
+        return None
+    spec = alert_settings(config, candidate)
+    if old is None:
+        alerts = AlertTracker(*spec)
+    else:
+        alerts = old.alerts
+        alerts.set_spec(*spec)
+    return ModelSlot(candidate, alerts, None, candidate.bundle.threshold.devices)
 
 
 @dataclass
@@ -140,11 +174,13 @@ class Stages:
 def assemble(config: Config, metrics: Metrics, sink: Sink | None = None) -> Stages:
     """Load every bundle and build the stages; `sink` replaces the configured one."""
     scorers = load_scorers(config)
+    shadow = shadow_slot(config, load_candidate(config, scorers))
     queue = WindowQueue(config.batching.queue_size, metrics)
     sink = sink if sink is not None else build_sink(config, metrics)
     routes = build_routes(config, scorers, queue, metrics)
     b = config.batching
-    worker = Worker(queue, model_slots(config, routes), sink, metrics, b.max_batch, b.max_wait_ms / 1000)
+    worker = Worker(queue, model_slots(config, routes), sink, metrics, b.max_batch, b.max_wait_ms / 1000,
+                    shadow)
     return Stages(queue, sink, routes, worker, build_ingest(config, routes, metrics))
 
 

@@ -163,6 +163,9 @@ class ModelConfig:
     devices: dict[str, str] = _opt({}, "Per-device bundles: device-id glob -> bundle directory, e.g. "
                                        "{\"compressor-*\": \"models/compressor\"}; the first matching entry "
                                        "wins, devices matching none use path.")
+    candidate: str | None = _opt(None, "A candidate bundle directory scored in shadow on the windows of path's "
+                                       "devices (same window and features as path): its events are written "
+                                       "tagged shadow=1 and never alert (null = none).")
 
 
 @dataclass(frozen=True)

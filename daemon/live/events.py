@@ -54,3 +54,4 @@ class ScoreEvent:
     received: float  # arrival time of the last sample
     reason: str = ""  # why the window is anomalous whatever its score (unscorable or sensor health), or ""
     receipt: Receipt | None = None  # the window's `WindowJob.receipt`, settled by the sink
+    shadow: bool = False  # scored by the candidate bundle (model.candidate): written, never alerted on

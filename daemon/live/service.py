@@ -17,7 +17,8 @@ import time
 
 from daemon.core.errors import UserError
 from daemon.core.scoring import Scorer
-from daemon.live.assembly import Route, assemble, build_routes, load_scorers, message_handler, model_slots
+from daemon.live.assembly import (Route, assemble, build_routes, load_candidate, load_scorers, message_handler,
+                                   model_slots, shadow_slot)
 from daemon.live.config import Config, load_config
 from daemon.live.telemetry.http_server import MetricsServer
 from daemon.live.telemetry.metrics import Metrics
@@ -139,6 +140,7 @@ class Service:
         try:
             config = load_config(self.config_path) if self.config_path else self.config
             scorers = load_scorers(config)
+            candidate = load_candidate(config, scorers)
         except UserError as exc:
             self.metrics.config_reloads.labels(result="failed").inc()
             log.error("reload failed, keeping model %s: %s", self.scorer.bundle.name, exc)
@@ -152,7 +154,7 @@ class Service:
         rebuilt = [r.key or "*" for r in routes if r.buffers not in {o.buffers for o in self.routes}]
         self.routes, self.config = routes, config
         self.ingest.swap_handler(message_handler(routes))
-        self.worker.swap_models(model_slots(config, routes))
+        self.worker.swap_models(model_slots(config, routes), shadow_slot(config, candidate, self.worker.shadow))
         self._announce(config)
         self.metrics.config_reloads.labels(result="ok").inc()
         log.info("reloaded: model %s -> %s%s", old, self.scorer.bundle.name,

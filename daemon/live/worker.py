@@ -95,6 +95,7 @@ class _InFlight:
     jobs: list[WindowJob]
     model_input: ModelInput
     reconstruction: Future  # of (reconstruction, seconds in the model)
+    shadow: bool = False  # the candidate's pass over windows the served model scores too
 
 
 class Worker:
@@ -103,12 +104,17 @@ class Worker:
 
     `models` maps a route key (`WindowJob.route`) to its `ModelSlot`; with one bundle for
     every device that is just `{"": slot}`. A batch holding windows of several routes is
-    scored in one forward pass per route."""
+    scored in one forward pass per route.
+
+    `shadow` (model.candidate) scores the windows of the default route ("") a second time;
+    its events go to the sink marked `shadow`, and it moves no metric, alert or receipt: the
+    served model's pass owns those, so the service behaves as it does without a candidate."""
 
     def __init__(self, queue: WindowQueue, models: Mapping[str, ModelSlot], sink: Sink, metrics: Metrics,
-                 max_batch: int = 64, max_wait_s: float = 0.05) -> None:
+                 max_batch: int = 64, max_wait_s: float = 0.05, shadow: ModelSlot | None = None) -> None:
         self._queue = queue
         self._models = dict(models)  # swapped as one reference, see swap_models
+        self.shadow = shadow
         self._sink = sink
         self._metrics = metrics
         self.max_batch = max_batch
@@ -124,10 +130,11 @@ class Worker:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
-    def swap_models(self, models: Mapping[str, ModelSlot]) -> None:
-        """Use `models` from the next batch on, e.g. after a SIGHUP reload. Queued windows
-        whose route is gone or whose shape does not fit the new model are dropped."""
+    def swap_models(self, models: Mapping[str, ModelSlot], shadow: ModelSlot | None = None) -> None:
+        """Use `models` (and `shadow`) from the next batch on, e.g. after a SIGHUP reload. Queued
+        windows whose route is gone or whose shape does not fit the new model are dropped."""
         self._models = dict(models)
+        self.shadow = shadow
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Close the queue and end the thread. With `drain`, queued windows are scored first;
@@ -169,7 +176,7 @@ class Worker:
 
     def _start(self, jobs: list[WindowJob]) -> list[_InFlight]:
         """Prepare each route's windows and hand them to the model thread."""
-        models = self._models
+        models, shadow = self._models, self.shadow
         by_route: dict[str, list[WindowJob]] = {}
         for job in jobs:
             by_route.setdefault(job.route, []).append(job)
@@ -179,7 +186,26 @@ class Worker:
                 batch = self._prepare(models.get(route), route, group[part])
                 if batch is not None:
                     started.append(batch)
+                    if shadow is not None and route == "":
+                        started += self._prepare_shadow(shadow, batch.jobs)
         return started
+
+    def _prepare_shadow(self, slot: ModelSlot, jobs: list[WindowJob]) -> list[_InFlight]:
+        """Submit the candidate's pass over windows the served model took. Its failures are
+        logged only: the windows themselves are scored and counted by the served model."""
+        scorer = slot.scorer
+        expected = (scorer.window, len(scorer.features))
+        fitting = [job for job in jobs if job.window.shape == expected]
+        if not fitting:
+            return []
+        try:
+            raw = np.concatenate([job.window for job in fitting]).reshape(len(fitting), *expected)
+            model_input = scorer.model_input(raw, slot.alerts.health_states([job.device for job in fitting]))
+        except Exception as exc:
+            self._shadow_failed(scorer, exc)
+            return []
+        return [_InFlight(slot, fitting, model_input,
+                          self._model_thread.submit(_timed, scorer.backend, model_input.values), shadow=True)]
 
     def _prepare(self, slot: ModelSlot | None, route: str, jobs: list[WindowJob]) -> _InFlight | None:
         """Check and scale one route's windows and submit its forward pass. A failure loses
@@ -213,6 +239,9 @@ class Worker:
 
     def _finish(self, batch: _InFlight) -> None:
         """Wait for a batch's reconstruction, score it and hand its events to the sink."""
+        if batch.shadow:
+            self._finish_shadow(batch)
+            return
         try:
             reconstruction, seconds = batch.reconstruction.result()
             result = batch.slot.scorer.finish(batch.model_input, reconstruction)
@@ -230,6 +259,22 @@ class Worker:
             self._errors.error("sink:" + type(exc).__name__, "sink rejected %d events, events lost: %s",
                                len(events), exc, exc_info=True)
 
+    def _finish_shadow(self, batch: _InFlight) -> None:
+        """The candidate's events, written beside the served model's; no metric, no receipt."""
+        try:
+            reconstruction, _ = batch.reconstruction.result()
+            result = batch.slot.scorer.finish(batch.model_input, reconstruction)
+            events, _, _ = self._score_events(batch.slot, batch.jobs, result, shadow=True)
+            self._sink.submit([event for event, job in zip(events, batch.jobs)
+                               if job.receipt is None or not job.receipt.replay])
+        except Exception as exc:
+            self._shadow_failed(batch.slot.scorer, exc)
+
+    def _shadow_failed(self, scorer: Scorer, exc: Exception) -> None:
+        self._errors.error("shadow:" + type(exc).__name__, "candidate %s: scoring or writing in shadow failed, "
+                           "its events lost (the served model's are not): %s", scorer.bundle.name, exc,
+                           exc_info=True)
+
     def _scoring_failed(self, jobs: list[WindowJob], exc: Exception) -> None:
         settle(job.receipt for job in jobs)
         self._metrics.windows_dropped.labels(reason="scoring_error").inc(len(jobs))
@@ -237,22 +282,8 @@ class Worker:
                            len(jobs), exc, exc_info=True)
 
     def _events(self, slot: ModelSlot, jobs: list[WindowJob], result: WindowScores) -> list[ScoreEvent]:
-        scorer = slot.scorer
-        devices = [job.device for job in jobs]
-        thresholds = slot.thresholds(devices)
         self._metrics.batch_size.observe(len(jobs))
-        names = scorer.features
-        model = scorer.bundle.name
-        # float32 like the scores, so a per-device threshold compares exactly as a single one does
-        flags = result.flags(np.asarray(thresholds, dtype=np.float32) if slot.device_thresholds
-                             else slot.threshold).tolist()
-        alerts = slot.alerts.update_batch(devices, flags)
-        reasons = result.reasons or [""] * len(jobs)
-        events = [ScoreEvent(job.device, model, job.ts_end, score, threshold, anomaly, alert,
-                             dict(zip(names, errors)), job.received, reason)
-                  for job, score, errors, anomaly, (alert, _), reason, threshold in
-                  zip(jobs, result.scores.tolist(), result.feature_errors.tolist(), flags, alerts, reasons,
-                      thresholds)]
+        events, flags, alerts = self._score_events(slot, jobs, result)
         if jobs[0].receipt is not None:  # a source that commits only what the sink holds (Kafka)
             kept = []
             for event, job in zip(events, jobs):
@@ -261,11 +292,32 @@ class Worker:
                     kept.append(event)
             events = kept
         if result.reasons is not None:
-            self._count_reasons(scorer, jobs, result.reasons)
+            self._count_reasons(slot.scorer, jobs, result.reasons)
         self._metrics.windows_scored.inc(len(jobs))
         self._metrics.anomalous_windows.inc(sum(flags))
         self._metrics.alerts_raised.inc(sum(raised for _, raised in alerts))
         return events
+
+    def _score_events(self, slot: ModelSlot, jobs: list[WindowJob], result: WindowScores, shadow: bool = False
+                      ) -> tuple[list[ScoreEvent], list[bool], list[tuple[bool, bool]]]:
+        """Threshold and hysteresis over a scored batch: its events (a replayed window's
+        included, for the caller to leave out), raw flags and (alert, raised) per window."""
+        scorer = slot.scorer
+        devices = [job.device for job in jobs]
+        thresholds = slot.thresholds(devices)
+        names = scorer.features
+        model = scorer.bundle.name
+        # float32 like the scores, so a per-device threshold compares exactly as a single one does
+        flags = result.flags(np.asarray(thresholds, dtype=np.float32) if slot.device_thresholds
+                             else slot.threshold).tolist()
+        alerts = slot.alerts.update_batch(devices, flags)
+        reasons = result.reasons or [""] * len(jobs)
+        events = [ScoreEvent(job.device, model, job.ts_end, score, threshold, anomaly, alert,
+                             dict(zip(names, errors)), job.received, reason, shadow=shadow)
+                  for job, score, errors, anomaly, (alert, _), reason, threshold in
+                  zip(jobs, result.scores.tolist(), result.feature_errors.tolist(), flags, alerts, reasons,
+                      thresholds)]
+        return events, flags, alerts
 
     def _count_reasons(self, scorer: Scorer, jobs: list[WindowJob], reasons: list[str]) -> None:
         """Windows flagged for a reason rather than their score: unscorable ones counted by

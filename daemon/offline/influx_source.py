@@ -428,10 +428,12 @@ def _frame(source: str, rows: list[list[Any]], features: list[str], nan_policy: 
 
 
 def alert_periods(client: InfluxQL, device: str, first: float, last: float) -> list[tuple[float, float]]:
-    """[start, end) periods in seconds in which any model had `device` in alert, as seen in
+    """[start, end) periods in seconds in which any served model had `device` in alert, as seen in
     anomalyd's own points, over the data from `first` to `last` (a period open before `first`
     starts at -inf, one still open after `last` ends at +inf)."""
-    where = f"{quote_identifier(ALERT_DEVICE_TAG)} = {quote_literal(device)}"
+    # A shadow candidate's alerts (model.candidate) raised nothing and may be wrong: not its periods.
+    where = (f"{quote_identifier(ALERT_DEVICE_TAG)} = {quote_literal(device)} "
+             f"AND {quote_identifier(SCHEMA.shadow_tag)} != '1'")
     source = quote_identifier(ALERT_MEASUREMENT)
     alert, model = quote_identifier(ALERT_FIELD), quote_identifier(ALERT_MODEL_TAG)
     before = client.query(f"SELECT last({alert}) FROM {source} WHERE {where} AND time < {time_literal(first)} "

@@ -2,14 +2,16 @@
 
 One line per `ScoreEvent`:
 
-    anomaly,device=<id>,model=<name>[,reason=<why>] score=<f>,threshold=<f>,anomaly=<0|1>i,alert=<0|1>i,err_<feature>=<f>... <ms>
+    anomaly,device=<id>,model=<name>[,reason=<why>][,shadow=1] score=<f>,threshold=<f>,anomaly=<0|1>i,alert=<0|1>i,err_<feature>=<f>... <ms>
 
 The `reason` tag is written only for a window flagged whatever its score, so a dashboard can
 tell a broken sensor from a process anomaly: `out_of_range` or `non_finite_score` for a window
 that could not be scored (daemon.core.scoring; its score is then the largest float32, a finite
 number), or a sensor-health flag `<check>:<feature>` such as `stuck:flow`
 (daemon.core.sensor_health; the score stays the model's). One tag holding check and sensor
-keeps a flag one series per device and reason, readable as it stands.
+keeps a flag one series per device and reason, readable as it stands. The `shadow=1` tag marks
+the events of a candidate bundle scoring the same windows beside the served one (`model.candidate`),
+so a query for the served model's alerts leaves them out by that tag.
 
 Timestamps are integer milliseconds (write with precision `ms`): VictoriaMetrics stores
 milliseconds anyway, and a window's end time never needs more. Floats are written with 9
@@ -44,6 +46,7 @@ class LineSchema:
     measurement: str = "anomaly"
     tag_keys: tuple[str, ...] = ("device", "model")
     reason_tag: str = "reason"  # written only when the event has a reason: unscorable, or <check>:<feature>
+    shadow_tag: str = "shadow"  # written as shadow=1 only on a candidate's events (model.candidate)
     float_fields: tuple[str, ...] = ("score", "threshold")
     flag_fields: tuple[str, ...] = ("anomaly", "alert")  # written as integers 0/1
     feature_prefix: str = "err_"  # one float field per feature: err_<feature>
@@ -95,9 +98,10 @@ def _tag(key: str, value: str) -> str:
 # Device, model and feature names repeat on every event; escaping them once per name halves
 # the cost of `encode`, which runs once per scored window. Bounded: ingest caps the devices.
 @functools.lru_cache(maxsize=8192)
-def _series_key(device: str, model: str, reason: str = "") -> str:
+def _series_key(device: str, model: str, reason: str = "", shadow: bool = False) -> str:
     reason_tag = "," + _tag(SCHEMA.reason_tag, reason) if reason else ""
-    return f"{_MEASUREMENT},{_tag('device', device)},{_tag('model', model)}{reason_tag} "
+    shadow_tag = f",{SCHEMA.shadow_tag}=1" if shadow else ""
+    return f"{_MEASUREMENT},{_tag('device', device)},{_tag('model', model)}{reason_tag}{shadow_tag} "
 
 
 @functools.lru_cache(maxsize=1024)
@@ -109,8 +113,8 @@ def _feature_key(feature: str) -> str:
 # assembling the parts, which matters because the sinks encode on the scoring thread.
 # Literal "%" in names is escaped as "%%".
 @functools.lru_cache(maxsize=8192)
-def _series_template(device: str, model: str, reason: str = "") -> str:
-    return _series_key(device, model, reason).replace("%", "%%")
+def _series_template(device: str, model: str, reason: str = "", shadow: bool = False) -> str:
+    return _series_key(device, model, reason, shadow).replace("%", "%%")
 
 
 @functools.lru_cache(maxsize=64)
@@ -130,7 +134,7 @@ def encode(event: ScoreEvent) -> str:
         return _encode_parts(event)
     if total - total != 0.0:  # some value is NaN or infinite (or the sum overflowed): leave fields out
         return _encode_parts(event)
-    return (_series_template(event.device, event.model, event.reason) + _fields_template(tuple(errors))) % (
+    return (_series_template(event.device, event.model, event.reason, event.shadow) + _fields_template(tuple(errors))) % (
         score, threshold, 1 if event.anomaly else 0, 1 if event.alert else 0, *values, round(float(event.ts) * 1000))
 
 
@@ -148,7 +152,7 @@ def encode_each(events: Iterable[ScoreEvent], ratelog: RateLimitedLog, sink: str
 
 def _encode_parts(event: ScoreEvent) -> str:
     """`encode` field by field, leaving out non-finite floats."""
-    parts = [_series_key(event.device, event.model, event.reason)]
+    parts = [_series_key(event.device, event.model, event.reason, event.shadow)]
     for name, value in (("score=", float(event.score)), ("threshold=", float(event.threshold))):
         if math.isfinite(value):
             parts += (name, FLOAT % value, ",")
