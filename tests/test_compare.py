@@ -70,3 +70,27 @@ def test_compare_reads_the_points_from_influxdb_since_the_given_time(influxdb_se
     assert main(["compare", "--from-influx", influxdb_session.url, "--database", database,
                  "--since", str(START)]) == 0
     assert table(capsys.readouterr().out)["pump-1"] == ["1", "3", "80.0%", "10"]
+
+
+def test_check_refuses_a_candidate_that_alarms_more_and_passes_one_that_does_not(tmp_path, capsys):
+    noisier = points_file(tmp_path / "noisier.lp", {
+        ("pump-1", False): [0, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+        ("pump-1", True): [0, 1, 1, 0, 0, 1, 0, 1, 0, 0],
+    })
+    assert main(["compare", "--points", str(noisier), "--check"]) == 1
+    assert "do not promote" in capsys.readouterr().out
+    quieter = points_file(tmp_path / "quieter.lp", {
+        ("pump-1", False): [0, 1, 1, 0, 0, 1, 0, 1, 0, 0],
+        ("pump-1", True): [0, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+    })
+    assert main(["compare", "--points", str(quieter), "--check"]) == 0
+
+
+def test_with_labels_check_compares_false_alarms_not_catches(tmp_path, capsys):
+    path = points_file(tmp_path / "scores.lp", {
+        ("pump-1", False): [0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ("pump-1", True): [0, 0, 0, 0, 0, 1, 1, 0, 0, 0],  # catches the incident the served model misses
+    })
+    labels = tmp_path / "incidents.csv"
+    labels.write_text(f"device,start,end\npump-1,{START + 5},{START + 6}\n")
+    assert main(["compare", "--points", str(path), "--labels", str(labels), "--check"]) == 0

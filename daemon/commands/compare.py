@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
                        description="Compare the served model's alerts with its shadow candidate's "
                                    "(points tagged shadow=1), per device and in total.",
                        epilog="examples:\n  anomalyd compare --points demo-out/scores.lp --labels incidents.csv\n"
-                              "  anomalyd compare --from-influx http://127.0.0.1:8086 --database anomalyd --since 7d\n")
+                              "  anomalyd compare --from-influx http://127.0.0.1:8086 --database anomalyd --since 7d\n"
+                              "  anomalyd compare --points scores.lp --labels incidents.csv --check   # promotion gate\n")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--points", type=Path, metavar="FILE",
                         help="line-protocol file written by the file sink (local_store.path)")
@@ -36,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--labels", type=Path, metavar="CSV",
                    help="known incidents: columns device,start,end (epoch seconds); alert episodes "
                         "overlapping none of their device's are counted as false alarms")
+    p.add_argument("--check", action="store_true",
+                   help="the promotion gate: exit 1 when the candidate alarms more than the served model "
+                        "(more false alarms with --labels, else more alert episodes), 0 otherwise")
     group = p.add_argument_group("reading from InfluxDB (with --from-influx)")
     group.add_argument("--database", metavar="DB", help="database the service writes to")
     group.add_argument("--since", default="7d", metavar="TIME",
@@ -177,6 +181,28 @@ def run(args: argparse.Namespace) -> int:
     models = {role: sorted(set().union(*(d.models[role] for d in devices.values()))) for role in (SERVED, CANDIDATE)}
     print(f"served model {', '.join(models[SERVED]) or '-'}; candidate {', '.join(models[CANDIDATE])}")
     print("alert episodes per model; agree = share of windows scored by both whose alert states are equal")
-    for line in report(devices, read_labels(args.labels) if args.labels else None):
+    labels = read_labels(args.labels) if args.labels else None
+    for line in report(devices, labels):
         print(line)
+    if args.check:
+        served, candidate = alarm_totals(devices, labels)
+        what = "false alarms" if labels is not None else "alert episodes"
+        if candidate > served:
+            print(f"check: the candidate raises more {what} than the served model ({candidate} > {served}): "
+                  "do not promote it")
+            return 1
+        print(f"check: the candidate raises no more {what} than the served model ({candidate} <= {served})")
     return 0
+
+
+def alarm_totals(devices: dict[str, DeviceComparison],
+                 labels: dict[str, list[tuple[float, float]]] | None) -> tuple[int, int]:
+    """(served, candidate) totals the promotion gate compares: false alarms against the labels
+    when there are labels (a candidate that catches more incidents is not penalised for it),
+    else every alert episode."""
+    totals = [0, 0]
+    for name, device in devices.items():
+        for i, role in enumerate((SERVED, CANDIDATE)):
+            episodes = device.episodes(role)
+            totals[i] += len(episodes) if labels is None else false_alarms(episodes, labels.get(name, []))
+    return totals[0], totals[1]
