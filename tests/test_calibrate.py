@@ -186,3 +186,22 @@ def test_inspect_shows_the_per_device_thresholds_and_the_calibration(work, capsy
     out = capsys.readouterr().out
     assert "per device    pump-a " in out and ", pump-b " in out
     assert "calibrated    2962 windows from 2023-11-14T22:13:20Z" in out
+
+
+def test_a_budget_threshold_is_set_again_as_a_budget_on_the_new_data(tmp_path):
+    """The bundle's false-alarm budget (train --false-alarms-per-day) is met on the new data's
+    normal runs, as train met it on its held-out tail; the weights do not change."""
+    from daemon.offline.budget import HeldOut, calibrate_budget
+
+    model = train_bundle(tmp_path, normal_csv(tmp_path, rows=3000), "--false-alarms-per-day", "2")
+    fresh = synthetic.normal(4000, seed=42).write_csv(tmp_path / "fresh.csv")
+    out = tmp_path / "recalibrated"
+    assert main(["calibrate", "--model", str(model), "--data", str(fresh), "--out", str(out)]) == 0
+    old, new = load_bundle(model), load_bundle(out)
+    assert new.threshold.method == "budget" and new.threshold.params == {"per_day": 2.0}
+    assert new.weights_sha256 == old.weights_sha256
+    scorer = Scorer.load(model)
+    runs = [r.scores for r in score_frames(scorer, normal_runs(load_csv(fresh), scorer.window), old.stride)]
+    expected, _ = calibrate_budget(HeldOut.from_scores(runs, old.stride, old.sample_period_seconds, "x"), 2.0,
+                                   old.alert)
+    assert new.threshold.value == pytest.approx(expected * old.threshold.scale)

@@ -30,6 +30,7 @@ from daemon.core.errors import BundleError, DataError, UserError
 from daemon.core.scoring import Scorer
 from daemon.core.thresholds import Threshold, calibrate
 from daemon.core.score_reference import REFERENCE_KEY, ScoreReference
+from daemon.offline.budget import HeldOut, TooLittleTail, calibrate_budget
 from daemon.offline.frame_scoring import score_frames
 from daemon.offline.frames import Frame
 from daemon.offline.training import normal_runs
@@ -53,6 +54,8 @@ def recalibrate(scorer: Scorer, runs: dict[str, list[Frame]], per_device: bool =
     if per_device and "" in runs:
         raise UserError("--per-device: some data names no device (name CSV files DEVICE=PATH; "
                         "from the store, keep --device-tag pointing at the tag that names devices)")
+    if old.method == "budget":
+        return _recalibrate_budget(scorer, runs, per_device)
     per_device_scores = {device: _scores(scorer, frames, old.method) for device, frames in runs.items()}
     pooled = _join(list(per_device_scores.values()))
     threshold = _calibrate(old, pooled, "the data")
@@ -62,6 +65,37 @@ def recalibrate(scorer: Scorer, runs: dict[str, list[Frame]], per_device: bool =
                                                            in per_device_scores.items()} if per_device else None)
     return Recalibration(dataclasses.replace(threshold, devices=devices), pooled[0],
                          {device: len(scores[0]) for device, scores in per_device_scores.items()}, reference)
+
+
+def _recalibrate_budget(scorer: Scorer, runs: dict[str, list[Frame]], per_device: bool) -> Recalibration:
+    """A false-alarm budget set again, as `train` sets it, on the new data's normal runs scored at
+    the serving stride (each run its own stretch of the hysteresis): the same budget per
+    device-day, the same counted or tail rule (daemon.offline.budget)."""
+    bundle, old = scorer.bundle, scorer.bundle.threshold
+    if bundle.sample_period_seconds is None:
+        raise UserError("the bundle's threshold is a false-alarm budget, which needs its sample period, and the "
+                        "bundle has none")
+    score_runs = {device: [r.scores for r in score_frames(
+                      scorer, [run for frame in frames for run in normal_runs(frame, scorer.window)], bundle.stride)]
+                  for device, frames in runs.items()}
+
+    def budget_threshold(parts: list[np.ndarray], what: str) -> float:
+        held_out = HeldOut.from_scores(parts, bundle.stride, bundle.sample_period_seconds, what)
+        try:
+            value, _ = calibrate_budget(held_out, float(old.params["per_day"]), bundle.alert)
+        except (TooLittleTail, ValueError, KeyError) as exc:
+            raise UserError(f"{what}: false-alarm budget: {exc}") from None
+        return value * old.scale
+
+    pooled_runs = [part for parts in score_runs.values() for part in parts]
+    devices = ({device: budget_threshold(parts, f"device {device!r}") for device, parts in sorted(score_runs.items())}
+               if per_device else {})
+    threshold = dataclasses.replace(old, value=budget_threshold(pooled_runs, "the data"), devices=devices)
+    pooled = _concat(pooled_runs)
+    reference = ScoreReference.of_scores(pooled, {device: _concat(parts) for device, parts in score_runs.items()}
+                                         if per_device else None)
+    return Recalibration(threshold, pooled, {device: sum(len(p) for p in parts) for device, parts in score_runs.items()},
+                         reference)
 
 
 def _scores(scorer: Scorer, frames: list[Frame], method: str) -> tuple[np.ndarray, np.ndarray | None]:
