@@ -265,8 +265,7 @@ class Worker:
             reconstruction, _ = batch.reconstruction.result()
             result = batch.slot.scorer.finish(batch.model_input, reconstruction)
             events, _, _ = self._score_events(batch.slot, batch.jobs, result, shadow=True)
-            self._sink.submit([event for event, job in zip(events, batch.jobs)
-                               if job.receipt is None or not job.receipt.replay])
+            self._sink.submit(_written(events, batch.jobs))
         except Exception as exc:
             self._shadow_failed(batch.slot.scorer, exc)
 
@@ -285,12 +284,9 @@ class Worker:
         self._metrics.batch_size.observe(len(jobs))
         events, flags, alerts = self._score_events(slot, jobs, result)
         if jobs[0].receipt is not None:  # a source that commits only what the sink holds (Kafka)
-            kept = []
             for event, job in zip(events, jobs):
                 event.receipt = job.receipt
-                if not job.receipt.replay:  # a replayed window only rebuilds the alert state
-                    kept.append(event)
-            events = kept
+            events = _written(events, jobs)
         if result.reasons is not None:
             self._count_reasons(slot.scorer, jobs, result.reasons)
         self._metrics.windows_scored.inc(len(jobs))
@@ -335,6 +331,12 @@ class Worker:
                 self._errors.warning("health:" + check, "%d windows of model %s flagged by sensor health, "
                                      "e.g. device %r: %s", len(windows), scorer.bundle.name, windows[0].device,
                                      reason)
+
+
+def _written(events: list[ScoreEvent], jobs: list[WindowJob]) -> list[ScoreEvent]:
+    """The events the sink gets: a replayed window (a Kafka partition's new owner refilling its
+    devices' windows) only rebuilds the alert state, its point is already written."""
+    return [event for event, job in zip(events, jobs) if job.receipt is None or not job.receipt.replay]
 
 
 def _timed(backend, model_input: np.ndarray) -> tuple[np.ndarray, float]:
