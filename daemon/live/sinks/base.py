@@ -74,7 +74,10 @@ class BufferedWriter(Generic[T]):
 
     def __init__(self, name: str, write: Callable[[list[T]], None], on_drop: Callable[[list[T]], None], *,
                  max_queued: int, batch_size: int, max_wait_s: float, size_of: Callable[[T], int] | None = None,
-                 backlog: Backlog | None = None, settled: Callable[[list[T]], None] | None = None) -> None:
+                 backlog: Backlog | None = None, settled: Callable[[list[T]], None] | None = None,
+                 start: bool = True) -> None:
+        """With `start=False` the writer thread waits for `start()`: a sink whose callbacks use
+        the writer it is assigning (a backlog replayed at once) starts it once assigned."""
         if batch_size < 1 or max_wait_s < 0:
             raise ValueError(f"{name}: batch_size must be >= 1 and max_wait_s >= 0, got {batch_size} and {max_wait_s}")
         self.name = name
@@ -92,6 +95,11 @@ class BufferedWriter(Generic[T]):
         self._ratelog = RateLimitedLog(log, interval=30.0)
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="anomalyd-" + name.replace(" ", "-"), daemon=True)
+        if start:
+            self._thread.start()
+
+    def start(self) -> None:
+        """Start the writer thread of a writer built with `start=False`."""
         self._thread.start()
 
     # -- caller side ------------------------------------------------------------------------

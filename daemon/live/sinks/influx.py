@@ -123,7 +123,8 @@ class InfluxSink:
         self._writer: BufferedWriter[_Item] = BufferedWriter(
             "influx sink", self._deliver, self._spill, max_queued=self._max_queue, batch_size=settings.batch_size,
             max_wait_s=settings.flush_interval_s, backlog=Backlog(self._retry_due_in, self._replay_one),
-            settled=_settle_items)
+            settled=_settle_items, start=False)
+        self._writer.start()  # a spool left by an earlier run is replayed at once, through self._writer
 
     # -- caller side ------------------------------------------------------------------------
 
