@@ -342,20 +342,24 @@ def tansu_binary() -> str | None:
 
 
 class Tansu(ServerProcess):
-    """A Kafka-protocol broker (Tansu) with memory storage on a loopback port."""
+    """A Kafka-protocol broker (Tansu) with memory storage on a loopback port. With
+    `advertised_port` it tells clients to connect there instead (a `tcp_proxy.TcpProxy` in front
+    of it): after the bootstrap, every connection goes to the address the metadata names."""
 
     name = "tansu"
 
-    def __init__(self, workdir: Path, port: int | None = None, binary: str = TANSU_BIN) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, binary: str = TANSU_BIN,
+                 advertised_port: int | None = None) -> None:
         super().__init__(binary, workdir, port)
+        self.advertised_port = advertised_port if advertised_port is not None else self.port
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{HOST}:{self.port}"
 
     def command(self) -> list[str]:
-        url = f"tcp://{HOST}:{self.port}"
-        return [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+        return [self.binary, "broker", "--listener-url", f"tcp://{HOST}:{self.port}",
+                "--advertised-listener-url", f"tcp://{HOST}:{self.advertised_port}",
                 "--storage-engine", "memory://tansu/"]
 
     def ready(self) -> bool:

@@ -562,6 +562,7 @@ class KafkaSource:
         log.info("revoked %s; now consuming %d partitions", _names(partitions), len(self._assigned))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._joined = False  # out of the group (unhealthy) until it is assigned partitions again
         if not partitions:
             return
         self._metrics.kafka_rebalances.labels(event="lost").inc()
@@ -626,10 +627,13 @@ class KafkaSource:
     # ---- librdkafka callbacks (consumer thread) --------------------------------------------------
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            self._set_connected(False)
-        if err.fatal():
+        code = err.code()
+        if code == KafkaError._ALL_BROKERS_DOWN:
+            self._set_connected(False)  # which logs the outage, once
+        elif err.fatal():
             log.error("kafka fatal error: %s", err)
+        elif code == KafkaError._TRANSPORT:  # librdkafka's own log line (facility FAIL) says the same
+            log.debug("kafka: %s", err)
         else:
             self._log.warning("error:" + err.name(), "kafka: %s", err)
 
