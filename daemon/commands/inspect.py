@@ -70,13 +70,14 @@ def _self_tuning(tuning: dict | None) -> list[str]:
     chosen = tuning.get("chosen", {})
     lines = [f"self-tuning   {len(tuning.get('candidates', []))} candidates in {tuning.get('seconds')} s, "
              f"not tuned: {tuning.get('not_tuned')}",
-             "  reduction normalised enter  threshold  false alarms (allowed)  detected  share flagged"]
+             "  reduction  weighted  enter   threshold  false alarms (allowed)  detected  share flagged"]
     for c in tuning.get("candidates", []):
         knobs = {k: c.get(k) for k in chosen}
-        lines.append(f"{'*' if knobs == chosen else ' '} {c.get('score_reduction', '?'):9s} "
-                     f"{'yes' if c.get('normalised') else 'no':10s} {c.get('enter_after', '?'):>5} "
-                     f"{c.get('threshold', float('nan')):>10.4g}  {c.get('held_out_false_alarms', '?'):>5} "
-                     f"({c.get('allowed_false_alarms', '?')}){'' if c.get('eligible') else ' over':17s}"
+        false_alarms = (f"{c.get('held_out_false_alarms', '?')} ({c.get('allowed_false_alarms', '?')})"
+                        + ("" if c.get("eligible") else " over"))
+        lines.append(f"{'*' if knobs == chosen else ' '} {c.get('score_reduction', '?'):10s} "
+                     f"{'yes' if c.get('normalised') else 'no':9s} {c.get('enter_after', '?'):>5} "
+                     f"{c.get('threshold', float('nan')):>11.4g}  {false_alarms:22s}"
                      f"{c.get('detection_rate', 0.0):>8.2f}  {c.get('share_flagged', 0.0):>13.2f}")
     return lines
     return 0
