@@ -5,7 +5,8 @@ An operator has no labels for their plant, so nothing here reads one. Each candi
 (`Candidate`: how per-feature errors become the window score, whether each feature's error is
 first divided by its typical held-out error, and after how many anomalous windows an alert
 opens) is one bundle on the same trained model: its threshold is set by the training's own
-threshold rule on its own scores (so every candidate is compared at equal calibration), its
+threshold rule on its own scores, a score rule applied to the scores that open an alert under
+its hysteresis (`alert_opening_scores`), so every candidate is compared at equal calibration; its
 false alarms are counted on the held-out validation tail, and the faults of
 daemon.offline.injection are written into that tail and scored through the serving `Scorer`
 and hysteresis (`detect`). The candidate chosen detects the most kinds of injected fault (mean
