@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--false-alarms-per-day", type=float, metavar="N",
                    help="threshold from a false-alarm budget of N (as `anomalyd train --false-alarms-per-day N`) "
                         "instead of the default threshold")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a TrainConfig field for every model (JSON values), e.g. --set self_tune=false; "
+                        "the table then shows that setting, not the defaults")
     return p.parse_args(argv)
 
 
@@ -88,10 +91,19 @@ def build_cases(datasets: list[str], args: argparse.Namespace) -> list[Case]:
     return cases
 
 
-def suite_config(quick: bool, false_alarms_per_day: float | None = None) -> TrainConfig:
+def suite_config(quick: bool, false_alarms_per_day: float | None = None, overrides: list[str] = ()) -> TrainConfig:
     """`anomalyd train`'s defaults (tests/test_quality_bench.py holds the two together), or
-    what `train --false-alarms-per-day N` changes in them."""
+    what `train --false-alarms-per-day N` and the `--set FIELD=VALUE` overrides change in them."""
     config = TrainConfig()
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for pair in overrides:
+        key, _, text = pair.partition("=")
+        if key not in known:
+            raise SystemExit(f"--set {pair!r}: unknown TrainConfig field (known: {', '.join(sorted(known))})")
+        try:
+            config = dataclasses.replace(config, **{key: json.loads(text)})
+        except json.JSONDecodeError:
+            config = dataclasses.replace(config, **{key: text})
     if false_alarms_per_day is not None:
         config = dataclasses.replace(config, threshold="budget", false_alarms_per_day=false_alarms_per_day,
                                      threshold_scale=1.0)
@@ -103,8 +115,8 @@ def run_all(cases: list[Case], config: TrainConfig, jobs: int) -> list[CaseOutco
 
     def done(outcome: CaseOutcome) -> None:
         outcomes.append(outcome)
-        log.info("[%d/%d] %s: %d epochs, trained in %.1f s, scored in %.1f s", len(outcomes), len(cases),
-                 outcome.name, outcome.epochs, outcome.train_seconds, outcome.score_seconds)
+        log.info("[%d/%d] %s: %d epochs, trained in %.1f s, scored in %.1f s; scoring %s", len(outcomes), len(cases),
+                 outcome.name, outcome.epochs, outcome.train_seconds, outcome.score_seconds, outcome.scoring)
 
     if jobs <= 1:
         _limit_threads()
@@ -141,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
         raise SystemExit(f"--datasets: unknown {', '.join(unknown)} (use {', '.join(DATASETS)})")
-    config = suite_config(args.quick, args.false_alarms_per_day)
+    config = suite_config(args.quick, args.false_alarms_per_day, args.set)
     started = time.time()
     cases = build_cases(datasets, args)
     log.info("%d models to train (%s), %d worker(s); config: %s", len(cases),
@@ -158,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         out = {"meta": {"mode": mode, "wall_seconds": round(wall, 1), "jobs": args.jobs,
                         "config": {k: v for k, v in vars(config).items()},
                         "models": [{"name": o.name, "epochs": o.epochs, "train_seconds": o.train_seconds,
-                                    "score_seconds": o.score_seconds, "pca_components": o.pca_components}
+                                    "score_seconds": o.score_seconds, "pca_components": o.pca_components,
+                                    "scoring": o.scoring}
                                    for o in outcomes]},
                "results": {ds: {k: f.to_dict() for k, f in by.items()} for ds, by in results.items()}}
         args.json.write_text(json.dumps(out, indent=2, default=float) + "\n")

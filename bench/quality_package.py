@@ -48,6 +48,14 @@ class TrainedModel:
         """How the bundle's false-alarm budget was met (None when its threshold is not a budget)."""
         return self.scorer.bundle.false_alarm_budget
 
+    @property
+    def scoring(self) -> str:
+        """The bundle's scoring knobs, and whether self-tuning chose them."""
+        bundle = self.scorer.bundle
+        tuned = bundle.training.get("self_tuning")
+        return (f"{bundle.score.reduction}{' normalised' if bundle.score.feature_scale else ''}, "
+                f"enter {bundle.alert.enter_after}{' (self-tuned)' if tuned else ''}")
+
     def alerts(self, frame: Frame) -> np.ndarray:
         """Per-row alert state with the bundle's threshold and hysteresis (what `evaluate` counts)."""
         return detect(self.scorer, frame, self.scorer.threshold).predicted

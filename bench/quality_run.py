@@ -39,6 +39,7 @@ class CaseOutcome:
     pca_components: int
     runs: list[RunOutcome]
     budget: FalseAlarmBudget | None = None  # how the model's threshold met its false-alarm budget
+    scoring: str = ""  # the scoring knobs in the bundle (chosen by self-tuning, or configured)
 
 
 def run_case(case: Case, config: TrainConfig) -> CaseOutcome:
@@ -55,4 +56,4 @@ def run_case(case: Case, config: TrainConfig) -> CaseOutcome:
             ours=model.alerts(frame)[counted], plain=model.plain_flags(frame)[counted],
             pca=pca.combined(frame.values[counted]), event_names=test.event_names))
     return CaseOutcome(case.dataset, case.name, model.epochs, round(trained - started, 2),
-                       round(time.time() - trained, 2), pca.components, runs, model.budget)
+                       round(time.time() - trained, 2), pca.components, runs, model.budget, model.scoring)

@@ -59,5 +59,25 @@ def run(args: argparse.Namespace) -> int:
                      "share of fault rows in alert")
         lines += [f"  {kind:20s} {f.get('detected', 0):>4}/{f.get('injected', 0):<4} "
                   f"{f.get('share_flagged', 0.0):.2f}" for kind, f in injected.items()]
+    lines += _self_tuning(t.get("self_tuning"))
     print("\n".join(lines))
+
+
+def _self_tuning(tuning: dict | None) -> list[str]:
+    """The self-tuning's candidates, one line each, the chosen one marked."""
+    if not tuning:
+        return ["self-tuning   off (scoring knobs as configured)"]
+    chosen = tuning.get("chosen", {})
+    lines = [f"self-tuning   {len(tuning.get('candidates', []))} candidates in {tuning.get('seconds')} s, "
+             f"not tuned: {tuning.get('not_tuned')}",
+             "  reduction  weighted  enter   threshold  false alarms (allowed)  detected  share flagged"]
+    for c in tuning.get("candidates", []):
+        knobs = {k: c.get(k) for k in chosen}
+        false_alarms = (f"{c.get('held_out_false_alarms', '?')} ({c.get('allowed_false_alarms', '?')})"
+                        + ("" if c.get("eligible") else " over"))
+        lines.append(f"{'*' if knobs == chosen else ' '} {c.get('score_reduction', '?'):10s} "
+                     f"{'yes' if c.get('normalised') else 'no':9s} {c.get('enter_after', '?'):>5} "
+                     f"{c.get('threshold', float('nan')):>11.4g}  {false_alarms:22s}"
+                     f"{c.get('detection_rate', 0.0):>8.2f}  {c.get('share_flagged', 0.0):>13.2f}")
+    return lines
     return 0

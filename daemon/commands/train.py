@@ -99,6 +99,14 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--demean", default="none", metavar="auto|none|A,B",
                    help="centre these features on their window mean before the model, so their level is "
                         "ignored ('auto' = the slow sensors, as above) (default: %(default)s)")
+    p.add_argument("--normalise-features", action=argparse.BooleanOptionalAction, default=TrainConfig.normalise_features,
+                   help="divide each feature's error by its typical error on the held-out validation windows "
+                        "before the reduction, so every sensor votes on the same scale (default: %(default)s)")
+    p.add_argument("--self-tune", action=argparse.BooleanOptionalAction, default=TrainConfig.self_tune,
+                   help="choose the score reduction, --normalise-features and --enter-after (the knobs that need "
+                        "no retraining) by what the model detects of synthetic faults injected into the held-out "
+                        "tail, each candidate with its own threshold by the same rule; no label is read. The "
+                        "candidates and the choice go to bundle.json training.self_tuning (default: %(default)s)")
     p.add_argument("--validation-data", action="append", metavar="CSV",
                    help="labelled CSV for --threshold-method f1")
     p.add_argument("--validation-fraction", type=float, default=0.2,
@@ -216,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(arch=args.arch, window=args.window, stride=args.stride, scaler=args.scaler,
                          score_error=args.score_error, score_reduction=args.score_reduction,
                          scale_floor=args.scale_floor, score_exclude=_selection(args.score_exclude),
+                         normalise_features=args.normalise_features, self_tune=args.self_tune,
                          demean=_selection(args.demean), epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience,
                          validation_fraction=args.validation_fraction, threshold=args.threshold,
@@ -246,4 +255,9 @@ def run(args: argparse.Namespace) -> int:
           + (f"; {bundle.false_alarm_budget.describe()}" if bundle.false_alarm_budget else "") + "), "
           f"alert after {bundle.alert.enter_after} / clear after {bundle.alert.leave_after} window(s), "
           f"{t['seconds']} s")
+    if t.get("self_tuning"):
+        chosen = t["self_tuning"]["chosen"]
+        print(f"self-tuned on injected faults: score = {chosen['score_reduction']} over "
+              f"{'normalised ' if chosen['normalised'] else ''}feature errors, alert after {chosen['enter_after']} "
+              f"(candidates: anomalyd inspect --model {args.out})")
     return 0

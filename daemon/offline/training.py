@@ -36,9 +36,10 @@ from daemon.core.windowing import windows
 from daemon.offline.budget import HeldOut, TooLittleTail, calibrate_budget
 from daemon.core.score_reference import REFERENCE_KEY, ScoreReference
 from daemon.offline.evaluation import segments
-from daemon.offline.injection import injected_fault_table
 from daemon.offline.frame_scoring import score_frames
 from daemon.offline.frames import Frame, median_sample_period
+from daemon.offline.self_tuning import (Calibration, Candidate, alert_opening_scores, self_tune, try_candidate,
+                                        typical_feature_errors)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,15 @@ class TrainConfig:
     "auto" rule (lag-1 autocorrelation >= 0.5 in the training rows) is only a heuristic and on
     short training runs also picks fast sensors (flow, vibration); check the list it writes to
     bundle.json. `demean` centres features on their window mean before the model; it is off
-    because it trades fewer false alarms for more misses."""
+    because it trades fewer false alarms for more misses.
+
+    `normalise_features` divides each feature's error by its typical error on the held-out
+    windows (`ScoreSpec.feature_scale`), so a quiet sensor's fault is not outvoted by a noisy
+    sensor's normal error. `self_tune` chooses the reduction, that normalisation and
+    `enter_after` on faults injected into the held-out tail (daemon.offline.self_tuning), no
+    label read. Both are off by default: on the quality suite they raise TEP's fault detection
+    and SKAB's false alarms alike (docs/quality.md), because a quiet sensor settling at a new
+    level after a fault looks to them like the faults they are tuned to catch."""
 
     arch: str = "lstm"
     window: int = 20
@@ -74,6 +83,8 @@ class TrainConfig:
     score_error: str = "mse"
     score_reduction: str = "max"
     score_exclude: str | list = "none"
+    normalise_features: bool = False
+    self_tune: bool = False
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -249,22 +260,28 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         health=_fit_sensor_health(split, config),  # before the self-check below, which scores with it
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    scorer = Scorer(bundle, torch_backend(model, config.threads))
-    normal_scores = np.concatenate([s.scores for s in score_frames(scorer, split.train + split.validation)])
-    if parse_method(config.threshold)[0] == "budget":
-        bundle.threshold, bundle.false_alarm_budget, calib_scores = _calibrate_budget(scorer, config, split)
-        calibrated_on = bundle.false_alarm_budget.held_out
-    else:
-        # The threshold's sample: every normal window by default (a 400-row run leaves too few
-        # validation windows for a 99.9th percentile), or only the unseen validation tail.
-        calibration = (split.train + split.validation if config.calibrate_on == "all"
-                       else split.validation or split.train)
-        calib_scores = np.concatenate([s.scores for s in score_frames(scorer, calibration)])
-        bundle.threshold = _calibrate(scorer, config, calib_scores, validation_data)
-        calibrated_on = ("train+validation" if config.calibrate_on == "all" else
-                         "validation" if split.validation else "train (no validation tail long enough)")
+    backend = torch_backend(model, config.threads)
+    feature_scale = typical_feature_errors(Scorer(bundle, backend), split.validation or split.train)
     sigma = np.maximum(train_rows.std(axis=0), 1e-12)
-    injected = injected_fault_table(scorer, split.validation, sigma, config.seed)
+
+    def calibrate_threshold(scorer: Scorer) -> Calibration:
+        return _calibration(scorer, config, split, validation_data, per_alert=config.self_tune)
+
+    configured = Candidate(config.score_reduction, config.normalise_features, config.enter_after)
+    tuning_args = (bundle, backend, feature_scale, calibrate_threshold, config.threshold, split.validation,
+                   sigma, config.seed)
+    tuning = None
+    if not config.self_tune:
+        trial = try_candidate(configured, *tuning_args)
+    elif parse_method(config.threshold)[0] == "f1":
+        log.warning("self-tuning skipped: threshold method f1 sets each candidate's threshold from labels")
+        trial = try_candidate(configured, *tuning_args)
+    else:
+        tuning = self_tune(configured, *tuning_args)
+        trial = tuning.chosen
+    bundle, scorer = trial.scorer.bundle, trial.scorer
+    calib_scores, calibrated_on = trial.calibration.scores, trial.calibration.calibrated_on
+    normal_scores = np.concatenate([s.scores for s in score_frames(scorer, split.train + split.validation)])
     bundle.training = {
         "data": sorted({f.source for f in frames}),
         "rows_train": int(sum(len(f) for f in split.train)),
@@ -280,7 +297,10 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         "validation_score_std": float(calib_scores.std()),
         # What the bundle catches of synthetic faults written into the held-out tail (no label
         # needed; daemon.offline.injection); empty when no held-out run is two windows long.
-        "injected_faults": {k: f.to_dict() for k, f in injected.items() if f.injected},
+        "injected_faults": {k: f.to_dict() for k, f in trial.injected.items() if f.injected},
+        # The scoring knobs chosen on those injected faults (daemon.offline.self_tuning); None when
+        # the configured ones were kept without trying others.
+        "self_tuning": None if tuning is None else tuning.to_dict(),
         # what the live service compares recent scores with to see the model go stale
         REFERENCE_KEY: ScoreReference.of_scores(calib_scores).to_dict(),
         "config": {k: v for k, v in vars(config).items() if k not in ("arch_params", "name", "version")},
@@ -289,6 +309,27 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         "torch_version": torch.__version__,
     }
     return TrainResult(bundle, model, history, calib_scores, normal_scores)
+
+
+def _calibration(scorer: Scorer, config: TrainConfig, split: Split, validation_data: list[Frame] | None,
+                 per_alert: bool) -> Calibration:
+    """The threshold for `scorer`'s bundle by the configured rule, and the scores it was set on.
+    `per_alert` applies a score rule (quantile, sigma, pot) to the scores that open an alert
+    under the bundle's hysteresis (`alert_opening_scores`) instead of to single windows, so that
+    settings with different hysteresis are calibrated alike; the budget counts alert episodes
+    already."""
+    if parse_method(config.threshold)[0] == "budget":
+        threshold, budget, scores = _calibrate_budget(scorer, config, split)
+        return Calibration(threshold, budget, scores, budget.held_out)
+    # The threshold's sample: every normal window by default (a 400-row run leaves too few
+    # validation windows for a 99.9th percentile), or only the unseen validation tail.
+    calibration = (split.train + split.validation if config.calibrate_on == "all"
+                   else split.validation or split.train)
+    runs = [s.scores for s in score_frames(scorer, calibration)]
+    scores = alert_opening_scores(runs, scorer.bundle.alert.enter_after) if per_alert else np.concatenate(runs)
+    calibrated_on = ("train+validation" if config.calibrate_on == "all" else
+                     "validation" if split.validation else "train (no validation tail long enough)")
+    return Calibration(_calibrate(scorer, config, scores, validation_data), None, scores, calibrated_on)
 
 
 def _fit_sensor_health(split: Split, config: TrainConfig) -> HealthSpec:
