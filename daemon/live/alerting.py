@@ -6,6 +6,12 @@ service with many devices needs: only devices in alert or part-way through a str
 stored (a quiet device costs nothing), a count of active alerts, and a lock, because updates
 come from the worker thread and `forget` from ingest (device eviction).
 
+A device taken over from another instance (a Kafka partition that moved) is `seed`ed with the
+alert state its previous owner recorded as of a window's end time: windows up to that time
+(read again to refill the window) hold the seeded state instead of stepping it, so an alert
+that began long before the replayed span goes on without a second raise, and one that cleared
+is not raised again from stale readings. Later windows step from the seeded state.
+
 Each device's sensor-health memory (`daemon.core.sensor_health.HealthState`, the drift sums)
 lives here too, beside its alert state, so eviction and a Kafka rebalance forget both at once.
 """
@@ -13,6 +19,7 @@ lives here too, beside its alert state, so eviction and a Kafka rebalance forget
 from __future__ import annotations
 
 import threading
+from typing import Iterable, Sequence
 
 from daemon.core.postprocess import AlertSpec, Hysteresis
 from daemon.core.sensor_health import HealthState
@@ -22,6 +29,7 @@ class AlertTracker:
     def __init__(self, enter_after: int, leave_after: int) -> None:
         self.spec = AlertSpec(enter_after, leave_after)
         self._states: dict[str, Hysteresis] = {}
+        self._seeded: dict[str, float] = {}  # device -> end time of the window its seeded state is as of
         self._health: dict[str, HealthState] = {}
         self._active = 0
         self._lock = threading.Lock()
@@ -34,16 +42,27 @@ class AlertTracker:
             for state in self._states.values():
                 state.spec = spec
 
-    def update_batch(self, devices: list[str], anomalies: list[bool]) -> list[tuple[bool, bool]]:
-        """Feed a batch of scored windows in time order (`devices[i]`'s window flagged
-        `anomalies[i]`). Returns, per window, (device is in alert, it entered alert just now).
-        One call and one lock per batch, so a quiet device costs a dict lookup."""
+    def update_batch(self, devices: list[str], anomalies: list[bool], times: Sequence[float] | None = None
+                     ) -> list[tuple[bool, bool]]:
+        """Feed a batch of scored windows in time order (`devices[i]`'s window, ending at
+        `times[i]`, flagged `anomalies[i]`). Returns, per window, (device is in alert, its
+        alert state changed just now: raised when in alert, cleared when not). A window of a
+        seeded device ending at or before its seed's time holds the seeded state and changes
+        nothing; without `times` no window is held. One call and one lock per batch, so a
+        quiet device costs a dict lookup."""
         quiet = (False, False)
         out = []
         append = out.append
         states = self._states
+        seeded = self._seeded
         with self._lock:
-            for device, anomaly in zip(devices, anomalies):
+            for i, (device, anomaly) in enumerate(zip(devices, anomalies)):
+                if seeded and device in seeded:
+                    if times is not None and times[i] <= seeded[device]:
+                        held = states.get(device)
+                        append(quiet if held is None else (held.alert, False))
+                        continue
+                    del seeded[device]
                 state = states.get(device)
                 if state is None:
                     if not anomaly:
@@ -56,8 +75,19 @@ class AlertTracker:
                     self._active += 1 if alert else -1
                 if not alert and state.streak == 0:
                     del states[device]
-                append((alert, alert and not was))
+                append((alert, alert != was))
         return out
+
+    def seed(self, device: str, alert: bool, as_of: float) -> None:
+        """Set `device`'s state to `alert` as of the window ending at `as_of` (what the device's
+        previous owner recorded): its windows ending until then hold that state."""
+        with self._lock:
+            self._drop_state(device)
+            if alert:
+                state = self._states[device] = Hysteresis(self.spec)
+                state.alert = True
+                self._active += 1
+            self._seeded[device] = as_of
 
     def health_states(self, devices: list[str]) -> list[HealthState]:
         """Each device's sensor-health memory, a new one for a device not seen before. Only the
@@ -74,11 +104,22 @@ class AlertTracker:
 
     def forget(self, device: str) -> None:
         """Drop a device's state (it was evicted as idle), clearing its alert if any."""
+        self.forget_devices((device,))
+
+    def forget_devices(self, devices: Iterable[str]) -> None:
+        """Drop these devices' states (another instance scores them from now on, or they were
+        evicted), clearing their alerts, seeded ones included."""
         with self._lock:
-            self._health.pop(device, None)
-            state = self._states.pop(device, None)
-            if state is not None and state.alert:
-                self._active -= 1
+            for device in devices:
+                self._health.pop(device, None)
+                self._drop_state(device)
+
+    def _drop_state(self, device: str) -> None:
+        """Forget `device`'s alert and seed (lock held)."""
+        self._seeded.pop(device, None)
+        state = self._states.pop(device, None)
+        if state is not None and state.alert:
+            self._active -= 1
 
     def active_count(self) -> int:
         return self._active
