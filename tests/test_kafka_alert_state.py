@@ -39,24 +39,25 @@ from daemon.offline import synthetic  # noqa: E402
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo"
 
 
-def states(tracker: AlertTracker, device: str, windows: list[tuple[float, bool]]) -> str:
-    """Feed (window end, anomalous) windows; 'A' in alert, '.' not, '!' raised, '-' cleared."""
+def states(tracker: AlertTracker, device: str, windows: list[tuple[float, bool]], replayed: bool = True) -> str:
+    """Feed (window end, anomalous) windows, replayed ones unless told; 'A' in alert, '.' not,
+    '!' raised, '-' cleared."""
     out = ""
     for alert, changed in tracker.update_batch([device] * len(windows), [a for _, a in windows],
-                                               [ts for ts, _ in windows]):
+                                               [ts if replayed else None for ts, _ in windows]):
         out += ("!" if alert else "-") if changed else ("A" if alert else ".")
     return out
 
 
 # ---- the seeding rule -------------------------------------------------------------------------
 
-def test_a_seeded_alert_holds_through_windows_up_to_its_time_and_steps_on_after():
+def test_a_seeded_alert_holds_through_replayed_windows_up_to_its_time_and_steps_on_after():
     tracker = AlertTracker(3, 2)
     tracker.seed("pump", True, as_of=100.0)
     assert tracker.active_count() == 1
     # replayed windows up to t=100 hold the state whatever their flags; from t=101 it steps on
-    assert states(tracker, "pump", [(98, False), (99, False), (100, False), (101, True), (102, False),
-                                    (103, False)]) == "AAAAA-"
+    assert states(tracker, "pump", [(98, False), (99, False), (100, False), (101, True), (102, False)]) == "AAAAA"
+    assert states(tracker, "pump", [(103, False)], replayed=False) == "-"
     assert tracker.active_count() == 0
 
 
@@ -78,10 +79,12 @@ def test_a_seed_replaces_what_the_device_had_and_is_forgotten_with_it():
     assert states(tracker, "fan", [(59.0, False)]) == "."
 
 
-def test_windows_without_times_are_never_held():
+def test_a_window_scored_for_the_first_time_steps_from_the_seed_whatever_its_time():
     tracker = AlertTracker(1, 1)
     tracker.seed("pump", True, as_of=100.0)
-    assert tracker.update_batch(["pump"], [False]) == [(False, True)]
+    # e.g. the device clock was set back: its state must not freeze until the clock catches up
+    assert states(tracker, "pump", [(50.0, False)], replayed=False) == "-"
+    assert states(tracker, "pump", [(51.0, True)]) == "!"  # the seed is over: replayed or not, windows step
 
 
 def test_an_alert_record_reads_back_and_a_malformed_one_is_refused():

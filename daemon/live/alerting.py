@@ -7,10 +7,12 @@ stored (a quiet device costs nothing), a count of active alerts, and a lock, bec
 come from the worker thread and `forget` from ingest (device eviction).
 
 A device taken over from another instance (a Kafka partition that moved) is `seed`ed with the
-alert state its previous owner recorded as of a window's end time: windows up to that time
-(read again to refill the window) hold the seeded state instead of stepping it, so an alert
-that began long before the replayed span goes on without a second raise, and one that cleared
-is not raised again from stale readings. Later windows step from the seeded state.
+alert state its previous owner recorded as of a window's end time: replayed windows (read
+again to refill the window) ending up to that time hold the seeded state instead of stepping
+it, so an alert that began long before the replayed span goes on without a second raise, and
+one that cleared is not raised again from stale readings. Later windows step from the seeded
+state; so does any window scored for the first time, whatever its time, so a device clock set
+back cannot freeze the state.
 
 Each device's sensor-health memory (`daemon.core.sensor_health.HealthState`, the drift sums)
 lives here too, beside its alert state, so eviction and a Kafka rebalance forget both at once.
@@ -42,13 +44,14 @@ class AlertTracker:
             for state in self._states.values():
                 state.spec = spec
 
-    def update_batch(self, devices: list[str], anomalies: list[bool], times: Sequence[float] | None = None
-                     ) -> list[tuple[bool, bool]]:
-        """Feed a batch of scored windows in time order (`devices[i]`'s window, ending at
-        `times[i]`, flagged `anomalies[i]`). Returns, per window, (device is in alert, its
-        alert state changed just now: raised when in alert, cleared when not). A window of a
-        seeded device ending at or before its seed's time holds the seeded state and changes
-        nothing; without `times` no window is held. One call and one lock per batch, so a
+    def update_batch(self, devices: list[str], anomalies: list[bool],
+                     replayed_ends: Sequence[float | None] | None = None) -> list[tuple[bool, bool]]:
+        """Feed a batch of scored windows in time order (`devices[i]`'s window flagged
+        `anomalies[i]`). Returns, per window, (device is in alert, its alert state changed
+        just now: raised when in alert, cleared when not). `replayed_ends[i]` is the end time
+        of a replayed window, None for one scored for the first time (no list: none is
+        replayed). A replayed window of a seeded device ending at or before its seed's time
+        holds the seeded state and changes nothing. One call and one lock per batch, so a
         quiet device costs a dict lookup."""
         quiet = (False, False)
         out = []
@@ -58,7 +61,8 @@ class AlertTracker:
         with self._lock:
             for i, (device, anomaly) in enumerate(zip(devices, anomalies)):
                 if seeded and device in seeded:
-                    if times is not None and times[i] <= seeded[device]:
+                    end = None if replayed_ends is None else replayed_ends[i]
+                    if end is not None and end <= seeded[device]:
                         held = states.get(device)
                         append(quiet if held is None else (held.alert, False))
                         continue
@@ -80,7 +84,7 @@ class AlertTracker:
 
     def seed(self, device: str, alert: bool, as_of: float) -> None:
         """Set `device`'s state to `alert` as of the window ending at `as_of` (what the device's
-        previous owner recorded): its windows ending until then hold that state."""
+        previous owner recorded): its replayed windows ending until then hold that state."""
         with self._lock:
             self._drop_state(device)
             if alert:
