@@ -53,8 +53,8 @@ def states(tracker: AlertTracker, device: str, windows: list[tuple[float, bool]]
 
 def test_a_seeded_alert_holds_through_replayed_windows_up_to_its_time_and_steps_on_after():
     tracker = AlertTracker(3, 2)
-    tracker.seed("pump", True, as_of=100.0)
-    assert tracker.active_count() == 1
+    tracker.seed("pump", True, as_of=100.0, within=3600)
+    assert tracker.active_count() == 0  # in force from the device's first window
     # replayed windows up to t=100 hold the state whatever their flags; from t=101 it steps on
     assert states(tracker, "pump", [(98, False), (99, False), (100, False), (101, True), (102, False)]) == "AAAAA"
     assert states(tracker, "pump", [(103, False)], replayed=False) == "-"
@@ -63,7 +63,7 @@ def test_a_seeded_alert_holds_through_replayed_windows_up_to_its_time_and_steps_
 
 def test_a_seeded_clear_is_not_raised_again_by_stale_anomalous_windows():
     tracker = AlertTracker(2, 2)
-    tracker.seed("pump", False, as_of=100.0)
+    tracker.seed("pump", False, as_of=100.0, within=3600)
     assert states(tracker, "pump", [(97, True), (98, True), (99, True), (100, True)]) == "...."
     assert states(tracker, "pump", [(101, True), (102, True)]) == ".!"  # a new episode raises as usual
 
@@ -71,17 +71,24 @@ def test_a_seeded_clear_is_not_raised_again_by_stale_anomalous_windows():
 def test_a_seed_replaces_what_the_device_had_and_is_forgotten_with_it():
     tracker = AlertTracker(1, 5)
     tracker.update_batch(["pump"], [True], [50.0])
-    tracker.seed("pump", False, as_of=60.0)
+    tracker.seed("pump", False, as_of=60.0, within=3600)
     assert tracker.active_count() == 0
-    tracker.seed("fan", True, as_of=60.0)
-    tracker.forget_devices({"fan", "never-seen"})  # its partition moved away before any reading came
+    tracker.seed("fan", True, as_of=60.0, within=3600)
+    assert states(tracker, "fan", [(59.0, False)]) == "A"
+    tracker.forget_devices({"fan", "never-seen"})  # its partition moved away
     assert tracker.active_count() == 0
-    assert states(tracker, "fan", [(59.0, False)]) == "."
+    assert states(tracker, "fan", [(60.0, False)]) == "."
+
+
+def test_a_seed_whose_device_stays_silent_too_long_is_dropped_as_its_previous_owner_would_have():
+    tracker = AlertTracker(2, 2)
+    tracker.seed("pump", True, as_of=100.0, within=0.0)  # limits.idle_evict_seconds passed without a reading
+    assert states(tracker, "pump", [(99.0, True), (100.0, True)]) == ".!"  # a fresh start
 
 
 def test_a_window_scored_for_the_first_time_steps_from_the_seed_whatever_its_time():
     tracker = AlertTracker(1, 1)
-    tracker.seed("pump", True, as_of=100.0)
+    tracker.seed("pump", True, as_of=100.0, within=3600)
     # e.g. the device clock was set back: its state must not freeze until the clock catches up
     assert states(tracker, "pump", [(50.0, False)], replayed=False) == "-"
     assert states(tracker, "pump", [(51.0, True)]) == "!"  # the seed is over: replayed or not, windows step
@@ -180,7 +187,7 @@ def service(tansu, tmp_path: Path, name: str) -> Service:
               "kafka": {"bootstrap_servers": tansu.bootstrap_servers, "topics": "plant", "group_id": "fleet",
                         "session_timeout_ms": 6000, "commit_interval_ms": 200, "auto_offset_reset": "earliest",
                         "replay_seconds": REPLAY_S},
-              "model": {"path": str(DEMO)},
+              "model": {"path": str(DEMO), "devices": {LONG: str(DEMO)}},  # each seeded in its own route
               "alerting": {"enter_after": ALERT.enter_after, "leave_after": ALERT.leave_after},
               "metrics": {"port": 0},
               "batching": {"max_wait_ms": 10},
@@ -242,6 +249,7 @@ def test_alerts_continue_across_a_move_exactly_as_on_one_instance(tansu, tmp_pat
         wait_until(lambda: second.ingest.assigned, 20, "the second instance assigned the partitions")
         produce(tansu, data, range(FIRST, FIRST + SECOND))
         wait_written(tmp_path / "second.lp", last[FIRST + SECOND])
+        assert [r.alerts.active_count() for r in second.routes] == [1, 0]  # LONG's route, the default route
     finally:
         second.shutdown()
 

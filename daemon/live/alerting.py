@@ -12,7 +12,9 @@ again to refill the window) ending up to that time hold the seeded state instead
 it, so an alert that began long before the replayed span goes on without a second raise, and
 one that cleared is not raised again from stale readings. Later windows step from the seeded
 state; so does any window scored for the first time, whatever its time, so a device clock set
-back cannot freeze the state.
+back cannot freeze the state. A seed takes effect at the device's first window: a device that
+never sends again is not counted in alert here, and one silent longer than its previous owner
+would have kept it (limits.idle_evict_seconds) starts afresh, as it would have there.
 
 Each device's sensor-health memory (`daemon.core.sensor_health.HealthState`, the drift sums)
 lives here too, beside its alert state, so eviction and a Kafka rebalance forget both at once.
@@ -21,17 +23,29 @@ lives here too, beside its alert state, so eviction and a Kafka rebalance forget
 from __future__ import annotations
 
 import threading
+import time
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from daemon.core.postprocess import AlertSpec, Hysteresis
 from daemon.core.sensor_health import HealthState
 
 
+@dataclass(slots=True)
+class _Seed:
+    """A device's alert state as recorded by its previous owner."""
+
+    alert: bool
+    as_of: float  # end time of the window the state is as of
+    expires: float  # monotonic time after which it is dropped unused
+    pending: bool = True  # not yet taken up by a window of the device
+
+
 class AlertTracker:
     def __init__(self, enter_after: int, leave_after: int) -> None:
         self.spec = AlertSpec(enter_after, leave_after)
         self._states: dict[str, Hysteresis] = {}
-        self._seeded: dict[str, float] = {}  # device -> end time of the window its seeded state is as of
+        self._seeded: dict[str, _Seed] = {}
         self._health: dict[str, HealthState] = {}
         self._active = 0
         self._lock = threading.Lock()
@@ -58,13 +72,14 @@ class AlertTracker:
         append = out.append
         states = self._states
         seeded = self._seeded
+        now = time.monotonic() if seeded else 0.0
         with self._lock:
             for i, (device, anomaly) in enumerate(zip(devices, anomalies)):
-                if seeded and device in seeded:
+                seed = seeded.get(device) if seeded else None
+                if seed is not None and self._take_up(device, seed, now):
                     end = None if replayed_ends is None else replayed_ends[i]
-                    if end is not None and end <= seeded[device]:
-                        held = states.get(device)
-                        append(quiet if held is None else (held.alert, False))
+                    if end is not None and end <= seed.as_of:
+                        append((seed.alert, False))
                         continue
                     del seeded[device]
                 state = states.get(device)
@@ -82,16 +97,28 @@ class AlertTracker:
                 append((alert, alert != was))
         return out
 
-    def seed(self, device: str, alert: bool, as_of: float) -> None:
+    def seed(self, device: str, alert: bool, as_of: float, within: float) -> None:
         """Set `device`'s state to `alert` as of the window ending at `as_of` (what the device's
-        previous owner recorded): its replayed windows ending until then hold that state."""
+        previous owner recorded), from its first window on if that comes within `within`
+        seconds: its replayed windows ending until `as_of` hold that state."""
         with self._lock:
             self._drop_state(device)
-            if alert:
-                state = self._states[device] = Hysteresis(self.spec)
-                state.alert = True
-                self._active += 1
-            self._seeded[device] = as_of
+            self._seeded[device] = _Seed(alert, as_of, time.monotonic() + within)
+
+    def _take_up(self, device: str, seed: _Seed, now: float) -> bool:
+        """At a seeded device's window: put a pending seed in force, or drop it if it expired.
+        Whether the seed is in force (lock held)."""
+        if not seed.pending:
+            return True
+        if now >= seed.expires:
+            del self._seeded[device]
+            return False
+        seed.pending = False
+        if seed.alert:
+            state = self._states[device] = Hysteresis(self.spec)
+            state.alert = True
+            self._active += 1
+        return True
 
     def health_states(self, devices: list[str]) -> list[HealthState]:
         """Each device's sensor-health memory, a new one for a device not seen before. Only the

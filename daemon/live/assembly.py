@@ -214,7 +214,7 @@ def build_kafka_ingest(config: Config, routes: list[Route], handler: MessageHand
 
     def seed_alerts(records: dict[str, AlertRecord]) -> None:
         for device, record in records.items():
-            route_of(device).alerts.seed(device, record.alert, record.ts)
+            route_of(device).alerts.seed(device, record.alert, record.ts, within=config.limits.idle_evict_seconds)
 
     spans = [(r.scorer.window, r.buffers.stream.sample_period_seconds) for r in routes]
     return build_kafka_source(config, handler, metrics, spans, drop_devices, alert_state, seed_alerts)

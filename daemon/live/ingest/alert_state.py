@@ -183,17 +183,20 @@ class AlertStateTopic:
             return {}
         reader = self._reader
         if reader is None:
+            # No group membership (assign only; the group id is required, never joined) and a short
+            # fetch wait: the broker answers a fetch at the end of a partition at once.
             reader = self._reader = Consumer({**self._connection, "group.id": self.name + "-reader",
                                               "enable.auto.commit": False, "enable.partition.eof": True,
-                                              "log.connection.close": False})
+                                              "fetch.wait.max.ms": 10, "log.connection.close": False})
         latest: dict[str, AlertRecord] = {}
         at_end: set[int] = set()
         unreadable = 0
-        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        began = time.monotonic()
+        deadline = began + LOAD_TIMEOUT_S
         reader.assign([TopicPartition(self.name, n, OFFSET_BEGINNING) for n in numbers])
         try:
             while len(at_end) < len(numbers) and time.monotonic() < deadline:
-                for msg in reader.consume(num_messages=1000, timeout=0.2):
+                for msg in reader.consume(num_messages=1000, timeout=0.02):  # returns when full or timed out
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
@@ -226,6 +229,8 @@ class AlertStateTopic:
             log.warning("alert-state topic %r: %d records without a device key or with an unreadable value "
                         "skipped", self.name, unreadable)
         self._records.labels(result="loaded").inc(len(latest))
+        log.info("alert-state topic %r: %d alert states read for %s in %.2f s", self.name, len(latest),
+                 ", ".join(f"{t}[{p}]" for t, p in sorted(wanted)), time.monotonic() - began)
         return latest
 
     def close(self, timeout: float) -> None:
