@@ -91,10 +91,6 @@ class AlertStateTopic:
         self._ready = False
         self._owned: frozenset[TopicPartitionKey] = frozenset()  # replaced whole: read on the worker thread
 
-    @property
-    def ready(self) -> bool:
-        return self._ready
-
     def prepare(self, data_topics: list[str]) -> bool:
         """Make sure the topic exists with at least as many partitions as the data topics: create
         it (compacted) if missing. False, logged, if it cannot be checked or has too few."""
@@ -108,7 +104,7 @@ class AlertStateTopic:
                 self._create(admin, max(needed, 1))
                 self._ready = True
                 return True
-        except KafkaException as exc:
+        except (KafkaException, TimeoutError) as exc:
             log.error("alert-state topic %r: cannot check or create it (alert states restart empty on the devices "
                       "this instance takes over): %s", self.name, exc)
             return False
