@@ -5,8 +5,8 @@ A publisher produces keyed readings for 300 devices (some with faults, so alerts
 instance is killed with SIGKILL mid-stream and started again later. The union of the sinks must
 hold every window of every device (stride 1: one per reading from the window-th on), each device
 must be scored by one instance at a time (two only for the windows in flight when it moved), no device may be silent longer than the session timeout plus the replay, and the
-alert episodes must equal those of one instance running hysteresis over the same window flags.
-The counts are printed (`-s`) for the record.
+alert episodes must equal those of one instance running hysteresis over the same window flags
+(the new owners take the alert states over from the alert-state topic). The counts are printed (`-s`) for the record.
 
 Membership is dynamic: Tansu did not expire a SIGKILLed static member (`group.instance.id`)
 after its session timeout, so its partitions stayed unassigned until it came back.
@@ -252,6 +252,7 @@ def test_a_killed_member_devices_continue_on_the_others_without_losing_a_window(
             last_ts = (start + STEPS - 1) * 1000
             wait_until(lambda: all(sinks_seen.has(d, last_ts) for d in DEVICES), 60, "every device's last window")
             replayed = sum(m.metric("anomalyd_kafka_replayed_total") for m in members.values())
+            seeded = sum(m.metric('anomalyd_alert_state_records_total{result="loaded"}') for m in members.values())
         for member in members.values():
             member.stop()
     finally:
@@ -305,9 +306,11 @@ def test_a_killed_member_devices_continue_on_the_others_without_losing_a_window(
     print(f"\nfailover: devices {len(DEVICES)}, readings {len(DEVICES) * STEPS}, windows {len(expected)}, "
           f"points written {len(points)}, duplicates {duplicates} ({shared_windows} windows), "
           f"replayed {replayed:.0f} (after the restart; the killed member's count died with it), "
+          f"alert states taken over {seeded:.0f}, "
           f"lost {len(lost)}, devices moved {moved}, longest silence {silence:.1f} s ({device}), "
           f"torn lines {sinks_seen.torn}, alert episodes {live_episodes} (single-instance reference "
           f"{reference_episodes}), devices whose episodes differ {len(differing)} {differing[:5]}")
     assert moved > 0 and replayed > 0  # the kill moved devices and their new owners replayed
+    assert seeded > 0  # and took over the alert states of those in alert
     assert reference_episodes > 0
     assert not differing

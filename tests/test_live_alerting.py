@@ -8,16 +8,16 @@ def run(tracker: AlertTracker, flags: str, device: str = "d") -> tuple[str, str]
     flags as strings ('A' in alert, '!' entered alert at that window)."""
     result = tracker.update_batch([device] * len(flags), [flag == "1" for flag in flags])
     return ("".join("A" if alert else "." for alert, _ in result),
-            "".join("!" if raised else "." for _, raised in result))
+            "".join("!" if alert and changed else "." for alert, changed in result))
 
 
 def run_one_by_one(tracker: AlertTracker, flags: str, device: str = "d") -> tuple[str, str]:
     """The same windows, one batch each: the state carries over between batches."""
     states, raises = "", ""
     for flag in flags:
-        [(alert, raised)] = tracker.update_batch([device], [flag == "1"])
+        [(alert, changed)] = tracker.update_batch([device], [flag == "1"])
         states += "A" if alert else "."
-        raises += "!" if raised else "."
+        raises += "!" if alert and changed else "."
     return states, raises
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from daemon.core.bundle import load_bundle
 from daemon.core.errors import UserError
@@ -32,6 +32,9 @@ from daemon.live.sinks.factory import build_sink
 from daemon.live.telemetry.memory import release_free_memory
 from daemon.live.telemetry.metrics import Metrics
 from daemon.live.worker import ModelSlot, WindowQueue, Worker
+
+if TYPE_CHECKING:
+    from daemon.live.ingest.alert_state import AlertRecord, AlertStateTopic
 
 log = logging.getLogger(__name__)
 
@@ -179,22 +182,39 @@ def assemble(config: Config, metrics: Metrics, sink: Sink | None = None) -> Stag
     sink = sink if sink is not None else build_sink(config, metrics)
     routes = build_routes(config, scorers, queue, metrics)
     b = config.batching
-    worker = Worker(queue, model_slots(config, routes), sink, metrics, b.max_batch, b.max_wait_ms / 1000,
-                    shadow)
-    return Stages(queue, sink, routes, worker, build_ingest(config, routes, metrics))
-
-
-def build_ingest(config: Config, routes: list[Route], metrics: Metrics) -> Source:
-    """The configured source, feeding the routes' pipelines. The Kafka client is imported only
-    for `source: kafka`, so an edge box needs no confluent-kafka."""
     handler = message_handler(routes)
     if config.source != "kafka":
-        return MqttIngest(config.mqtt, handler, metrics)
+        worker = Worker(queue, model_slots(config, routes), sink, metrics, b.max_batch, b.max_wait_ms / 1000,
+                        shadow)
+        return Stages(queue, sink, routes, worker, MqttIngest(config.mqtt, handler, metrics))
+    # The Kafka client is imported only for `source: kafka`, so an edge box needs no confluent-kafka.
+    from daemon.live.ingest.kafka import build_alert_state
+
+    alert_state = build_alert_state(config, metrics)
+    worker = Worker(queue, model_slots(config, routes), sink, metrics, b.max_batch, b.max_wait_ms / 1000,
+                    shadow, alert_state)
+    return Stages(queue, sink, routes, worker, build_kafka_ingest(config, routes, handler, metrics, alert_state))
+
+
+def build_kafka_ingest(config: Config, routes: list[Route], handler: MessageHandler, metrics: Metrics,
+                       alert_state: AlertStateTopic | None) -> Source:
+    """The Kafka source feeding the routes' pipelines through `handler`: a device whose partition
+    moves away is forgotten by every route, one taken over is seeded in its own route."""
     from daemon.live.ingest.kafka import build_kafka_source
 
     def drop_devices(devices: set[str]) -> None:
         for route in routes:
             route.buffers.drop_devices(devices)
+            route.alerts.forget_devices(devices)  # those seeded but not yet read have no buffer
+
+    by_pipeline = {id(r.pipeline): r for r in routes}
+
+    def route_of(device: str) -> Route:
+        return routes[-1] if len(routes) == 1 else by_pipeline[id(handler.route_of(device))]
+
+    def seed_alerts(records: dict[str, AlertRecord]) -> None:
+        for device, record in records.items():
+            route_of(device).alerts.seed(device, record.alert, record.ts, within=config.limits.idle_evict_seconds)
 
     spans = [(r.scorer.window, r.buffers.stream.sample_period_seconds) for r in routes]
-    return build_kafka_source(config, handler, metrics, spans, drop_devices)
+    return build_kafka_source(config, handler, metrics, spans, drop_devices, alert_state, seed_alerts)

@@ -109,6 +109,11 @@ class KafkaConfig:
                                               "period + replay_margin_seconds).", lo=0)
     replay_margin_seconds: float = _opt(10.0, "Added to the computed replay span for late and jittery "
                                               "readings.", lo=0)
+    alert_state_topic: str | None = _opt("anomalyd-alert-state", "Compacted topic (key = device) where each change "
+                                                                 "of a device's alert state is recorded, so the "
+                                                                 "instance a partition moves to continues its "
+                                                                 "alerts; created with the data topics' partition "
+                                                                 "count when missing. Empty or null = not used.")
     device_field: str | None = _opt("device", "Payload field that, when present, must equal the record key "
                                               "(else the record counts as key_mismatch); null = not checked.")
     auto_offset_reset: str = _opt("latest", "Where a partition without a committed offset starts: latest (the "

@@ -13,9 +13,12 @@ class Receipt(Protocol):
     """A source's claim on one window: settled once the sink has written or spooled the window,
     or once a stage dropped it (counted), so the source may commit past its reading (Kafka).
     `replay`: the window's readings were scored and stored before (a new owner refilling its
-    windows); it is scored for the alert state only, never written, and needs no settling."""
+    windows); it is scored for the alert state only, never written, and needs no settling.
+    `source`: the (topic, partition) the reading came from, where its device's alert changes
+    are recorded (daemon.live.ingest.alert_state); None when unknown."""
 
     replay: bool
+    source: tuple[str, int] | None
 
     def settle(self) -> None: ...
 

@@ -21,7 +21,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Protocol
 
 import numpy as np
 
@@ -60,6 +60,13 @@ class WindowQueue(BoundedQueue[WindowJob]):
         self._drops.inc(len(jobs))
         self._ratelog.warning("queue_full", "window queue: dropped %d windows, oldest first (queue of %d full: "
                               "the model is not keeping up; or stopping without draining)", len(jobs), self.maxsize)
+
+
+class AlertChanges(Protocol):
+    """Where the served model's alert changes are recorded so they survive a partition move
+    (daemon.live.ingest.alert_state.AlertStateTopic)."""
+
+    def publish(self, device: str, alert: bool, ts: float, source: tuple[str, int] | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -108,13 +115,18 @@ class Worker:
 
     `shadow` (model.candidate) scores the windows of the default route ("") a second time;
     its events go to the sink marked `shadow`, and it moves no metric, alert or receipt: the
-    served model's pass owns those, so the service behaves as it does without a candidate."""
+    served model's pass owns those, so the service behaves as it does without a candidate.
+
+    `alert_changes` gets every change of the served model's alert states on a window scored
+    for the first time (not replayed), before the window goes to the sink."""
 
     def __init__(self, queue: WindowQueue, models: Mapping[str, ModelSlot], sink: Sink, metrics: Metrics,
-                 max_batch: int = 64, max_wait_s: float = 0.05, shadow: ModelSlot | None = None) -> None:
+                 max_batch: int = 64, max_wait_s: float = 0.05, shadow: ModelSlot | None = None,
+                 alert_changes: AlertChanges | None = None) -> None:
         self._queue = queue
         self._models = dict(models)  # swapped as one reference, see swap_models
         self.shadow = shadow
+        self._alert_changes = alert_changes
         self._sink = sink
         self._metrics = metrics
         self.max_batch = max_batch
@@ -291,13 +303,29 @@ class Worker:
             self._count_reasons(slot.scorer, jobs, result.reasons)
         self._metrics.windows_scored.inc(len(jobs))
         self._metrics.anomalous_windows.inc(sum(flags))
-        self._metrics.alerts_raised.inc(sum(raised for _, raised in alerts))
+        self._alert_changed(jobs, alerts)
         return events
+
+    def _alert_changed(self, jobs: list[WindowJob], alerts: list[tuple[bool, bool]]) -> None:
+        """Count the raises and record the changes of windows scored for the first time: a
+        replayed window's change happened on the previous owner, which counted and recorded it."""
+        changed = [i for i, (_, change) in enumerate(alerts) if change]
+        raised = 0
+        for i in changed:
+            job, alert = jobs[i], alerts[i][0]
+            receipt = job.receipt
+            if receipt is not None and receipt.replay:
+                continue
+            raised += alert
+            if self._alert_changes is not None and receipt is not None:
+                self._alert_changes.publish(job.device, alert, job.ts_end, receipt.source)
+        if raised:
+            self._metrics.alerts_raised.inc(raised)
 
     def _score_events(self, slot: ModelSlot, jobs: list[WindowJob], result: WindowScores, shadow: bool = False
                       ) -> tuple[list[ScoreEvent], list[bool], list[tuple[bool, bool]]]:
         """Threshold and hysteresis over a scored batch: its events (a replayed window's
-        included, for the caller to leave out), raw flags and (alert, raised) per window."""
+        included, for the caller to leave out), raw flags and (alert, changed) per window."""
         scorer = slot.scorer
         devices = [job.device for job in jobs]
         thresholds = slot.thresholds(devices)
@@ -306,7 +334,9 @@ class Worker:
         # float32 like the scores, so a per-device threshold compares exactly as a single one does
         flags = result.flags(np.asarray(thresholds, dtype=np.float32) if slot.device_thresholds
                              else slot.threshold).tolist()
-        alerts = slot.alerts.update_batch(devices, flags)
+        replayed_ends = None if jobs[0].receipt is None else [
+            job.ts_end if job.receipt is not None and job.receipt.replay else None for job in jobs]  # seeds hold
+        alerts = slot.alerts.update_batch(devices, flags, replayed_ends)
         reasons = result.reasons or [""] * len(jobs)
         events = [ScoreEvent(job.device, model, job.ts_end, score, threshold, anomaly, alert,
                              dict(zip(names, errors)), job.received, reason, shadow=shadow)

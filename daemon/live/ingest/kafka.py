@@ -22,6 +22,10 @@ Group semantics that keep windows whole:
   owner wrote them: their offsets were committed only once its sink held them). Records older than the span are skipped
   (counted) in case the broker's time lookup returns an earlier offset than asked for (Tansu
   answers 0).
+- With `kafka.alert_state_topic`, each new partition's devices are first seeded with the alert
+  states their previous owner recorded (`daemon.live.ingest.alert_state`: read before the
+  partition is consumed, so before its replay is scored), and each commit waits for the
+  alert-state records produced so far to be delivered.
 - On revocation (or loss) the partitions' devices are handed to `drop_devices`, which forgets
   their buffers and alert states: another instance scores them from now on.
 
@@ -59,6 +63,7 @@ from confluent_kafka import (OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, 
 
 from daemon.core.errors import ConfigError
 from daemon.live.config import Config, KafkaConfig
+from daemon.live.ingest.alert_state import AlertRecord, AlertStateTopic
 from daemon.live.ingest.payload import DEVICE_ID, decode_json
 from daemon.live.ingest.pipeline import MessageHandler
 from daemon.live.telemetry.metrics import Metrics
@@ -72,6 +77,7 @@ STATS_INTERVAL_MS = 2000  # librdkafka statistics: consumer lag and broker state
 _KEY_CACHE = 16384  # record keys whose device and topic are remembered; emptied when full
 _NEW, _REPLAY, _SKIP = "new", "replay", "skip"  # what a record of a partition being rewound is
 SETTLE_SECONDS = 10.0  # at stop: longest wait for windows in flight before the last commit
+ALERT_STATE_FLUSH_S = 2.0  # before a commit: longest wait for alert-state records (else the commit waits)
 
 TopicPartitionKey = tuple[str, int]
 
@@ -100,9 +106,8 @@ def device_topic(pattern: str, device_level: int) -> Callable[[str], str]:
 def consumer_settings(settings: KafkaConfig) -> dict[str, object]:
     """librdkafka configuration from the `kafka` section (callbacks are added by KafkaSource)."""
     conf: dict[str, object] = {
-        "bootstrap.servers": settings.bootstrap_servers,
+        **connection_settings(settings),
         "group.id": settings.group_id,
-        "client.id": settings.client_id,
         "partition.assignment.strategy": "cooperative-sticky",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -111,10 +116,20 @@ def consumer_settings(settings: KafkaConfig) -> dict[str, object]:
         "heartbeat.interval.ms": min(3000, settings.session_timeout_ms // 3),
         "statistics.interval.ms": STATS_INTERVAL_MS,
         "log.connection.close": False,  # idle connections closed by the broker are routine
-        "security.protocol": settings.security_protocol,
     }
     if settings.group_instance_id:
         conf["group.instance.id"] = settings.group_instance_id
+    return conf
+
+
+def connection_settings(settings: KafkaConfig) -> dict[str, object]:
+    """What every client of the `kafka` section needs to reach the cluster: servers, client id,
+    security."""
+    conf: dict[str, object] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": settings.client_id,
+        "security.protocol": settings.security_protocol,
+    }
     if settings.security_protocol.startswith("sasl_"):
         conf["sasl.mechanism"] = settings.sasl_mechanism
         conf["sasl.username"] = settings.username
@@ -142,12 +157,13 @@ class _LibrdkafkaLog:
 class _Claim:
     """A receipt (`daemon.live.events.Receipt`) for the window completed by the record at `offset`."""
 
-    __slots__ = ("offset", "settled")
+    __slots__ = ("offset", "settled", "source")
     replay = False
 
-    def __init__(self, offset: int) -> None:
+    def __init__(self, offset: int, source: TopicPartitionKey | None = None) -> None:
         self.offset = offset
         self.settled = False
+        self.source = source  # the record's (topic, partition)
 
     def settle(self) -> None:  # any thread; a bool store needs no lock
         self.settled = True
@@ -157,6 +173,7 @@ class _Replayed:
     """The receipt of a window completed by a replayed record: scored for the alert state only."""
 
     replay = True
+    source = None
 
     def settle(self) -> None:
         pass
@@ -169,14 +186,15 @@ class PartitionLedger:
     """What one assigned partition may commit (module docstring: the rule). `claim` and
     `committable` run on the consumer thread; a claim's `settle` on any thread."""
 
-    def __init__(self, handed: int = -1) -> None:
+    def __init__(self, handed: int = -1, source: TopicPartitionKey | None = None) -> None:
         self.handed = handed  # the offset after the last record handed to the pipeline (-1: none yet)
+        self.source = source  # the partition's (topic, partition), named by its receipts
         self._open: deque[_Claim] = deque()  # windows not known to be settled, in offset order
 
     def claim(self, offset: int) -> _Claim:
         """The receipt of a window completed by the record at `offset` (records are handed in
         offset order, so claims are too)."""
-        claim = _Claim(offset)
+        claim = _Claim(offset, self.source)
         self._open.append(claim)
         return claim
 
@@ -208,10 +226,14 @@ class KafkaSource:
 
     def __init__(self, settings: KafkaConfig, handler: MessageHandler, metrics: Metrics, *,
                  topic_of: Callable[[str], str], replay_seconds: float, max_payload_bytes: int,
-                 drop_devices: Callable[[set[str]], object], settle_seconds: float = SETTLE_SECONDS) -> None:
+                 drop_devices: Callable[[set[str]], object], settle_seconds: float = SETTLE_SECONDS,
+                 alert_state: AlertStateTopic | None = None,
+                 seed_alerts: Callable[[dict[str, AlertRecord]], object] | None = None) -> None:
         """`topic_of(device)` makes a topic the pipeline's topic rule maps back to `device`;
         `drop_devices(devices)` forgets the state of devices whose partitions moved away;
-        `settle_seconds` bounds the wait at stop for windows the sink has not settled."""
+        `settle_seconds` bounds the wait at stop for windows the sink has not settled;
+        `seed_alerts(records)` sets the alert states of devices taken over, as read from
+        `alert_state` (None: alert states restart empty on a move)."""
         self.settings = settings
         self.replay_seconds = replay_seconds
         self.settle_seconds = settle_seconds
@@ -220,6 +242,8 @@ class KafkaSource:
         self._topic_of = topic_of
         self._max_payload_bytes = max_payload_bytes
         self._drop_devices = drop_devices
+        self._alert_state = alert_state if seed_alerts is not None else None
+        self._seed_alerts = seed_alerts
         field = settings.device_field
         self._device_field = field
         self._field_probe = None if field is None else json.dumps(field).encode()  # '"device"' in the raw bytes
@@ -316,6 +340,8 @@ class KafkaSource:
             self._await_settled()
             self._commit(self._assigned, asynchronous=False)
             consumer.close()  # revokes (and commits) what is left, leaves the group unless static
+            if self._alert_state is not None:
+                self._alert_state.close(ALERT_STATE_FLUSH_S)
             self._connected = False
             self._metrics.kafka_connected.set(0)
 
@@ -519,7 +545,9 @@ class KafkaSource:
             for p in partitions:
                 p.offset = OFFSET_INVALID
         for p in partitions:
-            self._ledgers.setdefault((p.topic, p.partition), PartitionLedger())
+            self._ledgers.setdefault((p.topic, p.partition), PartitionLedger(source=(p.topic, p.partition)))
+        if partitions and self._alert_state is not None:
+            self._take_over_alerts([(p.topic, p.partition) for p in partitions])
         consumer.incremental_assign(partitions)
         self._assigned.update((p.topic, p.partition) for p in partitions)
         self._metrics.kafka_assigned_partitions.set(len(self._assigned))
@@ -541,7 +569,7 @@ class KafkaSource:
             tp = (p.topic, p.partition)
             stored, start = max(committed.get(tp, -1), -1), found.get(tp, -1)
             if stored >= 0:
-                self._ledgers[tp] = PartitionLedger(stored)
+                self._ledgers[tp] = PartitionLedger(stored, tp)
                 self._committed[tp] = stored
                 if stored > 0:
                     self._unprobed[tp] = stored
@@ -552,6 +580,23 @@ class KafkaSource:
                 p.offset = start
                 self._rewinds[tp] = _Rewind(-1, not_before_ms)
             # else: nothing committed and nothing recent (or earliest): librdkafka's auto.offset.reset
+
+    def _take_over_alerts(self, partitions: list[TopicPartitionKey]) -> None:
+        """Seed the devices of newly assigned partitions with the alert states recorded by their
+        previous owner. Runs before the partitions are consumed, so before their replay is
+        scored. A failure leaves those devices' alert states to be rebuilt by the replay."""
+        state = self._alert_state
+        state.own(partitions)  # their changes are recorded (or counted as failed) from now on
+        try:
+            if not state.prepare(self.settings.topic_list):
+                return
+            records = state.load(partitions)
+            for device, record in records.items():
+                self._devices_of[(record.topic, record.partition)].add(device)  # forgotten on revoke too
+            self._seed_alerts(records)
+        except KafkaException as exc:
+            log.error("cannot read the alert states of %s from %r (rebuilt from the replay only): %s",
+                      ", ".join(f"{t}[{p}]" for t, p in partitions), state.name, exc)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if not partitions:
@@ -578,6 +623,8 @@ class KafkaSource:
             devices |= self._devices_of.pop(tp, set())
             for table in (self._ledgers, self._committed, self._rewinds, self._unprobed):
                 table.pop(tp, None)
+            if self._alert_state is not None:
+                self._alert_state.disown([tp])
             self._assigned.discard(tp)
             self._metrics.kafka_assigned_partitions.set(len(self._assigned))
             try:
@@ -604,6 +651,12 @@ class KafkaSource:
     def _commit(self, partitions: Iterable[TopicPartitionKey], asynchronous: bool) -> None:
         offsets = self._committable(partitions)
         if not offsets:
+            return
+        # Every window now committable had its alert-state record handed to the producer before
+        # its receipt settled (daemon.live.ingest.alert_state): delivered first, then committed.
+        if self._alert_state is not None and not self._alert_state.flush(ALERT_STATE_FLUSH_S):
+            self._log.warning("commit", "alert-state records to %r not delivered within %.0f s: commit of %s "
+                              "deferred", self._alert_state.name, ALERT_STATE_FLUSH_S, _names(offsets))
             return
         try:
             result = self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
@@ -661,11 +714,13 @@ def _names(partitions: Iterable[TopicPartition]) -> str:
 
 def build_kafka_source(config: Config, handler: MessageHandler, metrics: Metrics,
                        windows: Iterable[tuple[int, float | None]],
-                       drop_devices: Callable[[set[str]], object]) -> KafkaSource:
+                       drop_devices: Callable[[set[str]], object], alert_state: AlertStateTopic | None = None,
+                       seed_alerts: Callable[[dict[str, AlertRecord]], object] | None = None) -> KafkaSource:
     """The Kafka source for a service config. `windows` are the (window length, sample period)
     of the routes in use: the replay refills the longest span unless `kafka.replay_seconds` is
     set. `drop_devices(devices)` must forget those devices' buffers and alert states
-    (`DeviceBuffers.drop_devices` of every route)."""
+    (`DeviceBuffers.drop_devices` of every route); `seed_alerts(records)` must set the alert
+    states read from `alert_state` (`build_alert_state`)."""
     kafka = config.kafka
     replay = kafka.replay_seconds
     if replay is None:
@@ -676,4 +731,13 @@ def build_kafka_source(config: Config, handler: MessageHandler, metrics: Metrics
         replay = max(replay_span(window, period, kafka.replay_margin_seconds) for window, period in spans)
     return KafkaSource(kafka, handler, metrics, topic_of=device_topic(config.mqtt.topic, config.mqtt.device_level),
                        replay_seconds=replay, max_payload_bytes=config.limits.max_payload_bytes,
-                       drop_devices=drop_devices)
+                       drop_devices=drop_devices, alert_state=alert_state, seed_alerts=seed_alerts)
+
+
+def build_alert_state(config: Config, metrics: Metrics) -> AlertStateTopic | None:
+    """The alert-state topic of a `source: kafka` config, or None when `kafka.alert_state_topic`
+    is empty or null."""
+    name = config.kafka.alert_state_topic
+    if not name:
+        return None
+    return AlertStateTopic(name, {**connection_settings(config.kafka), "logger": _LibrdkafkaLog()}, metrics)

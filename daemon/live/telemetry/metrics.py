@@ -48,7 +48,9 @@ DROP_REASONS = (
     "model_mismatch",  # queued for a model that a reload replaced with another window shape
     "scoring_error",  # the model raised; a bug, logged with its traceback
 )
-KAFKA_REBALANCE_EVENTS = ("assigned", "revoked", "lost")  # lost: taken away without a revoke (session expired)
+KAFKA_REBALANCE_EVENTS = ("assigned", "revoked", "lost")
+# produced: delivered to the alert-state topic; failed: lost on the way; loaded: devices seeded on assignment
+ALERT_STATE_RESULTS = ("produced", "failed", "loaded")  # lost: taken away without a revoke (session expired)
 SINK_RESULTS = ("written", "retried", "spooled", "dropped")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -253,6 +255,12 @@ class Metrics:
                                             "Records read on assignment but older than the replay span (the "
                                             "broker's time lookup returned an earlier offset), skipped.",
                                             registry=r)
+        self.alert_state_records = Counter(PREFIX + "alert_state_records_total",
+                                           "Alert-state topic records (kafka.alert_state_topic), by result: "
+                                           "produced (delivered), failed (lost), loaded (devices whose alert state "
+                                           "was read on assignment).", ["result"], registry=r)
+        for result in ALERT_STATE_RESULTS:
+            self.alert_state_records.labels(result=result)
         self.config_reloads = Counter(PREFIX + "config_reloads_total", "SIGHUP reloads, by result.", ["result"],
                                       registry=r)
         for result in ("ok", "failed"):
