@@ -3,9 +3,10 @@
 Each change of a device's alert state on a window scored for the first time is produced to a
 compacted topic (key = device) on the partition number of the device's data partition; the
 instance that takes the partition over reads it before it resumes and seeds the device's
-hysteresis as of the recorded window's end time. Replayed windows up to that time hold the
-seeded state; later ones step from it. So an alert that began long before the replayed span
-goes on without a second raise or a gap, and one that cleared stays cleared.
+hysteresis with the recorded change: windows before it step from the state before the change,
+the change's own window is left in the recorded state, later ones step on. So an alert that
+began long before the replayed span goes on without a second raise or a gap, and one that
+cleared stays cleared.
 
 The rule is specified first without a broker, then two anomalyd services hand devices over
 through a real Kafka-protocol broker (Tansu)."""
@@ -39,33 +40,56 @@ from daemon.offline import synthetic  # noqa: E402
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo"
 
 
-def states(tracker: AlertTracker, device: str, windows: list[tuple[float, bool]], replayed: bool = True) -> str:
-    """Feed (window end, anomalous) windows, replayed ones unless told; 'A' in alert, '.' not,
-    '!' raised, '-' cleared."""
+def states(tracker: AlertTracker, device: str, windows: list[tuple[float, bool]]) -> str:
+    """Feed (window end, anomalous) windows; 'A' in alert, '.' not, '!' raised, '-' cleared."""
     out = ""
     for alert, changed in tracker.update_batch([device] * len(windows), [a for _, a in windows],
-                                               [ts if replayed else None for ts, _ in windows]):
+                                               [ts for ts, _ in windows]):
         out += ("!" if alert else "-") if changed else ("A" if alert else ".")
     return out
 
 
 # ---- the seeding rule -------------------------------------------------------------------------
 
-def test_a_seeded_alert_holds_through_replayed_windows_up_to_its_time_and_steps_on_after():
+def test_an_alert_raised_before_the_replayed_span_goes_on_without_a_second_raise():
     tracker = AlertTracker(3, 2)
-    tracker.seed("pump", True, as_of=100.0, within=3600)
+    tracker.seed("pump", True, as_of=90.0, within=3600)
     assert tracker.active_count() == 0  # in force from the device's first window
-    # replayed windows up to t=100 hold the state whatever their flags; from t=101 it steps on
-    assert states(tracker, "pump", [(98, False), (99, False), (100, False), (101, True), (102, False)]) == "AAAAA"
-    assert states(tracker, "pump", [(103, False)], replayed=False) == "-"
+    assert states(tracker, "pump", [(98, False), (99, True), (100, False)]) == "AAA"
+    assert tracker.active_count() == 1
+    assert states(tracker, "pump", [(101, False)]) == "-"
     assert tracker.active_count() == 0
+
+
+def test_windows_before_the_recorded_change_step_from_the_state_before_it_and_the_change_lands_on_its_window():
+    tracker = AlertTracker(3, 2)
+    tracker.seed("pump", True, as_of=100.0, within=3600)  # raised at the window ending at 100
+    # Before 100 the device was clear and its streak is rebuilt from the windows read again; the
+    # window ending at 100 is in alert whatever that streak says (the streak began earlier), and
+    # it is not a change here: the previous owner raised and recorded it.
+    assert states(tracker, "pump", [(98, True), (99, False), (100, True), (101, False)]) == "..AA"
+    assert states(tracker, "pump", [(102, False)]) == "-"
+
+
+def test_a_change_read_again_after_a_crash_falls_on_the_window_it_fell_on():
+    # The previous owner raised at 100 and recorded it, then died before committing 99..100:
+    # those records are read again and must not be in alert before 100.
+    tracker = AlertTracker(2, 5)
+    tracker.seed("pump", True, as_of=100.0, within=3600)
+    assert states(tracker, "pump", [(97, False), (98, False), (99, True), (100, True), (101, True)]) == "...AA"
 
 
 def test_a_seeded_clear_is_not_raised_again_by_stale_anomalous_windows():
     tracker = AlertTracker(2, 2)
     tracker.seed("pump", False, as_of=100.0, within=3600)
-    assert states(tracker, "pump", [(97, True), (98, True), (99, True), (100, True)]) == "...."
+    assert states(tracker, "pump", [(97, True), (98, True), (99, True), (100, True)]) == "AAA."
     assert states(tracker, "pump", [(101, True), (102, True)]) == ".!"  # a new episode raises as usual
+
+
+def test_a_seed_whose_window_never_comes_back_holds_from_the_first_window_after_it():
+    tracker = AlertTracker(1, 2)
+    tracker.seed("pump", True, as_of=100.0, within=3600)
+    assert states(tracker, "pump", [(105, False), (106, False)]) == "A-"  # stepped from the seeded alert
 
 
 def test_a_seed_replaces_what_the_device_had_and_is_forgotten_with_it():
@@ -73,7 +97,7 @@ def test_a_seed_replaces_what_the_device_had_and_is_forgotten_with_it():
     tracker.update_batch(["pump"], [True], [50.0])
     tracker.seed("pump", False, as_of=60.0, within=3600)
     assert tracker.active_count() == 0
-    tracker.seed("fan", True, as_of=60.0, within=3600)
+    tracker.seed("fan", True, as_of=50.0, within=3600)
     assert states(tracker, "fan", [(59.0, False)]) == "A"
     tracker.forget_devices({"fan", "never-seen"})  # its partition moved away
     assert tracker.active_count() == 0
@@ -82,16 +106,14 @@ def test_a_seed_replaces_what_the_device_had_and_is_forgotten_with_it():
 
 def test_a_seed_whose_device_stays_silent_too_long_is_dropped_as_its_previous_owner_would_have():
     tracker = AlertTracker(2, 2)
-    tracker.seed("pump", True, as_of=100.0, within=0.0)  # limits.idle_evict_seconds passed without a reading
+    tracker.seed("pump", True, as_of=90.0, within=0.0)  # limits.idle_evict_seconds passed without a reading
     assert states(tracker, "pump", [(99.0, True), (100.0, True)]) == ".!"  # a fresh start
 
 
-def test_a_window_scored_for_the_first_time_steps_from_the_seed_whatever_its_time():
+def test_a_device_clock_set_back_steps_as_usual_and_never_freezes():
     tracker = AlertTracker(1, 1)
     tracker.seed("pump", True, as_of=100.0, within=3600)
-    # e.g. the device clock was set back: its state must not freeze until the clock catches up
-    assert states(tracker, "pump", [(50.0, False)], replayed=False) == "-"
-    assert states(tracker, "pump", [(51.0, True)]) == "!"  # the seed is over: replayed or not, windows step
+    assert states(tracker, "pump", [(50.0, False), (51.0, True), (52.0, False)]) == ".!-"
 
 
 def test_an_alert_record_reads_back_and_a_malformed_one_is_refused():

@@ -14,31 +14,19 @@ after its session timeout, so its partitions stayed unassigned until it came bac
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("confluent_kafka")
 
 from confluent_kafka import Producer  # noqa: E402
-from servers import free_port, wait_until  # noqa: E402
+from kafka_group import Member, SinkWatcher, episode_mismatches, keyed_readings, longest_silence  # noqa: E402
+from servers import wait_until  # noqa: E402
 
-from daemon.core.postprocess import AlertSpec, Hysteresis  # noqa: E402
-from daemon.live.sinks.line_protocol import decode  # noqa: E402
-from daemon.offline import synthetic  # noqa: E402
+from daemon.core.postprocess import AlertSpec  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "models" / "demo"
 WINDOW = 20  # the demo bundle's window; stride 1
 ALERT = AlertSpec(3, 5)  # the demo bundle's hysteresis
 DEVICES = [f"pump-{i:03d}" for i in range(300)]
@@ -47,146 +35,9 @@ RATE_HZ = 4.0  # readings per device per second of wall time (data time advances
 STEPS = 160  # readings per device: 40 s of publishing
 KILL_AT, RESTART_AT = 12.0, 26.0  # seconds after publishing starts
 SESSION_TIMEOUT_S = 6.0
-COMMIT_INTERVAL_S = 0.5
 # Record time a partition is rewound behind its last committed record: the window (WINDOW
 # readings at RATE_HZ) and a margin.
 REPLAY_S = WINDOW / RATE_HZ + 5.0
-
-
-def readings(start: int) -> list[list[tuple[bytes, bytes]]]:
-    """Per step, every device's (key, payload). Every tenth device has a level shift over the
-    kill and the move; every tenth from the fifth has spikes."""
-    per_device = []
-    for i, device in enumerate(DEVICES):
-        data = synthetic.normal(STEPS, seed=i, start=float(start))
-        if i % 10 == 0:
-            data = synthetic.inject(data, "level_shift", 30, 90, seed=i)
-        elif i % 10 == 5:
-            data = synthetic.inject(data, "spike", 20, 100, seed=i)
-        per_device.append([json.dumps({"ts": float(ts), **dict(zip(synthetic.FEATURES, map(float, row)))}).encode()
-                           for ts, row in zip(data.timestamps, data.values)])
-    return [[(device.encode(), per_device[i][step]) for i, device in enumerate(DEVICES)] for step in range(STEPS)]
-
-
-@dataclass
-class Member:
-    """One anomalyd process of the group."""
-
-    name: str
-    workdir: Path
-    tansu: object
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-
-    def start(self, sink: str) -> None:
-        config = {
-            "source": "kafka",
-            "kafka": {"bootstrap_servers": self.tansu.bootstrap_servers, "topics": "plant", "group_id": "fleet",
-                      "session_timeout_ms": int(SESSION_TIMEOUT_S * 1000),
-                      "commit_interval_ms": int(COMMIT_INTERVAL_S * 1000), "replay_seconds": REPLAY_S,
-                      "auto_offset_reset": "earliest"},
-            "model": {"path": str(DEMO)},
-            "batching": {"max_wait_ms": 20, "torch_threads": 1},
-            "local_store": {"path": str(self.workdir / f"{sink}.lp")},
-            "metrics": {"port": self.port},
-            "logging": {"level": "INFO"},
-        }
-        path = self.workdir / f"{self.name}.yaml"
-        path.write_text(json.dumps(config))
-        log = open(self.workdir / f"{sink}.log", "ab")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.process = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config", str(path)], cwd=ROOT,
-                                        env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as answer:
-                return answer.status == 200
-        except OSError:
-            return False
-
-    def metric(self, name: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as answer:
-            text = answer.read().decode()
-        return sum(float(line.split()[-1]) for line in text.splitlines()
-                   if line.startswith(name + " ") or line.startswith(name + "{"))
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-
-class SinkWatcher:
-    """Tails every sink file, noting each point's writer and when its window first appeared."""
-
-    def __init__(self, files: dict[str, Path]) -> None:
-        self.files = files
-        self.points: list[tuple[str, str, int, int, int]] = []  # (writer, device, ts_ms, anomaly, alert)
-        self.first_seen: dict[tuple[str, int], float] = {}  # (device, ts_ms) -> wall time
-        self.torn = 0  # lines cut by a SIGKILL mid-write
-        self._offsets = dict.fromkeys(files, 0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> SinkWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.poll()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            self.poll()
-
-    def poll(self) -> None:
-        now = time.time()
-        for writer, path in self.files.items():
-            if not path.exists():
-                continue
-            with open(path, "rb") as f:
-                f.seek(self._offsets[writer])
-                data = f.read()
-            end = data.rfind(b"\n") + 1
-            self._offsets[writer] += end
-            for line in data[:end].decode().splitlines():
-                try:
-                    point = decode(line)
-                except ValueError:
-                    self.torn += 1
-                    continue
-                device = point.tags["device"]
-                self.points.append((writer, device, point.time_ms, point.fields["anomaly"], point.fields["alert"]))
-                self.first_seen.setdefault((device, point.time_ms), now)
-
-    def has(self, device: str, ts_ms: int) -> bool:
-        return (device, ts_ms) in self.first_seen
-
-
-def longest_silence(first_seen: dict[tuple[str, int], float], until: float) -> tuple[float, str]:
-    """The longest wall-time wait for a device's next new window, and the device."""
-    by_device: dict[str, list[float]] = defaultdict(list)
-    for (device, _), seen in first_seen.items():
-        by_device[device].append(seen)
-    worst = (0.0, "")
-    for device, seen in by_device.items():
-        seen = sorted(s for s in seen if s <= until)
-        gaps = [b - a for a, b in zip(seen, seen[1:])]
-        if gaps and max(gaps) > worst[0]:
-            worst = (max(gaps), device)
-    return worst
 
 
 def owner_runs(writers_by_ts: dict[int, list[str]]) -> tuple[list[str], list[tuple[int, set[str]]]]:
@@ -203,26 +54,11 @@ def owner_runs(writers_by_ts: dict[int, list[str]]) -> tuple[list[str], list[tup
     return runs, shared
 
 
-def episodes(alerts: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """(first, last) timestamps of each run of alert=1 in (ts, alert) pairs sorted by ts."""
-    found, start, last = [], None, None
-    for ts, alert in alerts:
-        if alert and start is None:
-            start = ts
-        if not alert and start is not None:
-            found.append((start, last))
-            start = None
-        last = ts
-    if start is not None:
-        found.append((start, last))
-    return found
-
-
 def test_a_killed_member_devices_continue_on_the_others_without_losing_a_window(tansu, tmp_path):
     tansu.create_topic("plant", PARTITIONS)
     start = int(time.time()) - 600  # data time: in the past, 1 s per reading
-    steps = readings(start)
-    members = {name: Member(name, tmp_path, tansu) for name in "abc"}
+    steps = keyed_readings(DEVICES, STEPS, start)
+    members = {name: Member(name, tmp_path, tansu, SESSION_TIMEOUT_S, REPLAY_S) for name in "abc"}
     sinks = {"a": tmp_path / "a.lp", "b1": tmp_path / "b1.lp", "b2": tmp_path / "b2.lp", "c": tmp_path / "c.lp"}
     for name, member in members.items():
         member.start("b1" if name == "b" else name)
@@ -287,22 +123,8 @@ def test_a_killed_member_devices_continue_on_the_others_without_losing_a_window(
     silence, device = longest_silence(sinks_seen.first_seen, published)
     assert silence < SESSION_TIMEOUT_S + REPLAY_S, f"{device} silent for {silence:.1f} s"
 
-    # Alert episodes: those of one instance running hysteresis over the same window flags. For a
-    # window written twice, the value kept is the later one (InfluxDB keeps the last write).
-    last_value: dict[tuple[str, int], tuple[int, int]] = {}
-    for _, device, ts, anomaly, alert in points:
-        last_value[(device, ts)] = (anomaly, alert)
-    live_episodes = reference_episodes = 0
-    differing = []
-    for device in DEVICES:
-        series = sorted((ts, value) for (d, ts), value in last_value.items() if d == device)
-        state = Hysteresis(ALERT)
-        reference = [(ts, int(state.step(bool(anomaly)))) for ts, (anomaly, _) in series]
-        live = [(ts, alert) for ts, (_, alert) in series]
-        live_episodes += len(episodes(live))
-        reference_episodes += len(episodes(reference))
-        if episodes(live) != episodes(reference):
-            differing.append(device)
+    # Alert episodes: those of one instance running hysteresis over the same window flags.
+    live_episodes, reference_episodes, differing = episode_mismatches(points, DEVICES, ALERT)
     print(f"\nfailover: devices {len(DEVICES)}, readings {len(DEVICES) * STEPS}, windows {len(expected)}, "
           f"points written {len(points)}, duplicates {duplicates} ({shared_windows} windows), "
           f"replayed {replayed:.0f} (after the restart; the killed member's count died with it), "

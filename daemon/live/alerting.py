@@ -7,14 +7,18 @@ stored (a quiet device costs nothing), a count of active alerts, and a lock, bec
 come from the worker thread and `forget` from ingest (device eviction).
 
 A device taken over from another instance (a Kafka partition that moved) is `seed`ed with the
-alert state its previous owner recorded as of a window's end time: replayed windows (read
-again to refill the window) ending up to that time hold the seeded state instead of stepping
-it, so an alert that began long before the replayed span goes on without a second raise, and
-one that cleared is not raised again from stale readings. Later windows step from the seeded
-state; so does any window scored for the first time, whatever its time, so a device clock set
-back cannot freeze the state. A seed takes effect at the device's first window: a device that
-never sends again is not counted in alert here, and one silent longer than its previous owner
-would have kept it (limits.idle_evict_seconds) starts afresh, as it would have there.
+last change of alert state its previous owner recorded: "it became S at the window ending at
+T". A record is a change, so before T the device was in the other state: its windows ending
+before T (replayed to refill the window, or read again after a crash) step the hysteresis from
+not-S, rebuilding the streak as they go; its window ending at T (or the first after it, if that
+one never comes back) leaves it in S whatever that streak says; later windows step on. So an
+alert that began long before the replayed span goes on without a second raise, one that cleared
+is not raised again from stale readings, and a change the previous owner made in records read
+again falls on the same window as there. The seed's own change is not reported as a change:
+the previous owner counted and recorded it. A seed takes effect at the device's first window:
+a device that never sends again is not counted in alert here, and one silent longer than its
+previous owner would have kept it (limits.idle_evict_seconds) starts afresh, as it would have
+there.
 
 Each device's sensor-health memory (`daemon.core.sensor_health.HealthState`, the drift sums)
 lives here too, beside its alert state, so eviction and a Kafka rebalance forget both at once.
@@ -22,6 +26,7 @@ lives here too, beside its alert state, so eviction and a Kafka rebalance forget
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -31,12 +36,15 @@ from daemon.core.postprocess import AlertSpec, Hysteresis
 from daemon.core.sensor_health import HealthState
 
 
+_QUIET = (False, False)
+
+
 @dataclass(slots=True)
 class _Seed:
     """A device's alert state as recorded by its previous owner."""
 
-    alert: bool
-    as_of: float  # end time of the window the state is as of
+    alert: bool  # the state the device changed to
+    as_of: float  # end time of the window that changed it
     expires: float  # monotonic time after which it is dropped unused
     pending: bool = True  # not yet taken up by a window of the device
 
@@ -59,66 +67,82 @@ class AlertTracker:
                 state.spec = spec
 
     def update_batch(self, devices: list[str], anomalies: list[bool],
-                     replayed_ends: Sequence[float | None] | None = None) -> list[tuple[bool, bool]]:
+                     ends: Sequence[float] | None = None) -> list[tuple[bool, bool]]:
         """Feed a batch of scored windows in time order (`devices[i]`'s window flagged
-        `anomalies[i]`). Returns, per window, (device is in alert, its alert state changed
-        just now: raised when in alert, cleared when not). `replayed_ends[i]` is the end time
-        of a replayed window, None for one scored for the first time (no list: none is
-        replayed). A replayed window of a seeded device ending at or before its seed's time
-        holds the seeded state and changes nothing. One call and one lock per batch, so a
-        quiet device costs a dict lookup."""
-        quiet = (False, False)
+        `anomalies[i]`, ending at `ends[i]`; the end times matter only to seeded devices).
+        Returns, per window, (device is in alert, its alert state changed just now: raised
+        when in alert, cleared when not). One call and one lock per batch, so a quiet device
+        costs a dict lookup."""
         out = []
         append = out.append
-        states = self._states
         seeded = self._seeded
         now = time.monotonic() if seeded else 0.0
         with self._lock:
             for i, (device, anomaly) in enumerate(zip(devices, anomalies)):
                 seed = seeded.get(device) if seeded else None
                 if seed is not None and self._take_up(device, seed, now):
-                    end = None if replayed_ends is None else replayed_ends[i]
-                    if end is not None and end <= seed.as_of:
-                        append((seed.alert, False))
-                        continue
-                    del seeded[device]
-                state = states.get(device)
-                if state is None:
-                    if not anomaly:
-                        append(quiet)
-                        continue
-                    state = states[device] = Hysteresis(self.spec)
-                was = state.alert
-                alert = state.step(anomaly)
-                if alert != was:
-                    self._active += 1 if alert else -1
-                if not alert and state.streak == 0:
-                    del states[device]
-                append((alert, alert != was))
+                    append(self._step_seeded(device, seed, anomaly, math.inf if ends is None else ends[i]))
+                else:
+                    append(self._step(device, anomaly))
         return out
 
+    def _step(self, device: str, anomaly: bool) -> tuple[bool, bool]:
+        """One window of `device` through its hysteresis (lock held)."""
+        state = self._states.get(device)
+        if state is None:
+            if not anomaly:
+                return _QUIET
+            state = self._states[device] = Hysteresis(self.spec)
+        was = state.alert
+        alert = state.step(anomaly)
+        if alert != was:
+            self._active += 1 if alert else -1
+        if not alert and state.streak == 0:
+            del self._states[device]
+        return alert, alert != was
+
+    def _step_seeded(self, device: str, seed: _Seed, anomaly: bool, end: float) -> tuple[bool, bool]:
+        """A window of a device whose seed is in force (lock held): one ending before the
+        seed's time steps; the one ending at it is left in the seeded state; one ending after
+        it (the seed's window never came) steps from the seeded state. Then the seed is done."""
+        if end < seed.as_of:
+            return self._step(device, anomaly)
+        del self._seeded[device]
+        if end > seed.as_of:
+            self._set(device, seed.alert)
+            return self._step(device, anomaly)
+        self._step(device, anomaly)
+        self._set(device, seed.alert)
+        return seed.alert, False
+
     def seed(self, device: str, alert: bool, as_of: float, within: float) -> None:
-        """Set `device`'s state to `alert` as of the window ending at `as_of` (what the device's
-        previous owner recorded), from its first window on if that comes within `within`
-        seconds: its replayed windows ending until `as_of` hold that state."""
+        """Record that `device` changed to `alert` at the window ending at `as_of` (what its
+        previous owner recorded), in force from its first window if that comes within `within`
+        seconds."""
         with self._lock:
             self._drop_state(device)
             self._seeded[device] = _Seed(alert, as_of, time.monotonic() + within)
 
     def _take_up(self, device: str, seed: _Seed, now: float) -> bool:
-        """At a seeded device's window: put a pending seed in force, or drop it if it expired.
-        Whether the seed is in force (lock held)."""
+        """At a seeded device's window: put a pending seed in force, starting the device in the
+        state before the recorded change, or drop the seed if it expired. Whether the seed is in
+        force (lock held)."""
         if not seed.pending:
             return True
         if now >= seed.expires:
             del self._seeded[device]
             return False
         seed.pending = False
-        if seed.alert:
+        self._set(device, not seed.alert)
+        return True
+
+    def _set(self, device: str, alert: bool) -> None:
+        """Put `device` in `alert` with no streak (lock held)."""
+        self._drop_state(device, keep_seed=True)
+        if alert:
             state = self._states[device] = Hysteresis(self.spec)
             state.alert = True
             self._active += 1
-        return True
 
     def health_states(self, devices: list[str]) -> list[HealthState]:
         """Each device's sensor-health memory, a new one for a device not seen before. Only the
@@ -145,9 +169,10 @@ class AlertTracker:
                 self._health.pop(device, None)
                 self._drop_state(device)
 
-    def _drop_state(self, device: str) -> None:
-        """Forget `device`'s alert and seed (lock held)."""
-        self._seeded.pop(device, None)
+    def _drop_state(self, device: str, keep_seed: bool = False) -> None:
+        """Forget `device`'s alert and, unless told, its seed (lock held)."""
+        if not keep_seed:
+            self._seeded.pop(device, None)
         state = self._states.pop(device, None)
         if state is not None and state.alert:
             self._active -= 1

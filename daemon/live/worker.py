@@ -334,9 +334,7 @@ class Worker:
         # float32 like the scores, so a per-device threshold compares exactly as a single one does
         flags = result.flags(np.asarray(thresholds, dtype=np.float32) if slot.device_thresholds
                              else slot.threshold).tolist()
-        replayed_ends = None if jobs[0].receipt is None else [
-            job.ts_end if job.receipt is not None and job.receipt.replay else None for job in jobs]  # seeds hold
-        alerts = slot.alerts.update_batch(devices, flags, replayed_ends)
+        alerts = slot.alerts.update_batch(devices, flags, [job.ts_end for job in jobs])
         reasons = result.reasons or [""] * len(jobs)
         events = [ScoreEvent(job.device, model, job.ts_end, score, threshold, anomaly, alert,
                              dict(zip(names, errors)), job.received, reason, shadow=shadow)
