@@ -5,11 +5,11 @@ sample, then one every `stride` samples, so live scores line up with offline eva
 
 Each device owns a preallocated ring of `window` float32 rows in a bytearray (window x
 features x 4 bytes). Sample `i` goes to row `i % window`: it is packed to float32 bytes once
-(`struct`, the same round-to-nearest as numpy's cast) and stored by one slice assignment,
+(`struct`, the same round-to-nearest as numpy's cast) straight into its row (`pack_into`),
 cheaper than a numpy row assignment from a tuple. Emitting a window joins the two halves of
-the ring, oldest first, into a new bytearray viewed as a `[window, features]` float32 array:
-about as cheap as copying one contiguous slice, so the ring needs no second copy of each
-sample.
+the ring, oldest first, into a new bytearray viewed as a `[window, features]` float32 array
+(one `np.ndarray` call over the buffer): about as cheap as copying one contiguous slice, so
+the ring needs no second copy of each sample.
 
 Gap rule: when `stream.sample_period_seconds` is set and a reading arrives more than
 `gap_factor * sample_period_seconds` (data time) after the device's previous one, the device's
@@ -46,6 +46,7 @@ from daemon.live.telemetry.metrics import Metrics
 from daemon.live.telemetry.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
+_FLOAT32 = np.dtype(np.float32)
 
 
 @dataclass(slots=True)
@@ -84,9 +85,10 @@ class DeviceBuffers:
         self._on_evict = on_evict
         self._devices: dict[str, _Device] = {}
         self._lock = threading.Lock()
-        self._pack = struct.Struct(f"={n_features}f").pack
+        self._pack_into = struct.Struct(f"={n_features}f").pack_into
         self._row_bytes = 4 * n_features
         self._ring_bytes = window * n_features * 4
+        self._shape = (window, n_features)
         self._sweep_every = limits.idle_evict_seconds / 4
         self._next_sweep: float | None = None
         self._route = route
@@ -122,17 +124,16 @@ class DeviceBuffers:
                 self._metrics.window_restarts.inc()
             dev.last_ts = ts
             dev.last_seen = received
-            size = self._row_bytes
-            at = dev.pos * size
             ring = dev.ring
-            ring[at:at + size] = self._pack(*values)  # float32 bytes; the parser checked the range
-            at += size  # the oldest sample's row: where the next one will go
+            at = dev.pos * self._row_bytes
+            self._pack_into(ring, at, *values)  # float32 bytes; the parser checked the range
+            at += self._row_bytes  # the oldest sample's row: where the next one will go
             dev.pos = dev.pos + 1 if at < self._ring_bytes else 0
             dev.until_emit -= 1
             if dev.until_emit:
                 return None
             dev.until_emit = self.stride
-            window = np.frombuffer(ring[at:] + ring[:at], dtype=np.float32).reshape(self.window, self.n_features)
+            window = np.ndarray(self._shape, _FLOAT32, ring[at:] + ring[:at])  # one call: frombuffer + reshape
             return WindowJob(device, ts, window, received, self._route)
 
     def drop_devices(self, devices: Iterable[str]) -> int:

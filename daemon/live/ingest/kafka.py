@@ -377,27 +377,43 @@ class KafkaSource:
         return guarded
 
     def _hand_over(self, messages: list[Message], now: float) -> None:
-        """Check each record's key and value, hand it to the pipeline, then note the offsets."""
-        handler = self._handler
-        counts = self._counts
+        """Check each record's key and value, hand it to the pipeline, then note the offsets.
+        A batch holds runs of records of one partition: what depends only on the partition
+        (skipped after a seek, its ledger, its device set) is looked up once a run."""
+        # The bound method, not the handler object: calling an object (a MessagePipeline) looks
+        # its __call__ up on the type every time.
+        handler = self._handler.__call__
         keys = self._keys
-        devices_of = self._devices_of
         rewinds = self._rewinds
-        ledgers = self._ledgers
         claim = self._claim
+        field_probe = self._field_probe
         last: dict[TopicPartitionKey, int] = {}
         seeked: set[TopicPartitionKey] = set()  # their records left in this batch come again after the seek
         replayed = skipped = 0
+        run_topic, run_partition = None, -1
+        tp: TopicPartitionKey = ("", -1)
+        run_seeked = False
+        devices: set[str] = set()
+        offset = -1
         for msg in messages:
             if msg.error() is not None:
                 self._message_error(msg)
                 continue
-            tp = (msg.topic(), msg.partition())
-            if tp in seeked or (self._unprobed and tp in self._unprobed and self._seek_back(tp, msg)):
+            partition, topic_name = msg.partition(), msg.topic()
+            if partition != run_partition or topic_name != run_topic:
+                if offset >= 0:
+                    last[tp] = offset
+                    offset = -1
+                run_topic, run_partition = topic_name, partition
+                tp = (topic_name, partition)
+                run_seeked = tp in seeked
+                devices = self._devices_of[tp]
+                self._ledger = self._ledgers.get(tp)
+            if run_seeked or (self._unprobed and tp in self._unprobed and self._seek_back(tp, msg)):
                 seeked.add(tp)
+                run_seeked = True
                 continue
             offset = msg.offset()
-            last[tp] = offset
             try:
                 replaying = False
                 if rewinds and tp in rewinds:
@@ -417,16 +433,21 @@ class KafkaSource:
                     if entry is None:
                         continue
                 device, topic = entry
-                if self._field_probe is not None and self._field_probe in value and self._names_other_device(device,
-                                                                                                             value):
+                # find(), not `in`: bytes.__contains__ first tries the probe as an int and raises
+                # and clears a TypeError for every record.
+                if field_probe is not None and value.find(field_probe) >= 0 and self._names_other_device(device,
+                                                                                                       value):
                     continue
-                devices_of[tp].add(device)
-                self._ledger, self._offset, self._replaying = ledgers.get(tp), offset, replaying
+                devices.add(device)
+                self._offset, self._replaying = offset, replaying
                 handler(topic, value, now, claim)
             except Exception as exc:  # a bug must cost one counted record, not the consumer thread
-                counts["internal_error"] += 1
+                self._counts["internal_error"] += 1
                 self._log.error("internal:record", "bug handling a kafka record: %r", exc, exc_info=True)
+        if offset >= 0:
+            last[tp] = offset
         self._ledger = None
+        ledgers = self._ledgers
         for tp, offset in last.items():
             ledger = ledgers.get(tp)
             if ledger is not None and offset + 1 > ledger.handed:

@@ -37,6 +37,7 @@ from daemon.live.ingest.topics import TopicMemory, topic_problem
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_MIN = -FLOAT32_MAX
 _MISSING = object()
 # Epoch seconds this large are almost certainly milliseconds (year 33658 in seconds).
 _MILLIS_HINT = 1e12
@@ -117,16 +118,16 @@ class PayloadParser:
         self._literals = tuple((i, level) for i, level in enumerate(levels) if level not in ("+", "#"))
         self._topic = topic
         self._devices: TopicMemory[str] = TopicMemory()  # topic -> device id, for topics that passed
+        self._device_of_known = self._devices.get
         get = itemgetter(*self.features)
         self._get_values = get if len(self.features) > 1 else (lambda doc: (get(doc),))
 
     def parse_fields(self, topic: str, payload: bytes, now: float) -> Fields | Rejected:
         """The reading a message carries, or why it is refused. The values tuple goes to
         `DeviceBuffers.push_values` as it is."""
-        size = len(payload)
-        if size > self.max_payload_bytes:
-            return Rejected("oversized", f"{size} bytes > limit {self.max_payload_bytes}")
-        device = self._devices.get(topic)
+        if len(payload) > self.max_payload_bytes:
+            return Rejected("oversized", f"{len(payload)} bytes > limit {self.max_payload_bytes}")
+        device = self._device_of_known(topic)
         if device is None:
             device = self.device_of(topic)
             if type(device) is Rejected:
@@ -155,7 +156,7 @@ class PayloadParser:
         for v in values:
             # Exact types (bool is not a number); NaN fails both comparisons, inf and float32
             # overflow fail one.
-            if (type(v) is not float and type(v) is not int) or not -FLOAT32_MAX <= v <= FLOAT32_MAX:
+            if (type(v) is not float and type(v) is not int) or not _FLOAT32_MIN <= v <= FLOAT32_MAX:
                 return self._check_values(device, doc)
         return device, ts, values
 
