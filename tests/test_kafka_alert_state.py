@@ -289,3 +289,29 @@ def test_alerts_continue_across_a_move_exactly_as_on_one_instance(tansu, tmp_pat
     assert raised_first == 2 and metric(second, "anomalyd_alerts_raised_total") == 0  # no second raise
     assert metric(second, "anomalyd_alert_state_records_total", result="loaded") == 2
     assert metric(second, "anomalyd_kafka_replayed_total") > 0
+
+
+def test_a_route_added_by_a_reload_is_seeded_and_forgotten_like_the_others(tansu, tmp_path):
+    import yaml
+
+    from daemon.live.config import load_config
+
+    path = tmp_path / "config.yaml"
+
+    def configure(devices: dict[str, str]) -> None:
+        path.write_text(yaml.safe_dump({
+            "source": "kafka",
+            "kafka": {"bootstrap_servers": tansu.bootstrap_servers, "topics": "plant", "replay_seconds": REPLAY_S},
+            "model": {"path": str(DEMO), "devices": devices}, "metrics": {"enabled": False},
+            "local_store": {"path": str(tmp_path / "scores.lp")}}))
+
+    configure({})
+    service = Service(load_config(path), str(path))
+    configure({"fan-*": str(DEMO)})
+    service.reload()
+    fans = next(route for route in service.routes if route.key == "fan-*")
+    service.route_table.seed_alerts({"fan-1": AlertRecord(True, 100.0, "plant", 0)})
+    assert fans.alerts.update_batch(["fan-1"], [False], [101.0]) == [(True, False)]  # seeded in the new route
+    service.route_table.drop_devices({"fan-1"})  # its partition moved away
+    assert fans.alerts.active_count() == 0
+    service.ingest.stop()

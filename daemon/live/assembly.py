@@ -172,6 +172,7 @@ class Stages:
     routes: list[Route]
     worker: Worker
     ingest: Source
+    route_table: RouteTable | None = None  # source: kafka
 
 
 def assemble(config: Config, metrics: Metrics, sink: Sink | None = None) -> Stages:
@@ -193,28 +194,50 @@ def assemble(config: Config, metrics: Metrics, sink: Sink | None = None) -> Stag
     alert_state = build_alert_state(config, metrics)
     worker = Worker(queue, model_slots(config, routes), sink, metrics, b.max_batch, b.max_wait_ms / 1000,
                     shadow, alert_state)
-    return Stages(queue, sink, routes, worker, build_kafka_ingest(config, routes, handler, metrics, alert_state))
+    table = RouteTable(routes, handler, config.limits.idle_evict_seconds)
+    return Stages(queue, sink, routes, worker, build_kafka_ingest(config, table, metrics, alert_state), table)
 
 
-def build_kafka_ingest(config: Config, routes: list[Route], handler: MessageHandler, metrics: Metrics,
-                       alert_state: AlertStateTopic | None) -> Source:
-    """The Kafka source feeding the routes' pipelines through `handler`: a device whose partition
-    moves away is forgotten by every route, one taken over is seeded in its own route."""
-    from daemon.live.ingest.kafka import build_kafka_source
+class RouteTable:
+    """The routes in force and the handler that sends each device to its route, for the Kafka
+    source's rebalance callbacks: a device whose partition moves away is forgotten by every
+    route, one taken over is seeded in its own route. A reload `swap`s both, so a route it adds
+    is dropped and seeded like the others."""
 
-    def drop_devices(devices: set[str]) -> None:
-        for route in routes:
+    def __init__(self, routes: list[Route], handler: MessageHandler, seed_within: float) -> None:
+        self.seed_within = seed_within  # limits.idle_evict_seconds: needs a restart to change
+        self.swap(routes, handler)
+
+    def swap(self, routes: list[Route], handler: MessageHandler) -> None:
+        # One reference, read whole by the consumer thread's callbacks.
+        self._current = (routes, handler, {id(r.pipeline): r for r in routes})
+
+    @property
+    def routes(self) -> list[Route]:
+        return self._current[0]
+
+    @property
+    def handler(self) -> MessageHandler:
+        return self._current[1]
+
+    def route_of(self, device: str) -> Route:
+        routes, handler, by_pipeline = self._current
+        return routes[-1] if len(routes) == 1 else by_pipeline[id(handler.route_of(device))]
+
+    def drop_devices(self, devices: set[str]) -> None:
+        for route in self.routes:
             route.buffers.drop_devices(devices)
             route.alerts.forget_devices(devices)  # those seeded but not yet read have no buffer
 
-    by_pipeline = {id(r.pipeline): r for r in routes}
-
-    def route_of(device: str) -> Route:
-        return routes[-1] if len(routes) == 1 else by_pipeline[id(handler.route_of(device))]
-
-    def seed_alerts(records: dict[str, AlertRecord]) -> None:
+    def seed_alerts(self, records: dict[str, AlertRecord]) -> None:
         for device, record in records.items():
-            route_of(device).alerts.seed(device, record.alert, record.ts, within=config.limits.idle_evict_seconds)
+            self.route_of(device).alerts.seed(device, record.alert, record.ts, within=self.seed_within)
 
-    spans = [(r.scorer.window, r.buffers.stream.sample_period_seconds) for r in routes]
-    return build_kafka_source(config, handler, metrics, spans, drop_devices, alert_state, seed_alerts)
+
+def build_kafka_ingest(config: Config, table: RouteTable, metrics: Metrics, alert_state: AlertStateTopic | None
+                       ) -> Source:
+    """The Kafka source feeding the routes' pipelines through the table's handler."""
+    from daemon.live.ingest.kafka import build_kafka_source
+
+    spans = [(r.scorer.window, r.buffers.stream.sample_period_seconds) for r in table.routes]
+    return build_kafka_source(config, table.handler, metrics, spans, table.drop_devices, alert_state, table.seed_alerts)

@@ -38,6 +38,7 @@ class Service:
         stages = assemble(config, self.metrics, sink)
         self.queue, self.sink, self.routes = stages.queue, stages.sink, stages.routes
         self.worker, self.ingest = stages.worker, stages.ingest
+        self.route_table = stages.route_table
         self.metrics.live_state.read_from(self)
         self._announce(config)
         self.http = (MetricsServer(config.metrics.address, config.metrics.port, self.metrics.registry, self.health)
@@ -153,7 +154,10 @@ class Service:
         routes = build_routes(config, scorers, self.queue, self.metrics, {r.key: r for r in self.routes})
         rebuilt = [r.key or "*" for r in routes if r.buffers not in {o.buffers for o in self.routes}]
         self.routes, self.config = routes, config
-        self.ingest.swap_handler(message_handler(routes))
+        handler = message_handler(routes)
+        self.ingest.swap_handler(handler)
+        if self.route_table is not None:
+            self.route_table.swap(routes, handler)
         self.worker.swap_models(model_slots(config, routes), shadow_slot(config, candidate, self.worker.shadow))
         self._announce(config)
         self.metrics.config_reloads.labels(result="ok").inc()
