@@ -54,6 +54,7 @@ PARTITIONS = 6
 POLL_S = 0.02
 SUSTAIN_GRACE_S = 1.0  # a probe must have consumed everything this soon after the producer's end
 SUSTAIN_MAX_LAG_S = 2.0  # ... and never have been more than this many seconds of readings behind
+START_SHARE_OF_MODEL = 0.8  # the first --sustained probe, as a share of the model-alone windows/s
 SLICE_S = 0.01  # the paced producer sends a second's readings in slices this far apart
 
 
@@ -410,11 +411,14 @@ def probe(bootstrap: str, devices: int, bundle: Path, args: argparse.Namespace, 
 
 
 def highest_sustained(bootstrap: str, args: argparse.Namespace, workdir: Path) -> dict:
-    """Up by 15 % from `--start-devices` while probes hold, then halve the interval."""
+    """Up by 15 % from `--start-devices` while probes hold, then halve the interval (down by 20 %
+    while none has held)."""
     bundle = Path(args.bundle) if args.bundle else train_bench_lstm(workdir)
     ceiling = model_alone(bundle)
     print(f"  the model alone at batch 64: {ceiling['windows_per_s']:,.0f} windows/s", flush=True)
-    lo, hi, devices, probes = 0, None, args.start_devices, []
+    # From most of the model's own rate: the model binds at stride 1, so the answer lies below it.
+    start = args.start_devices or round(START_SHARE_OF_MODEL * ceiling["windows_per_s"], -2)
+    lo, hi, devices, probes = 0, None, int(start), []
     for _ in range(args.probes):
         ok, detail = probe(bootstrap, devices, bundle, args, workdir)
         probes.append({"sustained": ok, **detail})
@@ -467,17 +471,22 @@ def measure(kind: str, bootstrap: str, group: str, args: argparse.Namespace, wor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=300_000)
-    parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--stride", type=int, default=60)
-    parser.add_argument("--pairs", type=int, default=2, help="bare/daemon run pairs (the ratio is their median)")
+    parser.add_argument("--records", type=int, default=300_000, help="backlog of the ratio runs (default: %(default)s)")
+    parser.add_argument("--devices", type=int, default=1000, help="devices in that backlog (default: %(default)s)")
+    parser.add_argument("--stride", type=int, default=60, help="the daemon's stride in the ratio runs "
+                        "(default: %(default)s: the model is not the bottleneck)")
+    parser.add_argument("--pairs", type=int, default=2,
+                        help="bare/daemon run pairs, the ratio is their median (default: %(default)s)")
     parser.add_argument("--json", help="write the figures and every run here")
     parser.add_argument("--sustained", action="store_true",
                         help="instead: the most devices x 1 Hz one instance scores at stride 1")
     parser.add_argument("--bundle", help="--sustained: the model (default: bench/throughput.py's LSTM, trained here)")
-    parser.add_argument("--start-devices", type=int, default=12_000, help="--sustained: the first probe")
-    parser.add_argument("--probes", type=int, default=5, help="--sustained: most probes")
-    parser.add_argument("--seconds", type=int, default=15, help="--sustained: length of a probe")
+    parser.add_argument("--start-devices", type=int, default=None,
+                        help=f"--sustained: the first probe (default: {START_SHARE_OF_MODEL} x the model alone's "
+                             "windows/s, measured first in the same run)")
+    parser.add_argument("--probes", type=int, default=8, help="--sustained: most probes (default: %(default)s)")
+    parser.add_argument("--seconds", type=int, default=15,
+                        help="--sustained: length of a probe in seconds (default: %(default)s)")
     for hidden in ("--bootstrap", "--group", "--workdir", "--topic", "--features"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=("bare", "daemon", "train", "paced", "produce", "model"), help=argparse.SUPPRESS)
