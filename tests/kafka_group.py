@@ -1,5 +1,7 @@
 """A consumer group of real anomalyd processes (`python -m daemon run`, source: kafka, each with
-its own file sink and metrics port) and a watcher over their sinks, for the Kafka group tests."""
+its own file sink and metrics port), a paced producer that kills and restarts one of them, and a
+watcher over their sinks, for the Kafka group tests (which skip without confluent-kafka before
+importing this)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+from confluent_kafka import Producer
 from servers import free_port
 
 from daemon.core.postprocess import AlertSpec, Hysteresis
@@ -206,3 +210,29 @@ def episode_mismatches(points: list[tuple[str, str, int, int, int]], devices: li
         if live != reference:
             differing.append(device)
     return written, reference_count, differing
+
+
+def publish_with_restart(bootstrap_servers: str, topic: str, steps: list[list[tuple[bytes, bytes]]], rate_hz: float,
+                         member: Member, kill_at: float, restart_at: float, restart_sink: str,
+                         each_step: Callable[[], object] = lambda: None) -> None:
+    """Produce `steps` (every device's record per step) at `rate_hz` steps a second; SIGKILL
+    `member` `kill_at` seconds in and start it again, writing to `restart_sink`, at
+    `restart_at`; call `each_step` after every step. Returns once every record is delivered."""
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 20})
+    began = time.monotonic()
+    killed = restarted = False
+    for step, records in enumerate(steps):
+        for key, value in records:
+            producer.produce(topic, key=key, value=value)
+        producer.poll(0)
+        elapsed = time.monotonic() - began
+        if not killed and elapsed >= kill_at:
+            member.kill()
+            killed = True
+        if not restarted and elapsed >= restart_at:
+            member.start(restart_sink)
+            restarted = True
+        each_step()
+        time.sleep(max(0.0, began + (step + 1) / rate_hz - time.monotonic()))
+    assert producer.flush(10) == 0
+    del producer  # its thread would keep dialling the broker after the test stops it

@@ -21,8 +21,8 @@ import pytest
 
 pytest.importorskip("confluent_kafka")
 
-from confluent_kafka import Producer  # noqa: E402
-from kafka_group import Member, SinkWatcher, episode_mismatches, keyed_readings, longest_silence  # noqa: E402
+from kafka_group import (Member, SinkWatcher, episode_mismatches, keyed_readings, longest_silence,  # noqa: E402
+                         publish_with_restart)
 from servers import wait_until  # noqa: E402
 
 from daemon.core.postprocess import AlertSpec  # noqa: E402
@@ -67,23 +67,8 @@ def test_a_killed_member_devices_continue_on_the_others_without_losing_a_window(
             wait_until(lambda: all(m.healthy() for m in members.values()), 90, "three healthy members")
             wait_until(lambda: sum(m.metric("anomalyd_kafka_assigned_partitions") for m in members.values())
                        == PARTITIONS, 30, "the partitions split over the group")
-            producer = Producer({"bootstrap.servers": tansu.bootstrap_servers, "linger.ms": 20})
-            began = time.monotonic()
-            killed = restarted = False
-            for step, records in enumerate(steps):
-                for key, value in records:
-                    producer.produce("plant", key=key, value=value)
-                producer.poll(0)
-                elapsed = time.monotonic() - began
-                if not killed and elapsed >= KILL_AT:
-                    members["b"].kill()
-                    killed = True
-                if not restarted and elapsed >= RESTART_AT:
-                    members["b"].start("b2")
-                    restarted = True
-                time.sleep(max(0.0, began + (step + 1) / RATE_HZ - time.monotonic()))
-            assert producer.flush(10) == 0
-            del producer  # its thread would keep dialling the broker after the test stops it
+            publish_with_restart(tansu.bootstrap_servers, "plant", steps, RATE_HZ, members["b"], KILL_AT, RESTART_AT,
+                                 "b2")
             published = time.time()
             last_ts = (start + STEPS - 1) * 1000
             wait_until(lambda: all(sinks_seen.has(d, last_ts) for d in DEVICES), 60, "every device's last window")

@@ -17,8 +17,7 @@ import pytest
 
 pytest.importorskip("confluent_kafka")
 
-from confluent_kafka import Producer  # noqa: E402
-from kafka_group import Member, SinkWatcher, episode_mismatches, keyed_readings  # noqa: E402
+from kafka_group import Member, SinkWatcher, episode_mismatches, keyed_readings, publish_with_restart  # noqa: E402
 from servers import wait_until  # noqa: E402
 
 from daemon.core.postprocess import AlertSpec  # noqa: E402
@@ -49,24 +48,8 @@ def test_a_restarted_static_member_gets_its_own_partitions_back_and_nobody_else_
             wait_until(lambda: a.healthy() and b.healthy(), 90, "two healthy members")
             wait_until(lambda: a.metric("anomalyd_kafka_assigned_partitions")
                        + b.metric("anomalyd_kafka_assigned_partitions") == PARTITIONS, 30, "the partitions split")
-            producer = Producer({"bootstrap.servers": tansu.bootstrap_servers, "linger.ms": 20})
-            began = time.monotonic()
-            killed = restarted = False
-            for step, records in enumerate(steps):
-                for key, value in records:
-                    producer.produce("plant", key=key, value=value)
-                producer.poll(0)
-                elapsed = time.monotonic() - began
-                if not killed and elapsed >= KILL_AT:
-                    a.kill()
-                    killed = True
-                if not restarted and elapsed >= RESTART_AT:
-                    a.start("a2")
-                    restarted = True
-                b_partitions.append(b.metric("anomalyd_kafka_assigned_partitions"))
-                time.sleep(max(0.0, began + (step + 1) / RATE_HZ - time.monotonic()))
-            assert producer.flush(10) == 0
-            del producer
+            publish_with_restart(tansu.bootstrap_servers, "plant", steps, RATE_HZ, a, KILL_AT, RESTART_AT, "a2",
+                                 lambda: b_partitions.append(b.metric("anomalyd_kafka_assigned_partitions")))
             last_ts = (start + STEPS - 1) * 1000
             wait_until(lambda: all(sinks_seen.has(d, last_ts) for d in DEVICES), 90, "every device's last window")
             a_partitions = a.metric("anomalyd_kafka_assigned_partitions")
