@@ -9,7 +9,9 @@ traceback.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -166,3 +168,30 @@ def test_run_starts_with_every_numeric_field_at_the_lowest_value_validation_acce
     assert check.returncode == 0, check.stderr
     run = anomalyd("run", "--config", str(path), "--duration", "0.5")
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+
+def assert_candidate_refused(capsys, config: Path, why: str) -> None:
+    """check-config names model.candidate; run stops with one line naming it too (the bundles
+    load after the host checks, so its line does not start with the config file)."""
+    assert main(["check-config", str(config)]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and stderr.startswith(f"{config}: model.candidate: ") and why in stderr, stderr
+    assert main(["run", "--config", str(config), "--duration", "0"]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and "model.candidate: " in stderr and why in stderr, stderr
+
+
+def test_a_candidate_bundle_that_does_not_load_is_named_by_check_config_and_run(tmp_path, capsys):
+    config = write_config(tmp_path, model={"path": DEMO_MODEL, "candidate": str(tmp_path / "no-such-candidate")})
+    assert_candidate_refused(capsys, config, "not found")
+
+
+def test_a_candidate_that_takes_other_windows_is_named_by_check_config_and_run(tmp_path, capsys):
+    candidate = tmp_path / "candidate"
+    shutil.copytree(DEMO_MODEL, candidate)
+    spec = json.loads((candidate / "bundle.json").read_text())
+    spec["window"] *= 2
+    (candidate / "bundle.json").write_text(json.dumps(spec))
+    config = write_config(tmp_path, model={"path": DEMO_MODEL, "candidate": str(candidate)})
+    assert_candidate_refused(capsys, config, "both must match")

@@ -247,6 +247,22 @@ def test_scorer_exception_loses_the_batch_but_not_the_thread(caplog):
     worker.stop()
 
 
+
+def test_a_candidate_that_fails_in_shadow_loses_only_its_own_events_and_counts_them(caplog):
+    sink = FakeSink()
+    shadow = ModelSlot(FakeScorer(name="candidate", fail=True), AlertTracker(1, 1), None)
+    worker, queue, metrics = make_worker(sink=sink, max_wait_s=0, shadow=shadow)
+    worker.start()
+    with caplog.at_level(logging.ERROR, logger="daemon.live.worker"):
+        for n in (1, 2, 3):
+            queue.put(job(f"d{n}"))
+            wait_until(lambda: counter(metrics, "anomalyd_shadow_windows_lost_total") == n)
+    assert [e.device for e in sink.wait_for(3)] == ["d1", "d2", "d3"]  # the served model's, all of them
+    assert not any(e.shadow for e in sink.events)
+    assert dropped(metrics, "scoring_error") == 0
+    assert len([r for r in caplog.records if "candidate candidate" in r.getMessage()]) == 1  # rate-limited
+    worker.stop()
+
 def test_sink_exception_counts_dropped_points_and_the_worker_continues():
     sink = FakeSink(fail_first=True)
     worker, queue, metrics = make_worker(sink=sink, max_wait_s=0)

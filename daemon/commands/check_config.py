@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from daemon.core.bundle import load_bundle
+from daemon.core.bundle import Bundle, load_bundle
 from daemon.commands.common import formatter
 from daemon.core.errors import UserError
+from daemon.live.assembly import check_candidate_shape
 from daemon.live.config import ModelConfig, build, example_yaml, read_yaml, validate
 from daemon.live.preflight import start_problems
 
@@ -35,20 +36,31 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
 
 
 def bundle_problems(raw: object) -> list[str]:
-    """Load every bundle the config names (model.path, model.devices.*) and report the bad ones."""
+    """Load every bundle the config names (model.path, model.devices.*, model.candidate) and
+    report the bad ones, and a candidate that does not take model.path's windows."""
     model = raw.get("model") if isinstance(raw, dict) else None
     model = model if isinstance(model, dict) else {}
     paths = {"model.path": model.get("path", ModelConfig.path)}
     devices = model.get("devices")
     if isinstance(devices, dict):
         paths.update({f"model.devices.{pattern}": path for pattern, path in devices.items()})
+    if model.get("candidate") is not None:
+        paths["model.candidate"] = model["candidate"]
     problems = []
+    loaded: dict[str, Bundle] = {}
     for where, path in paths.items():
         if isinstance(path, str):
             try:
-                load_bundle(path)
+                loaded[where] = load_bundle(path)
             except UserError as exc:
                 problems.append(f"{where}: {exc}")
+    served, candidate = loaded.get("model.path"), loaded.get("model.candidate")
+    if served is not None and candidate is not None:
+        try:
+            check_candidate_shape(paths["model.candidate"], candidate, paths["model.path"], served.window,
+                                  served.features)
+        except UserError as exc:
+            problems.append(str(exc))
     return problems
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Sequence
 
-from daemon.core.bundle import load_bundle
+from daemon.core.bundle import Bundle, load_bundle
 from daemon.core.errors import UserError
 from daemon.core.runtime import load_backend
 from daemon.core.scoring import Scorer
@@ -71,15 +71,25 @@ def load_candidate(config: Config, scorers: Mapping[str, Scorer]) -> Scorer | No
     path = config.model.candidate
     if not path:
         return None
-    bundle = load_bundle(path)  # checked before its weights load, so a mismatch is named as such
+    try:
+        bundle = load_bundle(path)  # checked before its weights load, so a mismatch is named as such
+    except UserError as exc:
+        raise UserError(f"model.candidate: {exc}") from None
     served = scorers[""]
-    if (bundle.window, bundle.features) != (served.window, served.features):
-        raise UserError(f"model.candidate: {path} takes windows of {bundle.window} x {bundle.features}, "
-                        f"model.path {config.model.path} of {served.window} x {served.features}; "
-                        "a candidate scores the same windows, so both must match")
+    check_candidate_shape(path, bundle, config.model.path, served.window, served.features)
     candidate = Scorer(bundle, load_backend(bundle, config.model.runtime, config.batching.torch_threads))
     candidate.warm_up(config.batching.max_batch)
     return candidate
+
+
+def check_candidate_shape(candidate_path: str, candidate: Bundle, served_path: str, window: int,
+                          features: Sequence[str]) -> None:
+    """Raise unless the candidate takes model.path's windows (`window` x `features`): it
+    scores the windows cut for model.path."""
+    if (candidate.window, list(candidate.features)) != (window, list(features)):
+        raise UserError(f"model.candidate: {candidate_path} takes windows of {candidate.window} x "
+                        f"{candidate.features}, model.path {served_path} of {window} x {list(features)}; "
+                        "a candidate scores the same windows, so both must match")
 
 
 def shadow_slot(config: Config, candidate: Scorer | None, old: ModelSlot | None = None) -> ModelSlot | None:

@@ -204,7 +204,7 @@ class Worker:
 
     def _prepare_shadow(self, slot: ModelSlot, jobs: list[WindowJob]) -> list[_InFlight]:
         """Submit the candidate's pass over windows the served model took. Its failures are
-        logged only: the windows themselves are scored and counted by the served model."""
+        counted and logged apart: the windows themselves are scored by the served model."""
         scorer = slot.scorer
         expected = (scorer.window, len(scorer.features))
         fitting = [job for job in jobs if job.window.shape == expected]
@@ -214,7 +214,7 @@ class Worker:
             raw = np.concatenate([job.window for job in fitting]).reshape(len(fitting), *expected)
             model_input = scorer.model_input(raw, slot.alerts.health_states([job.device for job in fitting]))
         except Exception as exc:
-            self._shadow_failed(scorer, exc)
+            self._shadow_failed(scorer, len(fitting), exc)
             return []
         return [_InFlight(slot, fitting, model_input,
                           self._model_thread.submit(_timed, scorer.backend, model_input.values), shadow=True)]
@@ -279,9 +279,10 @@ class Worker:
             events, _, _ = self._score_events(batch.slot, batch.jobs, result, shadow=True)
             self._sink.submit(_written(events, batch.jobs))
         except Exception as exc:
-            self._shadow_failed(batch.slot.scorer, exc)
+            self._shadow_failed(batch.slot.scorer, len(batch.jobs), exc)
 
-    def _shadow_failed(self, scorer: Scorer, exc: Exception) -> None:
+    def _shadow_failed(self, scorer: Scorer, windows: int, exc: Exception) -> None:
+        self._metrics.shadow_windows_lost.inc(windows)
         self._errors.error("shadow:" + type(exc).__name__, "candidate %s: scoring or writing in shadow failed, "
                            "its events lost (the served model's are not): %s", scorer.bundle.name, exc,
                            exc_info=True)

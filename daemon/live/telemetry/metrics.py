@@ -218,6 +218,9 @@ class Metrics:
             self.sensor_health_flags.labels(check=check)
         self.alerts_raised = Counter(PREFIX + "alerts_raised_total",
                                      "Transitions of a device into alert (after hysteresis).", registry=r)
+        self.shadow_windows_lost = Counter(PREFIX + "shadow_windows_lost_total",
+                                           "Windows the candidate (model.candidate) failed to score or write in "
+                                           "shadow; the served model's events for them are unaffected.", registry=r)
         self.inference_seconds = Histogram(PREFIX + "inference_seconds",
                                            "Time of one batched forward pass on the model thread.",
                                            buckets=LATENCY_BUCKETS, registry=r)
