@@ -15,12 +15,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from daemon.live.budget_watch import BudgetWatch
 from daemon.live.sinks.line_protocol import SCHEMA
 from daemon.live.staleness import ModelStaleness, StalenessTracker
 from daemon.live.telemetry.metrics import Metrics
@@ -60,9 +62,22 @@ class OneModelScored(StalenessTracker):
         return [ModelStaleness("m", 0.01, 0.01, 100, 0)]
 
 
+@dataclass
+class OneWatchedRoute:
+    """The budget gauges have a series per route only while a service with a budget runs."""
+
+    key: str = ""
+    buffers: tuple = ()
+    alerts: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(active_count=lambda: 0))
+    pipeline: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(last_ok=None))
+    budget: BudgetWatch = field(default_factory=lambda: BudgetWatch(1.0))
+
+
 @pytest.fixture(scope="module")
 def exposition() -> Exposition:
     metrics = Metrics(CollectorRegistry(), staleness=OneModelScored())
+    metrics.live_state.read_from(SimpleNamespace(routes=[OneWatchedRoute()], queue=(),
+                                                 sink=SimpleNamespace(status=lambda: {})))
     metrics.set_models([("m", "1", "mlp", "torch")])  # the info gauge has no sample until a model is set
     metrics.kafka_consumer_lag.labels(topic="t", partition="0")  # no sample until a partition is consumed
     found = Exposition()
@@ -76,7 +91,7 @@ def exposition() -> Exposition:
 
 
 # Label values that are free text (model name...) rather than a bounded set worth checking.
-FREE_LABELS = {"name", "version", "architecture", "runtime", "le", "quantile"} | TARGET_LABELS
+FREE_LABELS = {"name", "version", "architecture", "runtime", "le", "quantile", "route"} | TARGET_LABELS
 
 
 # ---- PromQL --------------------------------------------------------------------------------
@@ -328,7 +343,8 @@ def test_the_health_panels_cover_the_operational_metrics(exposition: Exposition)
     text = "\n".join(q.text for q in ALL_QUERIES if q.language == "promql")
     for name in ("anomalyd_messages_total", "anomalyd_inference_seconds_bucket", "anomalyd_queue_windows",
                  "anomalyd_sink_spool_bytes", "anomalyd_sink_points_total", "anomalyd_windows_dropped_total",
-                 "anomalyd_mqtt_connected", "anomalyd_alerts_active", "anomalyd_model_info"):
+                 "anomalyd_mqtt_connected", "anomalyd_alerts_active", "anomalyd_model_info",
+                 "anomalyd_false_alarm_budget_per_day", "anomalyd_devices_over_budget"):
         assert exposition.known(name)
         assert name in text, f"{name} is on no panel and in no rule"
 

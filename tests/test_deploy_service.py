@@ -87,6 +87,8 @@ def write_config(tmp_path: Path, broker, models: Path, client_id: str) -> Path:
            "metrics": {"address": "127.0.0.1", "port": 0},
            "local_store": {"path": str(tmp_path / "scores.lp")},
            "batching": {"max_wait_ms": 10},
+           # the test bundle has no budget of its own: a stated one puts the budget gauges in the scrape
+           "alerting": {"false_alarms_per_day": 1.0},
            "logging": {"level": "WARNING"}}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))

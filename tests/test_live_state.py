@@ -6,9 +6,12 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from daemon.live.budget_watch import BudgetWatch
+from daemon.live.events import WindowJob
 from daemon.live.telemetry.metrics import Metrics
 
 
@@ -30,6 +33,8 @@ class Route:
     buffers: list = field(default_factory=list)  # len() = devices
     alerts: Alerts = field(default_factory=Alerts)
     pipeline: Pipeline = field(default_factory=Pipeline)
+    key: str = ""
+    budget: BudgetWatch = field(default_factory=lambda: BudgetWatch(None))
 
 
 @dataclass
@@ -89,3 +94,21 @@ def test_before_a_service_is_attached_the_gauges_describe_an_empty_one():
     assert registry.get_sample_value("anomalyd_devices") == 0
     assert registry.get_sample_value("anomalyd_queue_windows") == 0
     assert math.isnan(registry.get_sample_value("anomalyd_last_message_age_seconds"))
+
+
+def test_each_watched_route_reports_its_budget_and_its_devices_over_it_and_an_unwatched_one_nothing():
+    metrics = Metrics(CollectorRegistry())
+    pumps, others = BudgetWatch(1.0), BudgetWatch(0.5)
+    day = 86400.0
+    for ts in (0.0, 0.1 * day, 0.2 * day, 0.3 * day, 0.4 * day):  # five episodes in under half a day
+        raised = WindowJob("pump-1", 1_750_000_000.0 + ts, np.zeros((1, 1), dtype=np.float32), 0.0)
+        pumps.record([raised], [raised])
+    metrics.live_state.read_from(Live([Route(key="pump-*", budget=pumps), Route(key="valve-*"),
+                                       Route(key="", budget=others)]))  # "": model.path, labelled "*"
+    sample = metrics.registry.get_sample_value
+    assert sample("anomalyd_false_alarm_budget_per_day", {"route": "pump-*"}) == 1.0
+    assert sample("anomalyd_devices_over_budget", {"route": "pump-*"}) == 1
+    assert sample("anomalyd_false_alarm_budget_per_day", {"route": "*"}) == 0.5
+    assert sample("anomalyd_devices_over_budget", {"route": "*"}) == 0
+    assert sample("anomalyd_false_alarm_budget_per_day", {"route": "valve-*"}) is None
+    assert sample("anomalyd_devices_over_budget", {"route": "valve-*"}) is None

@@ -7,6 +7,7 @@ metrics and the health endpoint. Waits poll with deadlines; nothing asserts a wa
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import urllib.error
@@ -252,6 +253,31 @@ def test_daemon_reconnects_after_broker_restart_and_gets_what_was_queued_while_i
     stamps = sorted(p["ts"] for p in read_points(store))
     assert stamps[-1] == pytest.approx(runs[device].timestamps[-1], abs=1e-3)
     assert len(stamps) == (200 - WINDOW + 1) + (100 - WINDOW + 1)
+
+
+def test_a_device_that_alarms_again_and_again_is_reported_over_its_false_alarm_budget(
+        bundle, mosquitto_session, tmp_path, unique_name, caplog):
+    noisy, quiet = f"{unique_name[:36]}-noisy", f"{unique_name[:36]}-quiet"
+    runs = device_runs([noisy, quiet], None)
+    for start in (60, 160, 260):  # three faults in under seven minutes of data: three alert episodes
+        runs[noisy] = synthetic.inject(runs[noisy], "level_shift", start, 40)
+    service = make_service(bundle, mosquitto_session, tmp_path, alerting={"false_alarms_per_day": 1.0},
+                           local_store={"path": str(tmp_path / "scores.lp")})
+    try:
+        with caplog.at_level(logging.WARNING, logger="daemon.live.budget_watch"):
+            publish(mosquitto_session, runs)
+            wait_until(lambda: metric(service, "anomalyd_devices_over_budget", route="*") == 1, 30,
+                       "the noisy device over budget")
+            wait_scored(service, 2 * windows_per_device())
+        assert metric(service, "anomalyd_false_alarm_budget_per_day", route="*") == 1.0
+        assert metric(service, "anomalyd_devices_over_budget", route="*") == 1
+        assert metric(service, "anomalyd_alerts_raised_total") >= 2
+        [line] = [r.getMessage() for r in caplog.records if r.name == "daemon.live.budget_watch"]
+        assert f"device {noisy!r} is over its false-alarm budget" in line
+        assert "days watched, where 1 per device-day allows 0.0417" in line  # an hour at least: 1/24 day
+        assert "anomalyd calibrate --per-device" in line
+    finally:
+        service.shutdown()
 
 
 def scraped(service: Service, name: str) -> float | None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from daemon.core.bundle import Bundle, load_bundle
 from daemon.core.errors import UserError
 from daemon.core.runtime import load_backend
 from daemon.core.scoring import Scorer
 from daemon.live.alerting import AlertTracker
+from daemon.live.budget_watch import BudgetWatch
 from daemon.live.config import Config, StreamConfig
 from daemon.live.ingest.buffers import DeviceBuffers
 from daemon.live.ingest.mqtt import MqttIngest
@@ -30,7 +31,7 @@ from daemon.live.ingest.routing import DeviceRouter
 from daemon.live.sinks.base import Sink
 from daemon.live.sinks.factory import build_sink
 from daemon.live.telemetry.memory import release_free_memory
-from daemon.live.telemetry.metrics import Metrics
+from daemon.live.telemetry.metrics import Metrics, route_label
 from daemon.live.worker import ModelSlot, WindowQueue, Worker
 
 if TYPE_CHECKING:
@@ -106,6 +107,24 @@ def shadow_slot(config: Config, candidate: Scorer | None, old: ModelSlot | None 
     return ModelSlot(candidate, alerts, None, candidate.bundle.threshold.devices)
 
 
+def budget_per_day(config: Config, scorer: Scorer) -> float | None:
+    """The false-alarm budget a route's devices are watched against: alerting.false_alarms_per_day
+    when set, else the bundle's; None (not watched) for a bundle without one."""
+    if config.alerting.false_alarms_per_day is not None:
+        return config.alerting.false_alarms_per_day
+    budget = scorer.bundle.false_alarm_budget
+    return None if budget is None else budget.per_day
+
+
+def alarm_basis(config: Config, scorer: Scorer) -> tuple:
+    """What a route's alert episodes depend on besides the data: the model (name and version:
+    `calibrate` and `train` give a new bundle a new one), the thresholds in force and the
+    hysteresis. Episodes raised under other ones say nothing about these."""
+    bundle = scorer.bundle
+    return (bundle.name, bundle.version, config.alerting.threshold, scorer.threshold, dict(bundle.threshold.devices),
+            alert_settings(config, scorer))
+
+
 @dataclass
 class Route:
     """One bundle and the devices it scores. Everything here depends on the bundle's window
@@ -116,6 +135,8 @@ class Route:
     alerts: AlertTracker
     buffers: DeviceBuffers
     pipeline: MessagePipeline
+    budget: BudgetWatch
+    basis: tuple  # alarm_basis: what the budget watch's episodes were raised under
 
 
 def route_stream(stream: StreamConfig, scorer: Scorer) -> StreamConfig:
@@ -131,37 +152,53 @@ def route_stream(stream: StreamConfig, scorer: Scorer) -> StreamConfig:
 def build_routes(config: Config, scorers: Mapping[str, Scorer], queue: WindowQueue, metrics: Metrics,
                  old: Mapping[str, Route] | None = None) -> list[Route]:
     """Routes for `scorers`, keeping the alert states of an old route with the same key, and
-    its buffers too when its window, features and stream settings are unchanged."""
+    its buffers too when its window, features and stream settings are unchanged. Its budget
+    watch is kept, and starts afresh when the model, thresholds or hysteresis change."""
     old = old or {}
     routes = []
     for key, scorer in scorers.items():
         previous = old.get(key)
         spec = alert_settings(config, scorer)
         stream = route_stream(config.stream, scorer)
+        basis = alarm_basis(config, scorer)
         if previous is None:
             alerts = AlertTracker(*spec)
+            budget = BudgetWatch(budget_per_day(config, scorer), route_label(key))
         else:
             alerts = previous.alerts
             alerts.set_spec(*spec)
+            budget = previous.budget
+            if basis != previous.basis:
+                budget.clear()
+            budget.set_budget(budget_per_day(config, scorer))
             if (stream == previous.buffers.stream and scorer.window == previous.scorer.window
                     and scorer.features == previous.scorer.features):
-                routes.append(Route(key, scorer, alerts, previous.buffers, previous.pipeline))
+                routes.append(Route(key, scorer, alerts, previous.buffers, previous.pipeline, budget, basis))
                 continue
         buffers = DeviceBuffers(scorer.window, len(scorer.features), stream, config.limits, metrics,
-                                on_evict=alerts.forget, route=key)
+                                on_evict=forget_device(alerts, budget), route=key)
         parser = PayloadParser(scorer.features, config.mqtt.topic, config.mqtt.device_level,
                                config.limits.max_payload_bytes, stream.max_future_seconds)
         pipeline = MessagePipeline(parser, buffers, queue.put, metrics.messages)
         if previous is not None:
             pipeline.last_ok = previous.pipeline.last_ok  # the route's stream goes on; only its windows restart
-        routes.append(Route(key, scorer, alerts, buffers, pipeline))
+        routes.append(Route(key, scorer, alerts, buffers, pipeline, budget, basis))
     return routes
+
+
+def forget_device(alerts: AlertTracker, budget: BudgetWatch) -> Callable[[str], None]:
+    """What a route's buffers call when they evict an idle device: its alert state and its
+    budget watch go with its buffer."""
+    def forget(device: str) -> None:
+        alerts.forget(device)
+        budget.forget(device)
+    return forget
 
 
 def model_slots(config: Config, routes: list[Route]) -> dict[str, ModelSlot]:
     """What the worker scores each route's windows with."""
-    return {r.key: ModelSlot(r.scorer, r.alerts, config.alerting.threshold, r.scorer.bundle.threshold.devices)
-            for r in routes}
+    return {r.key: ModelSlot(r.scorer, r.alerts, config.alerting.threshold, r.scorer.bundle.threshold.devices,
+                             r.budget) for r in routes}
 
 
 def message_handler(routes: list[Route]) -> MessageHandler:
@@ -238,6 +275,7 @@ class RouteTable:
         for route in self.routes:
             route.buffers.drop_devices(devices)
             route.alerts.forget_devices(devices)  # those seeded but not yet read have no buffer
+            route.budget.forget_devices(devices)
 
     def seed_alerts(self, records: dict[str, AlertRecord]) -> None:
         for device, record in records.items():

@@ -212,6 +212,10 @@ class AlertingConfig:
     leave_after: int | None = _opt(None, "Consecutive normal windows before a device leaves alert "
                                          "(null = the bundle's alert.leave_after).", lo=1)
     threshold: float | None = _opt(None, "Score threshold (null = the bundle's calibrated threshold).", lo=0)
+    false_alarms_per_day: float | None = _opt(None, "The false-alarm budget each device is watched against: alert "
+                                                    "episodes per device per day (null = the bundle's, set by train "
+                                                    "--false-alarms-per-day; a bundle without one is not watched).",
+                                              above=0)
 
 
 @dataclass(frozen=True)

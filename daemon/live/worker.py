@@ -27,6 +27,7 @@ import numpy as np
 
 from daemon.live.alerting import AlertTracker
 from daemon.live.bounded_queue import BoundedQueue
+from daemon.live.budget_watch import BudgetWatch
 from daemon.live.events import ScoreEvent, WindowJob, settle
 from daemon.live.sinks.base import Sink
 from daemon.live.telemetry.memory import release_free_memory
@@ -72,13 +73,15 @@ class AlertChanges(Protocol):
 @dataclass(frozen=True)
 class ModelSlot:
     """What scores one route's windows: its bundle, its devices' alert states, the
-    threshold override from the config (None = the bundle's threshold) and the bundle's
-    per-device thresholds (`threshold.devices`, empty for most bundles)."""
+    threshold override from the config (None = the bundle's threshold), the bundle's
+    per-device thresholds (`threshold.devices`, empty for most bundles) and the watch of its
+    devices' false-alarm budget (None: not watched, as for a candidate)."""
 
     scorer: Scorer
     alerts: AlertTracker
     threshold_override: float | None = None
     device_thresholds: Mapping[str, float] = field(default_factory=dict)
+    budget: BudgetWatch | None = None
 
     @property
     def threshold(self) -> float:
@@ -304,24 +307,28 @@ class Worker:
             self._count_reasons(slot.scorer, jobs, result.reasons)
         self._metrics.windows_scored.inc(len(jobs))
         self._metrics.anomalous_windows.inc(sum(flags))
-        self._alert_changed(jobs, alerts)
+        self._alert_changed(slot, jobs, alerts)
         return events
 
-    def _alert_changed(self, jobs: list[WindowJob], alerts: list[tuple[bool, bool]]) -> None:
-        """Count the raises and record the changes of windows scored for the first time: a
-        replayed window's change happened on the previous owner, which counted and recorded it."""
+    def _alert_changed(self, slot: ModelSlot, jobs: list[WindowJob], alerts: list[tuple[bool, bool]]) -> None:
+        """Count the raises, record the changes and show the budget watch the windows scored
+        for the first time: a replayed window's change happened on the previous owner, which
+        counted and recorded it."""
         changed = [i for i, (_, change) in enumerate(alerts) if change]
-        raised = 0
+        raised = []
         for i in changed:
             job, alert = jobs[i], alerts[i][0]
             receipt = job.receipt
             if receipt is not None and receipt.replay:
                 continue
-            raised += alert
+            if alert:
+                raised.append(job)
             if self._alert_changes is not None and receipt is not None:
                 self._alert_changes.publish(job.device, alert, job.ts_end, receipt.source)
         if raised:
-            self._metrics.alerts_raised.inc(raised)
+            self._metrics.alerts_raised.inc(len(raised))
+        if slot.budget is not None:
+            slot.budget.record(_first_scored(jobs), raised)
 
     def _score_events(self, slot: ModelSlot, jobs: list[WindowJob], result: WindowScores, shadow: bool = False
                       ) -> tuple[list[ScoreEvent], list[bool], list[tuple[bool, bool]]]:
@@ -366,6 +373,14 @@ def _written(events: list[ScoreEvent], jobs: list[WindowJob]) -> list[ScoreEvent
     """The events the sink gets: a replayed window (a Kafka partition's new owner refilling its
     devices' windows) only rebuilds the alert state, its point is already written."""
     return [event for event, job in zip(events, jobs) if job.receipt is None or not job.receipt.replay]
+
+
+def _first_scored(jobs: list[WindowJob]) -> list[WindowJob]:
+    """The windows scored here for the first time: all but the replayed ones (a batch comes
+    from one source, so one without receipts has no replays)."""
+    if jobs[0].receipt is None:
+        return jobs
+    return [job for job in jobs if not job.receipt.replay]
 
 
 def _timed(backend, model_input: np.ndarray) -> tuple[np.ndarray, float]:

@@ -85,8 +85,18 @@ class _SinkStatus(Protocol):
     def status(self) -> dict[str, object]: ...
 
 
+class _BudgetState(Protocol):
+    per_day: float | None  # the budget watched; None: the route is not watched
+
+    def over_budget(self) -> int: ...
+
+
 class RouteState(Protocol):
-    """What is read of one route: its ring buffers (len = devices), alert states, pipeline."""
+    """What is read of one route: its key (model.devices glob, "" for model.path), ring
+    buffers (len = devices), alert states, pipeline and budget watch."""
+
+    @property
+    def key(self) -> str: ...
 
     @property
     def buffers(self) -> Sized: ...
@@ -96,6 +106,9 @@ class RouteState(Protocol):
 
     @property
     def pipeline(self) -> _LastMessage: ...
+
+    @property
+    def budget(self) -> _BudgetState: ...
 
 
 class LiveState(Protocol):
@@ -118,11 +131,25 @@ LIVE_GAUGES = {
     "sink_spool_bytes": "Bytes waiting in the sink's disk spool.",
     "last_message_age_seconds": "Seconds since the last valid reading on any route (NaN before the first).",
 }
+# One series per route whose devices' false-alarm budget is watched (daemon.live.budget_watch);
+# a route without a budget has none. Labelled `route`: its model.devices glob, "*" for model.path.
+BUDGET_GAUGES = {
+    "false_alarm_budget_per_day": "The false-alarm budget the route's devices are watched against: alert episodes "
+                                  "per device per day (the bundle's, or alerting.false_alarms_per_day).",
+    "devices_over_budget": "Devices of the route whose alert episodes over the last 7 days of data are improbably "
+                           "many for the budget (see daemon/live/budget_watch.py).",
+}
+
+
+def route_label(key: str) -> str:
+    """A route's `route` label value: its glob, "*" for model.path (an empty value would be no label)."""
+    return key or "*"
 
 
 class LiveStateCollector:
-    """The state gauges (`LIVE_GAUGES`), read from the attached service on every collect.
-    Until a service is attached they describe an empty one: nothing queued, no devices."""
+    """The state gauges (`LIVE_GAUGES`, and `BUDGET_GAUGES` per watched route), read from the
+    attached service on every collect. Until a service is attached they describe an empty one:
+    nothing queued, no devices, no route."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._live: LiveState | None = None
@@ -133,12 +160,14 @@ class LiveStateCollector:
         self._live = live
 
     def describe(self) -> list[GaugeMetricFamily]:
-        return [GaugeMetricFamily(PREFIX + name, doc) for name, doc in LIVE_GAUGES.items()]
+        return ([GaugeMetricFamily(PREFIX + name, doc) for name, doc in LIVE_GAUGES.items()]
+                + [GaugeMetricFamily(PREFIX + name, doc, labels=["route"]) for name, doc in BUDGET_GAUGES.items()])
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         values = dict.fromkeys(LIVE_GAUGES, 0.0)
         values["last_message_age_seconds"] = math.nan
         live = self._live
+        routes: tuple[RouteState, ...] = ()
         if live is not None:
             routes = tuple(live.routes)  # one snapshot: a reload replaces the list as a whole
             arrivals = [r.pipeline.last_ok for r in routes if r.pipeline.last_ok is not None]
@@ -151,6 +180,14 @@ class LiveStateCollector:
                 values["last_message_age_seconds"] = max(0.0, time.time() - max(arrivals))
         for name, doc in LIVE_GAUGES.items():
             yield GaugeMetricFamily(PREFIX + name, doc, value=values[name])
+        budget, over = (GaugeMetricFamily(PREFIX + name, doc, labels=["route"]) for name, doc in BUDGET_GAUGES.items())
+        for route in routes:
+            per_day = route.budget.per_day
+            if per_day is not None:
+                budget.add_metric([route_label(route.key)], per_day)
+                over.add_metric([route_label(route.key)], route.budget.over_budget())
+        yield budget
+        yield over
 
 
 STALENESS_GAUGES = {
