@@ -47,6 +47,10 @@ class Figures:
     mean_fdr: float = math.nan  # over the data set's detectable named events
     budget_per_day: float = math.nan  # anomalyd only: the false-alarm budget its threshold was set to
     budget_rules: dict[str, int] = field(default_factory=dict)  # "rule on held-out" -> models
+    # anomalyd only: what train expected at its thresholds, per device-day, over the models that
+    # said (each weighted by its test runs' normal rows); nan when none did
+    expected_per_day: float = math.nan
+    expected_models: int = 0
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v)
@@ -103,6 +107,11 @@ def summarise(outcomes: list[CaseOutcome], detectable: tuple[str, ...] = ()) -> 
         for b in budgets:
             key = f"{b.rule} on {b.held_out}"
             ours.budget_rules[key] = ours.budget_rules.get(key, 0) + 1
+    said = [(o.expected_per_day, sum(int((r.labels == 0).sum()) for r in o.runs)) for o in outcomes
+            if not math.isnan(o.expected_per_day)]
+    if said and sum(w for _, w in said):
+        ours.expected_per_day = sum(e * w for e, w in said) / sum(w for _, w in said)
+        ours.expected_models = len(said)
     normal_statistic = np.concatenate([r.pca[r.labels == 0] for r in runs])
     moved = threshold_at_far(normal_statistic, ours.far)
     return {

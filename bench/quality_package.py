@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from daemon.core.runtime import torch_backend
 from daemon.core.scoring import Scorer
 from daemon.core.thresholds import FalseAlarmBudget, calibrate
 from daemon.offline import synthetic
+from daemon.offline.budget import stored_estimate
 from daemon.offline.detection import detect
 from daemon.offline.evaluation import Report, report, segments
 from daemon.offline.frames import Frame, load_csv
@@ -47,6 +49,13 @@ class TrainedModel:
     def budget(self) -> FalseAlarmBudget | None:
         """How the bundle's false-alarm budget was met (None when its threshold is not a budget)."""
         return self.scorer.bundle.false_alarm_budget
+
+    @property
+    def expected_per_day(self) -> float:
+        """The alert episodes per device-day `train` expects at the bundle's threshold: the
+        budget's own prediction, or the estimate stored for other threshold methods (nan: none)."""
+        budget, estimate = self.budget, stored_estimate(self.scorer.bundle.training)
+        return budget.expected_per_day if budget else (estimate.per_day if estimate else math.nan)
 
     @property
     def scoring(self) -> str:

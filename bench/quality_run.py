@@ -6,6 +6,7 @@ Runs in a worker process; returns plain arrays so the parent can pool them per d
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ class CaseOutcome:
     runs: list[RunOutcome]
     budget: FalseAlarmBudget | None = None  # how the model's threshold met its false-alarm budget
     scoring: str = ""  # the scoring knobs in the bundle (chosen by self-tuning, or configured)
+    expected_per_day: float = math.nan  # the alert episodes per device-day train expects at its threshold
 
 
 def run_case(case: Case, config: TrainConfig) -> CaseOutcome:
@@ -56,4 +58,5 @@ def run_case(case: Case, config: TrainConfig) -> CaseOutcome:
             ours=model.alerts(frame)[counted], plain=model.plain_flags(frame)[counted],
             pca=pca.combined(frame.values[counted]), event_names=test.event_names))
     return CaseOutcome(case.dataset, case.name, model.epochs, round(trained - started, 2),
-                       round(time.time() - trained, 2), pca.components, runs, model.budget, model.scoring)
+                       round(time.time() - trained, 2), pca.components, runs, model.budget, model.scoring,
+                       model.expected_per_day)

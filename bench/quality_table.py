@@ -77,15 +77,15 @@ def event_table(dataset: str, by_detector: dict[str, Figures], what: str) -> str
     return "\n".join(lines)
 
 
-def poisson_odds(count: int, budgeted: float) -> str:
-    """How surprising `count` episodes are if the budget held (a Poisson count with mean
-    `budgeted`): on data sets with minutes of normal rows one episode is x30 the budget, and
-    only this says whether that means anything."""
+def poisson_odds(count: int, budgeted: float, given: str = "budget") -> str:
+    """How surprising `count` episodes are if the budget (or another expectation) held: a
+    Poisson count with mean `budgeted`. On data sets with minutes of normal rows one episode is
+    x30 the budget, and only this says whether that means anything."""
     from scipy.stats import poisson
 
     if count >= budgeted:
-        return f"P(≥{count} | budget) = {poisson.sf(count - 1, budgeted):.2g}"
-    return f"P(≤{count} | budget) = {poisson.cdf(count, budgeted):.2g}"
+        return f"P(≥{count} | {given}) = {poisson.sf(count - 1, budgeted):.2g}"
+    return f"P(≤{count} | {given}) = {poisson.cdf(count, budgeted):.2g}"
 
 
 def budget_lines(results: dict[str, dict[str, Figures]]) -> str:
@@ -104,11 +104,31 @@ def budget_lines(results: dict[str, dict[str, Figures]]) -> str:
     return "\n".join(lines)
 
 
+def expected_lines(results: dict[str, dict[str, Figures]]) -> str:
+    """What `train` told the operator to expect (alert episodes per device-day at its threshold,
+    from the validation tail) against what the test's normal rows realised."""
+    lines = []
+    for dataset, by_detector in results.items():
+        f = by_detector[OURS]
+        if math.isnan(f.expected_per_day):
+            continue
+        ratio = f.false_alarms_per_day / f.expected_per_day if f.expected_per_day > 0 else math.inf
+        lines.append(f"- {dataset}: expected {f.expected_per_day:.3g} / day ({f.expected_models} models), "
+                     f"realised {number(f.false_alarms_per_day, 2)} / day = ×{ratio:.2g} "
+                     f"({f.false_alarms} episodes in {f.normal_days:.2f} normal days; "
+                     f"{poisson_odds(f.false_alarms, f.expected_per_day * f.normal_days, 'expected')})")
+    return "\n".join(lines)
+
+
 def render(results: dict[str, dict[str, Figures]], detectable_counts: dict[str, int]) -> str:
     parts = [main_table(results, detectable_counts), "", FOOTNOTES[0], "", FOOTNOTES[1]]
     budgets = budget_lines(results)
     if budgets:
         parts += ["", "False-alarm budget (anomalyd defaults):", "", budgets]
+    expected = expected_lines(results)
+    if expected:
+        parts += ["", "Alert episodes per device-day that train expected at its thresholds, and realised "
+                      "(anomalyd defaults):", "", expected]
     for dataset, by_detector in results.items():
         if by_detector[OURS].by_event:
             parts += ["", "Share of each fault's rows flagged (FDR) and delay to the first alarm:", "",

@@ -15,7 +15,7 @@ from daemon.core.bundle import load_bundle
 from daemon.core.errors import BundleError
 from daemon.core.postprocess import AlertSpec
 from daemon.core.thresholds import FalseAlarmBudget
-from daemon.offline.budget import HeldOut, calibrate_budget, episode_peaks, episodes
+from daemon.offline.budget import HeldOut, calibrate_budget, episode_peaks, episodes, expected_rate
 from datafiles import normal_csv, train_bundle
 
 HYSTERESIS = AlertSpec(3, 5)
@@ -147,3 +147,38 @@ def test_the_other_threshold_methods_stay_options(tmp_path):
                          "--threshold-scale", "1.3333")
     bundle = load_bundle(model)
     assert bundle.threshold.method == "quantile" and bundle.false_alarm_budget is None
+
+
+def test_the_rate_expected_at_a_budget_threshold_is_the_budget():
+    """expected_rate asks the budget's question the other way round, on the same level and fit."""
+    held_out = HeldOut([window_scores(0.5, seed=1)], 0.5, "validation")
+    for per_day in (0.2, 1.0):  # extrapolated
+        threshold, record = calibrate_budget(held_out, per_day, HYSTERESIS)
+        assert record.rule != "counted"
+        assert expected_rate(held_out, threshold, HYSTERESIS).per_day == pytest.approx(per_day, rel=1e-6)
+    estimate = expected_rate(held_out, 0.5, HYSTERESIS)  # a low threshold: plenty of episodes seen
+    assert estimate.rule == "counted" and estimate.per_day == episodes(held_out.runs, 0.5, HYSTERESIS) / 0.5
+
+
+def test_the_rate_expected_at_a_quantile_threshold_typically_holds_within_twice_on_fresh_normal_data():
+    """SKAB's rule (99.9th percentile x 4/3) on two days of held-out scores: over five samples
+    the median ratio of the realised rate (300 fresh days) to the expected one is within x2."""
+    ratios = []
+    for seed in range(1, 6):
+        held_out = HeldOut.from_scores([window_scores(2, seed=seed)], 1, MINUTE, "validation")
+        threshold = float(np.quantile(held_out.runs[0], 0.999) * 4 / 3)
+        expected = expected_rate(held_out, threshold, HYSTERESIS)
+        assert expected.rule != "counted"  # past what two days show: extrapolated
+        ratios.append(realised_per_day(threshold, days=300, seed=100 + seed) / expected.per_day)
+    assert 0.5 <= float(np.median(ratios)) <= 2.0, ratios
+
+
+def test_a_bundle_without_a_budget_says_how_often_it_is_expected_to_page(tmp_path, capsys):
+    model = train_bundle(tmp_path, normal_csv(tmp_path, rows=3000), "--threshold-method", "quantile:0.999")
+    estimate = load_bundle(model).training["expected_false_alarms"]
+    assert estimate["held_out"] == "validation" and estimate["per_day"] >= 0
+    assert main(["inspect", "--model", str(model)]) == 0
+    assert "alert episodes per device-day at this threshold" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(model), "--data", str(normal_csv(tmp_path, rows=2000, seed=9)),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["expected_false_alarms_per_day"] == estimate["per_day"]

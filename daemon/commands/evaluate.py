@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from daemon.offline.budget import stored_estimate
 from daemon.offline import plots
 from daemon.commands.common import add_data_options, formatter, read_frames
 from daemon.offline.detection import FileResult, evaluate_frames
@@ -60,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.plot.stem}-{Path(result.frame.source).stem}{args.plot.suffix}")
             _plot(result, pooled.threshold, path, scorer.features)
     budget = scorer.bundle.false_alarm_budget
+    estimate = stored_estimate(scorer.bundle.training)
+    expected = budget.expected_per_day if budget else (estimate.per_day if estimate else None)
     figures = pooled.to_dict() | {"false_alarms_per_day": pooled.events.false_alarms_per_hour * 24.0,
-                                  "budget_per_day": None if budget is None else budget.per_day}
+                                  "budget_per_day": None if budget is None else budget.per_day,
+                                  "expected_false_alarms_per_day": expected}
     if args.json:
         print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in figures.items()}))
         return 0
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {label:15s} {figures[key]:.4f}{unit}")
     print(f"  false alarms/d  {figures['false_alarms_per_day']:.4g} per device-day of normal rows "
           f"({pooled.events.normal_hours / 24:.3g} days), "
-          + (f"budget {budget.per_day:g}" if budget else "no false-alarm budget in this bundle"))
+          + (f"budget {budget.per_day:g}" if budget else "no false-alarm budget in this bundle")
+          + ("" if expected is None else f", expected {expected:.3g} from its held-out data"))
     print(f"  confusion       TP {figures['tp']}  FP {figures['fp']}  TN {figures['tn']}  FN {figures['fn']}")
     return 0

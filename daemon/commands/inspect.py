@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from daemon.offline.budget import stored_estimate
 from daemon.core.bundle import load_bundle
 from daemon.commands.common import formatter
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
            f"{b.calibration.get('data_stop')} (was {b.calibration.get('previous_threshold', {}).get('value', '?')})"]
           if b.calibration else []),
         "false alarms  " + (b.false_alarm_budget.describe() + f"; budget chosen on: {b.false_alarm_budget.chosen_on}"
-                            if b.false_alarm_budget else "no budget (threshold set by its method alone)"),
+                            if b.false_alarm_budget else _no_budget(b.training)),
         "sensor health " + (b.health.describe(b.features) if b.health else "off (bundle written without checks)"),
         f"alert         after {b.alert.enter_after} anomalous window(s), clear after {b.alert.leave_after} normal",
     ]
@@ -61,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
                   f"{f.get('share_flagged', 0.0):.2f}" for kind, f in injected.items()]
     lines += _self_tuning(t.get("self_tuning"))
     print("\n".join(lines))
+
+
+def _no_budget(training: dict) -> str:
+    estimate = stored_estimate(training)
+    return "no budget (threshold set by its method alone)" + (f"; {estimate.describe()}" if estimate else "")
 
 
 def _self_tuning(tuning: dict | None) -> list[str]:

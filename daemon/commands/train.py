@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from daemon.offline.budget import stored_estimate
 from daemon.offline import plots
 from daemon.commands.common import (add_data_options, add_influx_options, check_one_source, describe_history,
                                     formatter, read_frames, read_influx, split_list)
@@ -255,6 +256,11 @@ def run(args: argparse.Namespace) -> int:
           + (f"; {bundle.false_alarm_budget.describe()}" if bundle.false_alarm_budget else "") + "), "
           f"alert after {bundle.alert.enter_after} / clear after {bundle.alert.leave_after} window(s), "
           f"{t['seconds']} s")
+    if bundle.false_alarm_budget is None:
+        estimate = stored_estimate(t)
+        print("false alarms: " + (estimate.describe() if estimate else
+                                  "no estimate (the validation tail shows too few alert episodes to tell)")
+              + "; no budget set (--false-alarms-per-day N sets one)")
     if t.get("self_tuning"):
         chosen = t["self_tuning"]["chosen"]
         print(f"self-tuned on injected faults: score = {chosen['score_reduction']} over "

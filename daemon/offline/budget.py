@@ -125,12 +125,8 @@ def calibrate_budget(held_out: HeldOut, per_day: float, spec: AlertSpec, chosen_
     if len(peaks) <= allowed:  # the budget allows as many episodes as the level shows: count them
         return _counted(held_out, per_day, spec, chosen_on)
     ratio = allowed / len(peaks)
-    excesses = peaks - level
-    gamma, sigma = _fit_gpd(excesses) if len(peaks) >= POT_MIN_PEAKS else (0.0, 0.0)
-    rule = "pot" if gamma > 0 else "pot-exponential"
-    if gamma <= 0:
-        gamma, sigma = 0.0, float(excesses.mean())
-    if abs(gamma) < 1e-6:
+    rule, gamma, sigma = _fit_tail(peaks - level)
+    if gamma == 0.0:
         threshold = level - sigma * math.log(ratio)
     else:
         threshold = level + sigma / gamma * (ratio ** -gamma - 1.0)
@@ -138,6 +134,67 @@ def calibrate_budget(held_out: HeldOut, per_day: float, spec: AlertSpec, chosen_
                               {"level": level, "gamma": gamma, "sigma": sigma, "peaks": float(len(peaks))},
                               chosen_on)
     return float(threshold), record
+
+
+@dataclass(frozen=True)
+class RateEstimate:
+    """The alert episodes per day of normal operation that held-out scores predict at a
+    threshold set by another rule (a quantile, a sigma): the budget's question asked the other
+    way round, so `train` can say how often a bundle without a budget will page. `rule` is
+    "counted" (seen in the held-out span) or the tail that extrapolates past it ("pot",
+    "pot-exponential", over `peaks` episode peaks)."""
+
+    per_day: float
+    rule: str
+    peaks: int
+    held_out: str
+    held_out_days: float
+
+    def describe(self) -> str:
+        how = ("counted" if self.rule == "counted" else
+               f"extrapolated by {'a generalised Pareto' if self.rule == 'pot' else 'an exponential'} tail over "
+               f"{self.peaks} episode peaks")
+        return (f"expected {self.per_day:.3g} alert episodes per device-day at this threshold, {how} on the "
+                f"{self.held_out} windows ({self.held_out_days * 24:.3g} h held out)")
+
+    def to_dict(self) -> dict:
+        return {"per_day": self.per_day, "rule": self.rule, "peaks": self.peaks, "held_out": self.held_out,
+                "held_out_days": self.held_out_days}
+
+
+EXPECTED_FALSE_ALARMS_KEY = "expected_false_alarms"  # bundle.json training.<key>: a RateEstimate
+
+
+def stored_estimate(training: dict) -> RateEstimate | None:
+    """The `RateEstimate` `train` stored in a bundle's training record, if any (None for budget
+    bundles, bundles trained without a validation tail, and bundles written before it)."""
+    d = training.get(EXPECTED_FALSE_ALARMS_KEY) if isinstance(training, dict) else None
+    try:
+        return RateEstimate(float(d["per_day"]), str(d["rule"]), int(d["peaks"]), str(d["held_out"]),
+                            float(d["held_out_days"]))
+    except (TypeError, KeyError, ValueError):
+        return None  # informational only: a hand-damaged record is not worth refusing the bundle
+
+
+def expected_rate(held_out: HeldOut, threshold: float, spec: AlertSpec) -> RateEstimate:
+    """Episodes per day at `threshold`: counted where the held-out span shows at least
+    `EXPONENTIAL_MIN_PEAKS` of them (or the threshold lies below the tail's level), else the
+    rate over the tail's level times the fitted tail's chance of an episode peak reaching the
+    threshold: the same level and fit `calibrate_budget` solves for a threshold. Raises
+    `TooLittleTail` where the span shows too few episodes at any level to say either (a count
+    of 0 there would read as a promise of silence)."""
+    if held_out.days <= 0:
+        raise TooLittleTail("no held-out span to count episodes on")
+    seen = episodes(held_out.runs, threshold, spec)
+    if seen < EXPONENTIAL_MIN_PEAKS:
+        level, peaks = _tail_level(held_out, spec)  # too few episodes at every level: no estimate
+        if threshold > level:
+            rule, gamma, sigma = _fit_tail(peaks - level)
+            excess = (threshold - level) / sigma if sigma > 0 else math.inf
+            survival = math.exp(-excess) if gamma == 0.0 else (1.0 + gamma * excess) ** (-1.0 / gamma)
+            return RateEstimate(len(peaks) / held_out.days * survival, rule, len(peaks), held_out.name,
+                                held_out.days)
+    return RateEstimate(seen / held_out.days, "counted", 0, held_out.name, held_out.days)
 
 
 def _counted(held_out: HeldOut, per_day: float, spec: AlertSpec, chosen_on: str) -> tuple[float, FalseAlarmBudget]:
@@ -179,6 +236,16 @@ def _tail_level(held_out: HeldOut, spec: AlertSpec) -> tuple[float, np.ndarray]:
                             f"{len(best_peaks)} alert episode(s) at any level, need {EXPONENTIAL_MIN_PEAKS} "
                             f"to fit a tail")
     return best_level, best_peaks
+
+
+def _fit_tail(excesses: np.ndarray) -> tuple[str, float, float]:
+    """(rule, shape, scale) of the episode peaks' excesses over the level: a generalised Pareto
+    fit from `POT_MIN_PEAKS` peaks on, the exponential tail (shape 0, the mean excess) below
+    that or where the fitted shape is not positive."""
+    gamma, sigma = _fit_gpd(excesses) if len(excesses) >= POT_MIN_PEAKS else (0.0, 0.0)
+    if gamma <= 1e-6:
+        return "pot-exponential", 0.0, float(excesses.mean())
+    return "pot", gamma, sigma
 
 
 def _fit_gpd(excesses: np.ndarray) -> tuple[float, float]:

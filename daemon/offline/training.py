@@ -33,7 +33,8 @@ from daemon.core.scoring import Scorer
 from daemon.core.sensor_health import HealthSpec, fit_health
 from daemon.core.thresholds import FalseAlarmBudget, Threshold, calibrate, parse_method
 from daemon.core.windowing import windows
-from daemon.offline.budget import HeldOut, TooLittleTail, calibrate_budget
+from daemon.offline.budget import (EXPECTED_FALSE_ALARMS_KEY, HeldOut, RateEstimate, TooLittleTail,
+                                   calibrate_budget, expected_rate)
 from daemon.core.score_reference import REFERENCE_KEY, ScoreReference
 from daemon.offline.evaluation import segments
 from daemon.offline.frame_scoring import score_frames
@@ -282,6 +283,7 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
     bundle, scorer = trial.scorer.bundle, trial.scorer
     calib_scores, calibrated_on = trial.calibration.scores, trial.calibration.calibrated_on
     normal_scores = np.concatenate([s.scores for s in score_frames(scorer, split.train + split.validation)])
+    estimate = None if bundle.false_alarm_budget is not None else _expected_false_alarms(scorer, config, split)
     bundle.training = {
         "data": sorted({f.source for f in frames}),
         "rows_train": int(sum(len(f) for f in split.train)),
@@ -298,6 +300,9 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         # What the bundle catches of synthetic faults written into the held-out tail (no label
         # needed; daemon.offline.injection); empty when no held-out run is two windows long.
         "injected_faults": {k: f.to_dict() for k, f in trial.injected.items() if f.injected},
+        # How often a bundle without a false-alarm budget will page, as its validation tail
+        # predicts (a budget bundle's prediction is in false_alarm_budget.expected_per_day).
+        EXPECTED_FALSE_ALARMS_KEY: None if estimate is None else estimate.to_dict(),
         # The scoring knobs chosen on those injected faults (daemon.offline.self_tuning); None when
         # the configured ones were kept without trying others.
         "self_tuning": None if tuning is None else tuning.to_dict(),
@@ -397,8 +402,7 @@ def _calibrate_budget(scorer: Scorer, config: TrainConfig, split: Split) -> tupl
     if not split.validation:
         samples = [("train (no validation tail long enough)", split.train)]
     for name, frames in samples:
-        scored = score_frames(scorer, frames, config.stride)
-        held_out = HeldOut.from_scores([s.scores for s in scored], config.stride, period, name)
+        held_out = _held_out(scorer, frames, config.stride, period, name)
         try:
             value, record = calibrate_budget(held_out, per_day, scorer.bundle.alert, chosen_on)
         except TooLittleTail as exc:
@@ -412,6 +416,28 @@ def _calibrate_budget(scorer: Scorer, config: TrainConfig, split: Split) -> tupl
     raise UserError(f"too little normal data for a false-alarm budget ({sum(len(f) for f in split.train + split.validation)} "
                     f"rows show too few alert episodes to fit a tail); give more data or use "
                     f"--threshold-method quantile:0.999")
+
+
+def _held_out(scorer: Scorer, frames: list[Frame], stride: int, period: float, name: str) -> HeldOut:
+    """`frames`' window scores at the serving stride, so the hysteresis steps as the service's does."""
+    scored = score_frames(scorer, frames, stride)
+    return HeldOut.from_scores([s.scores for s in scored], stride, period, name)
+
+
+def _expected_false_alarms(scorer: Scorer, config: TrainConfig, split: Split) -> RateEstimate | None:
+    """For a threshold set by a rule other than the budget: the alert episodes per device-day
+    the validation tail predicts at it, so `train` and `inspect` say how often the bundle will
+    page. None without a tail or a sample period, or where the tail shows no episode to count
+    or fit."""
+    period = scorer.bundle.sample_period_seconds
+    if period is None or not split.validation:
+        return None
+    held_out = _held_out(scorer, split.validation, config.stride, period, "validation")
+    try:
+        return expected_rate(held_out, scorer.bundle.threshold.value, scorer.bundle.alert)
+    except TooLittleTail as exc:
+        log.info("no estimate of the false-alarm rate: %s", exc)
+        return None
 
 
 def save(result: TrainResult, directory: Path) -> Bundle:
