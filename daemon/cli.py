@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 
 from daemon import __version__
@@ -66,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return args.run(args) or 0
+        code = args.run(args) or 0
+        sys.stdout.flush()  # here, so that a reader gone early (`| head`) ends below, not in a traceback at exit
+        return code
+    except BrokenPipeError:
+        # The reader closed the pipe: stop quietly, as a Unix filter does. stdout goes to /dev/null
+        # so that the interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except UserError as exc:
         print(f"anomalyd {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -186,6 +186,8 @@ def test_inspect_shows_the_per_device_thresholds_and_the_calibration(work, capsy
     out = capsys.readouterr().out
     assert "per device    pump-a " in out and ", pump-b " in out
     assert "calibrated    2962 windows from 2023-11-14T22:13:20Z" in out
+    previous = load_bundle(work["per_device"]).calibration["previous_threshold"]["value"]
+    assert f"(was {previous:.6g})" in out, "the replaced threshold is printed like the threshold line"
 
 
 def test_a_budget_threshold_is_set_again_as_a_budget_on_the_new_data(tmp_path):

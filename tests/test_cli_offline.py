@@ -2,6 +2,10 @@
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -135,3 +139,15 @@ def test_every_command_has_help_with_an_example(capsys):
             main([command, "--help"])
         assert exit_.value.code == 0
         assert "example" in capsys.readouterr().out
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly():
+    """`anomalyd evaluate ... | head`: the command stops with SIGPIPE's exit status, no traceback."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    try:
+        result = subprocess.run([sys.executable, "-m", "daemon", "check-config", "--example"], stdout=write,
+                                stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (128 + signal.SIGPIPE, "")

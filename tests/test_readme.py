@@ -7,12 +7,16 @@ its row fails here.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.live.config import describe
+from daemon.cli import build_parser, main
+from daemon.live.config import ENV_INFLUXDB_TOKEN, ENV_KAFKA_PASSWORD, ENV_MQTT_PASSWORD, Config, describe
+from daemon.live.service import RELOADED_SECTIONS
 from daemon.live.sinks.line_protocol import SCHEMA
 from daemon.live.telemetry.metrics import MESSAGE_RESULTS, PREFIX, Metrics
 
@@ -76,3 +80,50 @@ def test_the_layout_names_every_module_and_no_module_that_is_gone():
     assert named - modules == set(), "the layout names modules that do not exist"
     folders = {path.name for path in package.rglob("*") if path.is_dir() and path.name != "__pycache__"}
     assert all(f"{folder}/" in layout for folder in folders), "every package folder has its line"
+
+
+def _help_defaults(command: str) -> dict[str, str]:
+    """Each option of a command with the first word after "(default:" in its --help text."""
+    parser = build_parser(command)
+    sub = next(action for action in parser._actions if action.choices and command in action.choices)
+    defaults = {}
+    for action in sub.choices[command]._actions:
+        text = " ".join((action.help or "").split()) % dict(vars(action), prog=command)
+        match = re.search(r"\(default: ([^,;)]+)", text)
+        for option in action.option_strings if match else ():
+            defaults[option] = match.group(1)
+    return defaults
+
+
+def test_the_training_table_gives_the_defaults_train_help_prints():
+    printed = _help_defaults("train")
+    rows = re.findall(r"^\| (`--[^|]+) \| ([^|]+) \|", section("Train and evaluate a model"), re.M)
+    checked = 0
+    for options_cell, default_cell in rows:
+        options = re.findall(r"`(--[\w-]+)", options_cell)
+        if not any(option in printed for option in options):
+            continue  # --param: its defaults are per architecture, listed under the options
+        defaults = [value.strip().strip("`") for value in re.sub(r"\(.*?\)", "", default_cell).split(",")]
+        assert len(defaults) == len(options), f"row {options_cell}: one default per option"
+        for option, default in zip(options, defaults):
+            assert printed[option] == default, f"README says {option} defaults to {default}, --help {printed[option]}"
+            checked += 1
+    assert checked >= 12
+
+
+def test_the_secrets_paragraph_and_run_help_name_every_secret_variable(capsys):
+    secrets = re.search(r"^\*\*Secrets\*\*(.*?)\n\n", README, re.S | re.M).group(1)
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    run_help = capsys.readouterr().out
+    for variable in (ENV_MQTT_PASSWORD, ENV_KAFKA_PASSWORD, ENV_INFLUXDB_TOKEN):
+        assert variable in secrets and variable in run_help, variable
+    files = [field.path for field in describe() if field.path.endswith(("password_file", "token_file"))]
+    assert files and all(f"`{path}`" in secrets for path in files), files
+
+
+def test_the_signals_paragraph_names_what_a_reload_applies_and_what_needs_a_restart():
+    sentence = re.search(r"A reload applies (.*?) sections; changes to (.*?) need a restart", README, re.S)
+    applied, restart = (set(re.findall(r"`(\w+)`", part)) for part in sentence.groups())
+    assert applied == set(RELOADED_SECTIONS)
+    assert restart == {field.name for field in dataclasses.fields(Config)} - applied

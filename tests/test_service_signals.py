@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -231,3 +233,19 @@ def test_reload_keeps_device_windows_only_while_the_bundle_windows_them_the_same
     configure(strided)
     service.reload()
     assert service.default_route.buffers is not first and service.default_route.buffers.stride == 5
+
+
+def test_a_reload_keeps_every_section_it_does_not_apply_and_says_so(bundles, tmp_path, caplog):
+    from daemon.live.config import load_config
+    from daemon.live.service import Service
+
+    path = tmp_path / "config.yaml"
+    config = {"model": {"path": str(bundles["model-a"])}, "metrics": {"enabled": False}}
+    path.write_text(yaml.safe_dump(config))
+    service = Service(load_config(path), str(path))
+    path.write_text(yaml.safe_dump({**config, "logging": {"level": "DEBUG"}, "kafka": {"group_id": "other"}}))
+    with caplog.at_level(logging.WARNING, logger="daemon.live.service"):
+        service.reload()
+    kept = re.findall(r"changes to section '(\w+)' need a restart", caplog.text)
+    assert sorted(kept) == ["kafka", "logging"]
+    assert service.config.logging.level == "INFO" and service.config.kafka.group_id == "anomalyd"

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         *(["per device    " + ", ".join(f"{d} {v:.6g}" for d, v in b.threshold.devices.items())]
           if b.threshold.devices else []),
         *([f"calibrated    {b.calibration.get('windows')} windows from {b.calibration.get('data_start')} to "
-           f"{b.calibration.get('data_stop')} (was {b.calibration.get('previous_threshold', {}).get('value', '?')})"]
+           f"{b.calibration.get('data_stop')} (was {_previous_threshold(b.calibration)})"]
           if b.calibration else []),
         "false alarms  " + (b.false_alarm_budget.describe() + f"; budget chosen on: {b.false_alarm_budget.chosen_on}"
                             if b.false_alarm_budget else _no_budget(b.training)),
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{f.get('share_flagged', 0.0):.2f}" for kind, f in injected.items()]
     lines += _self_tuning(t.get("self_tuning"))
     print("\n".join(lines))
+    return 0
 
 
 def _no_budget(training: dict) -> str:
@@ -86,4 +87,9 @@ def _self_tuning(tuning: dict | None) -> list[str]:
                      f"{c.get('threshold', float('nan')):>11.4g}  {false_alarms:22s}"
                      f"{c.get('detection_rate', 0.0):>8.2f}  {c.get('share_flagged', 0.0):>13.2f}")
     return lines
-    return 0
+
+
+def _previous_threshold(calibration: dict) -> str:
+    """The threshold a calibration replaced, printed like the threshold line above it."""
+    value = calibration.get("previous_threshold", {}).get("value")
+    return "?" if value is None else f"{value:.6g}"

@@ -7,20 +7,22 @@ import logging
 
 from daemon.commands.common import formatter
 from daemon.core.errors import ConfigError
-from daemon.live.config import first_problem, load_config
+from daemon.live.config import (ENV_INFLUXDB_TOKEN, ENV_KAFKA_PASSWORD, ENV_MQTT_PASSWORD, first_problem,
+                                 load_config)
 from daemon.live.preflight import start_problems
 from daemon.live.telemetry.logsetup import configure_logging
 from daemon.live.service import Service
 
 log = logging.getLogger(__name__)
 
-EPILOG = """\
-Subscribes to MQTT, scores every device's windows with the model bundle, writes scores to
-InfluxDB (or a local line-protocol file), serves /metrics and /healthz. Signals: SIGTERM or
-SIGINT stop intake, score what is queued, flush the sink and exit 0; SIGHUP reloads the
-config's model and alerting sections (a bad new bundle keeps the old one).
+EPILOG = f"""\
+Subscribes to MQTT (or consumes Kafka with source: kafka), scores every device's windows with
+the model bundle, writes scores to InfluxDB (or a local line-protocol file), serves /metrics
+and /healthz. Signals: SIGTERM or SIGINT stop intake, score what is queued, flush the sink and
+exit 0; SIGHUP reloads the config's model, stream and alerting sections (a bad new bundle keeps
+the old one).
 
-Secrets: ANOMALYD_MQTT_PASSWORD and ANOMALYD_INFLUXDB_TOKEN override the config file.
+Secrets: {ENV_MQTT_PASSWORD}, {ENV_KAFKA_PASSWORD} and {ENV_INFLUXDB_TOKEN} override the config file.
 
 examples:
   anomalyd check-config config.yaml

@@ -118,10 +118,11 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--false-alarms-per-day", type=float, default=None, metavar="N",
                    help="the false-alarm budget: alert episodes (after hysteresis) per device per day of "
                         "normal operation that --threshold-method budget sets the threshold for; giving it "
-                        f"selects that method (default: {TrainConfig.false_alarms_per_day:g})")
+                        f"selects that method (default: none; {TrainConfig.false_alarms_per_day:g} with "
+                        "--threshold-method budget)")
     p.add_argument("--threshold-scale", type=float, default=None, metavar="X",
                    help="multiply the calibrated threshold by X, a safety margin (default: "
-                        f"{TrainConfig.threshold_scale:.4g}, 1 for budget)")
+                        f"{TrainConfig.threshold_scale:.5g}, 1 for budget)")
     p.add_argument("--calibrate-on", choices=CALIBRATE_ON, default=TrainConfig.calibrate_on,
                    help="windows whose scores calibrate the threshold: 'all' normal training windows "
                         "(train + validation) or only the 'validation' tail (default: %(default)s)")

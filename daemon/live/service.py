@@ -3,12 +3,13 @@
 `daemon.live.assembly` builds the stages from a `Config`; this module runs them. It answers
 /healthz, exports every route's state at scrape time (`Metrics.live_state`), and handles
 signals: SIGTERM/SIGINT stop intake, score what is queued, flush the sink and return; SIGHUP
-reloads the config's model and alerting sections, validating the new bundle before swapping
+reloads the config's model, stream and alerting sections, validating the new bundle before swapping
 it in (a bad bundle keeps the old one and logs why).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -27,6 +28,9 @@ from daemon.live.sinks.base import Sink
 from daemon.core.thresholds import threshold_in_force
 
 log = logging.getLogger(__name__)
+
+# The config sections a SIGHUP applies; a change to any other needs a restart (a reload logs it).
+RELOADED_SECTIONS = ("model", "stream", "alerting")
 
 
 class Service:
@@ -135,8 +139,8 @@ class Service:
         log.info("stopped (sink flushed: %s)", flushed)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file, validate and load every bundle, then swap. MQTT,
-        sink and metrics settings need a restart and are left as they are (logged)."""
+        """SIGHUP: re-read the config file, validate and load every bundle, then swap. The
+        sections outside RELOADED_SECTIONS need a restart and are left as they are (logged)."""
         self.notifier.reloading()
         try:
             config = load_config(self.config_path) if self.config_path else self.config
@@ -147,9 +151,12 @@ class Service:
             log.error("reload failed, keeping model %s: %s", self.scorer.bundle.name, exc)
             self.notifier.ready()
             return
-        for section in ("mqtt", "influxdb", "local_store", "metrics", "batching", "limits"):
-            if getattr(config, section) != getattr(self.config, section):
+        kept = {field.name: getattr(self.config, field.name) for field in dataclasses.fields(Config)
+                if field.name not in RELOADED_SECTIONS}
+        for section, running in kept.items():
+            if getattr(config, section) != running:
                 log.warning("reload: changes to section %r need a restart; keeping the running settings", section)
+        config = dataclasses.replace(config, **kept)
         old = self.scorer.bundle.name
         routes = build_routes(config, scorers, self.queue, self.metrics, {r.key: r for r in self.routes})
         rebuilt = [r.key or "*" for r in routes if r.buffers not in {o.buffers for o in self.routes}]
