@@ -85,10 +85,11 @@ class SeenBy:
     pipeline: MessagePipeline
     seen: set[str]
 
-    def __call__(self, topic: str, payload: bytes, received: float) -> object:
-        return self.handle_batch(((topic, payload, None),), received)
+    def __call__(self, topic: str, payload: bytes, received: float) -> str:
+        self.seen.add(topic.split("/")[1])
+        return self.pipeline(topic, payload, received)
 
-    def handle_batch(self, records, received: float, claim=None) -> object:
+    def handle_batch(self, records, received: float, claim=None) -> int:
         self.seen.update(topic.split("/")[1] for topic, _, _ in records)
         return self.pipeline.handle_batch(records, received, claim)
 

@@ -54,8 +54,8 @@ _FLOAT32 = np.dtype(np.float32)
 
 @dataclass(slots=True)
 class _Device:
-    ring: bytearray  # float32 [window, features], row `pos` is the next to write
-    pos: int = 0  # row of the next write, in [0, window)
+    ring: bytearray  # float32 [window, features]; the row at byte `at` is the next to write
+    at: int = 0  # byte offset of the next write (the oldest row), in [0, len(ring))
     until_emit: int = 0  # samples still needed before the next window
     last_ts: float = float("-inf")  # data time of the previous reading
     last_seen: float = 0.0  # arrival time of the previous reading, for idle eviction
@@ -126,12 +126,15 @@ class DeviceBuffers:
         dev.last_ts = ts
         dev.last_seen = received
         ring = dev.ring
-        at = dev.pos * self._row_bytes
+        at = dev.at
         self._pack_into(ring, at, *values)  # float32 bytes; the parser checked the range
         at += self._row_bytes  # the oldest sample's row: where the next one will go
-        dev.pos = dev.pos + 1 if at < self._ring_bytes else 0
-        dev.until_emit -= 1
-        if dev.until_emit:
+        if at == self._ring_bytes:
+            at = 0
+        dev.at = at
+        left = dev.until_emit - 1
+        if left:
+            dev.until_emit = left
             return None
         dev.until_emit = self.stride
         window = np.ndarray(self._shape, _FLOAT32, ring[at:] + ring[:at])  # one call: frombuffer + reshape

@@ -23,7 +23,7 @@ result (`anomalyd_messages_total{result}`), a bug in handling it included (`inte
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from daemon.live.events import Receipt, WindowJob
 from daemon.live.ingest.buffers import DeviceBuffers
@@ -47,8 +47,9 @@ class MessageHandler(Protocol):
     def __call__(self, topic: str, payload: bytes, received: float) -> object:
         """One message (address, payload, arrival time in epoch seconds)."""
 
-    def handle_batch(self, records: Iterable[Record], received: float, claim: Claim | None = None) -> object:
-        """Messages that arrived together at `received`, handled in order."""
+    def handle_batch(self, records: Sequence[Record], received: float, claim: Claim | None = None) -> int:
+        """Messages that arrived together at `received`, handled in order; returns how many were
+        accepted."""
 
 
 class Source(Protocol):
@@ -87,48 +88,53 @@ class MessagePipeline:
         self._rejects = RateLimitedLog(log)
         self._bugs = RateLimitedLog(log, interval=30.0)
         self.last_ok: float | None = None  # arrival time of the last accepted reading
+        self._last_refusal = ""  # the result of the last message refused: a single message's label
 
     def __call__(self, topic: str, payload: bytes, received: float) -> str:
         """Handle one message; returns its result label."""
-        return self.handle_batch(((topic, payload, None),), received)
+        if self.handle_batch(((topic, payload, None),), received):
+            return "ok"
+        return self._last_refusal
 
-    def handle_batch(self, records: Iterable[Record], received: float, claim: Claim | None = None) -> str:
+    def handle_batch(self, records: Sequence[Record], received: float, claim: Claim | None = None) -> int:
         """Handle `records` in order, all received at `received`; `claim(tag)` gives the receipt
-        of the window a record completes, if any. Returns the last record's result label."""
-        # Looked up once a batch, not once a message.
+        of the window a record completes, if any. Returns how many were accepted."""
+        # Looked up once a batch, not once a message; the refused are counted as they come and
+        # the accepted once, at the end.
         parse = self._parse
         push = self._push
         enqueue = self._enqueue
         reject = self._reject
-        result = "ok"
-        accepted = 0
+        refused = 0
         for topic, payload, tag in records:
             try:
                 parsed = parse(topic, payload, received)
                 if type(parsed) is Rejected:
-                    result = reject(parsed)
+                    reject(parsed)
+                    refused += 1
                     continue
                 device, ts, values = parsed
                 job = push(device, ts, values, received)
                 if job is not None:
                     if type(job) is Rejected:
-                        result = reject(job)
+                        reject(job)
+                        refused += 1
                         continue
                     if claim is not None:
                         job.receipt = claim(tag)
                     enqueue(job)
-                accepted += 1
-                result = "ok"
             except Exception as exc:  # a bug must cost one counted message, not the rest of the batch
+                refused += 1
                 self._counts["internal_error"] += 1
+                self._last_refusal = "internal_error"
                 self._bugs.error("internal", "bug handling a message on %r: %r", topic[:120], exc, exc_info=True)
-                result = "internal_error"
+        accepted = len(records) - refused
         if accepted:
             self._counts["ok"] += accepted
             self.last_ok = received
-        return result
+        return accepted
 
-    def _reject(self, rejected: Rejected) -> str:
+    def _reject(self, rejected: Rejected) -> None:
         self._counts[rejected.reason] += 1
+        self._last_refusal = rejected.reason
         self._rejects.warning(rejected.reason, "message rejected (%s): %s", rejected.reason, rejected.detail)
-        return rejected.reason

@@ -11,7 +11,7 @@ single-model path. With no `model.devices` the service does not use this module 
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from daemon.live.ingest.payload import PayloadParser, Rejected
 from daemon.live.ingest.pipeline import Claim, MessageHandler, Record
@@ -35,23 +35,23 @@ class DeviceRouter:
     def __call__(self, topic: str, payload: bytes, received: float) -> object:
         return self._pipeline_of(topic)(topic, payload, received)
 
-    def handle_batch(self, records: Iterable[Record], received: float, claim: Claim | None = None) -> object:
+    def handle_batch(self, records: Sequence[Record], received: float, claim: Claim | None = None) -> int:
         """Each run of consecutive records of one route goes to that route's pipeline as one
         batch: runs, not one batch per route, so windows are claimed in record order (a Kafka
         partition commits up to its oldest claim)."""
-        result: object = "ok"
+        accepted = 0
         run: list[Record] = []
         run_pipeline: MessageHandler | None = None
         for record in records:
             pipeline = self._pipeline_of(record[0])
             if pipeline is not run_pipeline:
                 if run_pipeline is not None:
-                    result = run_pipeline.handle_batch(run, received, claim)
+                    accepted += run_pipeline.handle_batch(run, received, claim)
                 run, run_pipeline = [], pipeline
             run.append(record)
         if run_pipeline is not None:
-            result = run_pipeline.handle_batch(run, received, claim)
-        return result
+            accepted += run_pipeline.handle_batch(run, received, claim)
+        return accepted
 
     def _pipeline_of(self, topic: str) -> MessageHandler:
         pipeline = self._by_topic.get(topic)
