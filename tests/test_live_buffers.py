@@ -167,3 +167,42 @@ def test_values_are_stored_as_float32_like_the_model_input():
     b, _ = buffers(window=1, stride=1)
     job = b.push_values("d", 1.0, (0.1, 1e30), 1.0)
     np.testing.assert_array_equal(job.window, np.array([[0.1, 1e30]], dtype=np.float32))
+
+
+def test_devices_evicted_or_dropped_by_another_thread_while_readings_arrive_are_each_forgotten_once():
+    """The device table has no lock: another thread's evictions and drops interleave with the
+    ingest thread's readings without an error, and each device is forgotten exactly once."""
+    import sys
+    import threading
+
+    forgotten: list[str] = []
+    b, metrics = buffers(window=2, stride=1, idle=60, on_evict=forgotten.append, max_devices=100_000)
+    old = [f"old-{i}" for i in range(3000)]
+    push_all(b, [reading(device, 1, received=1000) for device in old])
+    done = threading.Event()
+    dropped, errors = [], []
+
+    def housekeeping() -> None:
+        try:
+            while not done.is_set():
+                dropped.append(b.drop_devices(old[::7]))
+                b.evict_idle(now=2000)
+        except Exception as exc:  # noqa: BLE001 - the assertion below reports it
+            errors.append(exc)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=housekeeping)
+    try:
+        thread.start()
+        for step in range(20):
+            push_all(b, [reading(f"new-{i}", 1 + step, received=1990) for i in range(500)])
+    finally:
+        done.set()
+        thread.join()
+        sys.setswitchinterval(switch)
+    assert errors == []
+    b.evict_idle(now=2000)
+    assert sorted(forgotten) == sorted(old)
+    assert metrics.devices_evicted._value.get() + sum(dropped) == len(old)
+    assert len(b) == 500

@@ -3,8 +3,10 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from daemon.live.ingest.payload import PayloadParser, Rejected
+from daemon.live.ingest.payload import PayloadParser, Rejected, decode_json
 from daemon.live.ingest.topics import TOPIC_MEMORY_SIZE, TopicMemory, topic_problem
 from daemon.live.telemetry.metrics import MESSAGE_RESULTS
 
@@ -114,6 +116,38 @@ def test_integers_and_large_finite_values_are_numbers():
                                      b"[" * 50_000 + b"]" * 50_000])
 def test_undecodable_or_non_object_payload_is_invalid_json(payload):
     rejected(parser(max_payload_bytes=200_000).parse_fields(TOPIC, payload, NOW), "invalid_json")
+
+
+json_documents = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+
+
+def outcome(decode, payload: bytes) -> tuple[str, str]:
+    """What decoding gives: the value (repr, so NaN equals NaN) or the error, message and all."""
+    try:
+        return "value", repr(decode(payload))
+    except Exception as exc:  # noqa: BLE001 - compared, not handled
+        return type(exc).__name__, str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=json_documents, ascii_only=st.booleans(),
+       encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le",
+                                 "utf-32-be"]),
+       before=st.sampled_from(["", " ", "\n\t"]), after=st.sampled_from(["", " ", "\r\n", "x", "}", "\x00", ",1"]))
+def test_the_fast_decoder_gives_what_json_loads_gives_in_every_encoding_and_surrounding(doc, ascii_only, encoding,
+                                                                                         before, after):
+    payload = (before + json.dumps(doc, ensure_ascii=ascii_only) + after).encode(encoding, "surrogatepass")
+    assert outcome(decode_json, payload) == outcome(json.loads, payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=24) | st.sampled_from([b"{}", b'{"a": 1}', b"[]", b"1", b'"x"']).flatmap(
+    lambda doc: st.binary(max_size=4).map(lambda noise: doc + noise)))
+def test_the_fast_decoder_gives_what_json_loads_gives_for_any_bytes(payload):
+    assert outcome(decode_json, payload) == outcome(json.loads, payload)
 
 
 def test_oversized_payload_is_rejected_before_decoding():

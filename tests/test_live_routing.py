@@ -9,9 +9,15 @@ class Recorder:
         self.name = name
         self.topics: list[str] = []
 
-    def __call__(self, topic: str, payload: bytes, now: float, claim=None) -> str:
+        self.batches: list[list[str]] = []
+
+    def __call__(self, topic: str, payload: bytes, now: float) -> str:
         self.topics.append(topic)
         return self.name
+
+    def handle_batch(self, records, now: float, claim=None) -> int:
+        self.batches.append([topic for topic, _, _ in records])
+        return len(records)
 
 
 def router(*patterns: str) -> tuple[DeviceRouter, dict[str, Recorder]]:
@@ -46,3 +52,14 @@ def test_every_message_of_a_device_takes_the_same_route():
     for _ in range(3):
         route("sensors/fan-1/data", b"{}", 0)
     assert seen["fan-*"].topics == ["sensors/fan-1/data"] * 3
+
+
+def test_a_batch_reaches_each_route_in_runs_of_consecutive_records_in_record_order():
+    """Runs, not one batch per route: windows are then claimed in record order, which a Kafka
+    partition's commits rely on."""
+    route, seen = router("fan-*")
+    fan, pump, bad = "sensors/fan-1/data", "sensors/pump-1/data", "sensors/a,b/data"
+    assert route.handle_batch([(t, b"{}", None) for t in (fan, fan, pump, bad, fan, pump)], 0) == 6
+    assert seen["fan-*"].batches == [[fan, fan], [fan]]
+    assert seen["default"].batches == [[pump, bad], [pump]]
+    assert route.handle_batch([], 0) == 0 and seen["fan-*"].batches == [[fan, fan], [fan]]

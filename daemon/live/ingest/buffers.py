@@ -23,17 +23,20 @@ the reading is accepted, the window restarts from it and `anomalyd_clock_resets_
 it. Without the rule such a device would be dropped silently until its clock caught up with
 the wrong time again, minutes or years later.
 
-Threading: `push_values` runs on the ingest thread; `evict_idle` may be called from any
-thread (a housekeeping timer). A lock guards the device table. `push_values` itself sweeps
-idle devices about every `idle_evict_seconds / 4` (arrival time), so silent devices free
-their slots even if nobody calls `evict_idle`.
+Threading: `push_values` runs on the ingest thread, the only one that adds devices;
+`evict_idle` and `drop_devices` may run on any thread. The device table needs no lock of its
+own: each of its changes is one dict operation (atomic), a device removed while a reading is
+being written to its ring loses that reading as if it had arrived just before the removal
+(its window restarts either way), and a lock taken for every reading would cost about a tenth
+of the message path. `push_values` itself sweeps idle devices about every
+`idle_evict_seconds / 4` (arrival time), so silent devices free their slots even if nobody
+calls `evict_idle`.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -51,8 +54,8 @@ _FLOAT32 = np.dtype(np.float32)
 
 @dataclass(slots=True)
 class _Device:
-    ring: bytearray  # float32 [window, features], row `pos` is the next to write
-    pos: int = 0  # row of the next write, in [0, window)
+    ring: bytearray  # float32 [window, features]; the row at byte `at` is the next to write
+    at: int = 0  # byte offset of the next write (the oldest row), in [0, len(ring))
     until_emit: int = 0  # samples still needed before the next window
     last_ts: float = float("-inf")  # data time of the previous reading
     last_seen: float = 0.0  # arrival time of the previous reading, for idle eviction
@@ -84,13 +87,12 @@ class DeviceBuffers:
         self._metrics = metrics
         self._on_evict = on_evict
         self._devices: dict[str, _Device] = {}
-        self._lock = threading.Lock()
         self._pack_into = struct.Struct(f"={n_features}f").pack_into
         self._row_bytes = 4 * n_features
         self._ring_bytes = window * n_features * 4
         self._shape = (window, n_features)
         self._sweep_every = limits.idle_evict_seconds / 4
-        self._next_sweep: float | None = None
+        self._next_sweep = float("-inf")  # arrival time of the next sweep: the first reading
         self._route = route
 
     def __len__(self) -> int:
@@ -101,47 +103,48 @@ class DeviceBuffers:
         """Append one reading (`values`: `n_features` numbers in model order, as the parser
         returns them; `ts` data time and `received` arrival time, epoch seconds). Returns a
         window when this reading completes one."""
-        if self._next_sweep is None or received >= self._next_sweep:
+        if received >= self._next_sweep:
             self._next_sweep = received + self._sweep_every
             self.evict_idle(received)
-        with self._lock:
-            dev = self._devices.get(device)
-            if dev is None:
-                if len(self._devices) >= self.max_devices:
-                    return Rejected("too_many_devices", f"device {device}: {self.max_devices} devices already")
-                dev = self._devices[device] = _Device(bytearray(self._ring_bytes), until_emit=self.window)
-            elif ts <= dev.last_ts:
-                if ts == dev.last_ts:
-                    return Rejected("duplicate", f"device {device}: ts {ts} repeated")
-                if dev.last_ts - ts <= self.clock_reset_seconds:
-                    return Rejected("out_of_order", f"device {device}: ts {ts} < previous {dev.last_ts}")
-                dev.until_emit = self.window
-                self._metrics.clock_resets.inc()
-                self._log.warning("clock_reset", "device %s: clock set back by %.0f s; its window restarts",
-                                  device, dev.last_ts - ts)
-            elif self.max_gap is not None and ts - dev.last_ts > self.max_gap:
-                dev.until_emit = self.window
-                self._metrics.window_restarts.inc()
-            dev.last_ts = ts
-            dev.last_seen = received
-            ring = dev.ring
-            at = dev.pos * self._row_bytes
-            self._pack_into(ring, at, *values)  # float32 bytes; the parser checked the range
-            at += self._row_bytes  # the oldest sample's row: where the next one will go
-            dev.pos = dev.pos + 1 if at < self._ring_bytes else 0
-            dev.until_emit -= 1
-            if dev.until_emit:
-                return None
-            dev.until_emit = self.stride
-            window = np.ndarray(self._shape, _FLOAT32, ring[at:] + ring[:at])  # one call: frombuffer + reshape
-            return WindowJob(device, ts, window, received, self._route)
+        dev = self._devices.get(device)
+        if dev is None:
+            if len(self._devices) >= self.max_devices:
+                return Rejected("too_many_devices", f"device {device}: {self.max_devices} devices already")
+            dev = self._devices[device] = _Device(bytearray(self._ring_bytes), until_emit=self.window)
+        elif ts <= dev.last_ts:
+            if ts == dev.last_ts:
+                return Rejected("duplicate", f"device {device}: ts {ts} repeated")
+            if dev.last_ts - ts <= self.clock_reset_seconds:
+                return Rejected("out_of_order", f"device {device}: ts {ts} < previous {dev.last_ts}")
+            dev.until_emit = self.window
+            self._metrics.clock_resets.inc()
+            self._log.warning("clock_reset", "device %s: clock set back by %.0f s; its window restarts",
+                              device, dev.last_ts - ts)
+        elif self.max_gap is not None and ts - dev.last_ts > self.max_gap:
+            dev.until_emit = self.window
+            self._metrics.window_restarts.inc()
+        dev.last_ts = ts
+        dev.last_seen = received
+        ring = dev.ring
+        at = dev.at
+        self._pack_into(ring, at, *values)  # float32 bytes; the parser checked the range
+        at += self._row_bytes  # the oldest sample's row: where the next one will go
+        if at == self._ring_bytes:
+            at = 0
+        dev.at = at
+        left = dev.until_emit - 1
+        if left:
+            dev.until_emit = left
+            return None
+        dev.until_emit = self.stride
+        window = np.ndarray(self._shape, _FLOAT32, ring[at:] + ring[:at])  # one call: frombuffer + reshape
+        return WindowJob(device, ts, window, received, self._route)
 
     def drop_devices(self, devices: Iterable[str]) -> int:
         """Forget `devices` (buffer, and alert state through `on_evict`) because another instance
         scores them from now on (a Kafka partition moved away). Not counted as evictions: their
         readings are read again by the new owner. Returns how many had a buffer here."""
-        with self._lock:
-            dropped = [device for device in devices if self._devices.pop(device, None) is not None]
+        dropped = [device for device in devices if self._devices.pop(device, None) is not None]
         if self._on_evict is not None:
             for device in dropped:
                 self._on_evict(device)
@@ -151,10 +154,11 @@ class DeviceBuffers:
         """Drop devices whose last reading arrived more than `idle_evict_seconds` before `now`
         (arrival time, epoch seconds). Returns how many were dropped."""
         cutoff = now - self.idle_evict_seconds
-        with self._lock:
-            idle = [device for device, dev in self._devices.items() if dev.last_seen < cutoff]
-            for device in idle:
-                del self._devices[device]
+        table = self._devices
+        # A copy of the items (one C call), so a device added meanwhile does not break the scan;
+        # pop, so a device another thread removed meanwhile is not counted twice.
+        idle = [device for device, dev in list(table.items()) if dev.last_seen < cutoff]
+        idle = [device for device in idle if table.pop(device, None) is not None]
         if idle:
             self._metrics.devices_evicted.inc(len(idle))
             if self._on_evict is not None:

@@ -65,7 +65,7 @@ from daemon.core.errors import ConfigError
 from daemon.live.config import Config, KafkaConfig
 from daemon.live.ingest.alert_state import AlertRecord, AlertStateTopic
 from daemon.live.ingest.payload import DEVICE_ID, decode_json
-from daemon.live.ingest.pipeline import MessageHandler
+from daemon.live.ingest.pipeline import MessageHandler, Record
 from daemon.live.telemetry.metrics import Metrics
 from daemon.live.telemetry.ratelimit import RateLimitedLog
 
@@ -74,7 +74,7 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_S = 0.2  # longest wait in consume(): bounds how long stop() takes
 OFFSETS_TIMEOUT_S = 10.0  # committed() and offsets_for_times() on assignment
 STATS_INTERVAL_MS = 2000  # librdkafka statistics: consumer lag and broker state
-_KEY_CACHE = 16384  # record keys whose device and topic are remembered; emptied when full
+_KEY_CACHE = 16384  # record keys of a partition whose device and topic are remembered; emptied when full
 _NEW, _REPLAY, _SKIP = "new", "replay", "skip"  # what a record of a partition being rewound is
 SETTLE_SECONDS = 10.0  # at stop: longest wait for windows in flight before the last commit
 ALERT_STATE_FLUSH_S = 2.0  # before a commit: longest wait for alert-state records (else the commit waits)
@@ -220,8 +220,8 @@ class _Rewind:
 
 
 class KafkaSource:
-    """Consumes `settings.topics` in group `settings.group_id` on its own thread and hands each
-    record to `handler(topic_of(key), value, arrival time)`. `start`, `stop`, `connected`,
+    """Consumes `settings.topics` in group `settings.group_id` on its own thread and hands the
+    records of each consume call to `handler.handle_batch` as (topic_of(key), value, tag). `start`, `stop`, `connected`,
     `subscribed` and `swap_handler` work as on `MqttIngest`."""
 
     def __init__(self, settings: KafkaConfig, handler: MessageHandler, metrics: Metrics, *,
@@ -250,15 +250,14 @@ class KafkaSource:
         self._counts = metrics.messages.counts
         self._rejects = RateLimitedLog(log)
         self._log = RateLimitedLog(log, interval=30.0)
-        self._keys: dict[bytes, tuple[str, str]] = {}  # record key -> (device, pipeline topic)
+        # Per partition, record key -> (device, pipeline topic): a key is learnt once in each
+        # partition it is read from, and that is when its device joins the partition's devices.
+        self._keys_of: defaultdict[TopicPartitionKey, dict[bytes, tuple[str, str]]] = defaultdict(dict)
         self._assigned: set[TopicPartitionKey] = set()
         self._devices_of: defaultdict[TopicPartitionKey, set[str]] = defaultdict(set)
         self._rewinds: dict[TopicPartitionKey, _Rewind] = {}
         self._unprobed: dict[TopicPartitionKey, int] = {}  # committed offset, until its record is read
         self._ledgers: dict[TopicPartitionKey, PartitionLedger] = {}  # of the assigned partitions
-        self._ledger: PartitionLedger | None = None  # of the record being handed over (for _claim)
-        self._offset = -1  # of the record being handed over
-        self._replaying = False  # the record being handed over is a replayed one
         self._committed: dict[TopicPartitionKey, int] = {}  # offsets committed (or being committed)
         self._connected = False
         self._joined = False
@@ -353,14 +352,15 @@ class KafkaSource:
             log.warning("stopping with %d windows not yet settled by the sink: their records are read again by "
                         "the next owner", left)
 
-    def _claim(self) -> _Claim | _Replayed:
-        """`claim` for the pipeline: the receipt of a window completed by the record being handed
-        over. A replayed record's window was written by the previous owner (its record is below
-        the committed offset): it rebuilds the alert state and is not written again."""
-        if self._replaying:
+    def _claim(self, tag: Message | _Replayed) -> _Claim | _Replayed:
+        """`claim` for the pipeline: the receipt of a window completed by the record `tag` names
+        (`_hand_over`). A replayed record's window was written by the previous owner (its record
+        is below the committed offset): it rebuilds the alert state and is not written again."""
+        if tag is _REPLAYED:
             return _REPLAYED
-        ledger = self._ledger
-        return _Claim(self._offset) if ledger is None else ledger.claim(self._offset)
+        offset = tag.offset()
+        ledger = self._ledgers.get((tag.topic(), tag.partition()))
+        return _Claim(offset) if ledger is None else ledger.claim(offset)
 
     def _guard(self, callback: Callable[..., None]) -> Callable[..., None]:
         """`callback` for librdkafka: an exception escaping it would surface from consume() and
@@ -377,59 +377,59 @@ class KafkaSource:
         return guarded
 
     def _hand_over(self, messages: list[Message], now: float) -> None:
-        """Check each record's key and value, hand it to the pipeline, then note the offsets.
-        A batch holds runs of records of one partition: what depends only on the partition
-        (skipped after a seek, its ledger, its device set) is looked up once a run."""
-        # The bound method, not the handler object: calling an object (a MessagePipeline) looks
-        # its __call__ up on the type every time.
-        handler = self._handler.__call__
-        keys = self._keys
+        """Check each record's key and value, hand the records that pass to the pipeline as one
+        batch, then note the offsets. A batch holds runs of records of one partition: what
+        depends only on the partition (skipped after a seek, its key cache, its last offset)
+        is looked up once a run. Each record handed on is tagged with itself (its receipt is
+        claimed only if it completes a window) or, when replayed, with the replay receipt."""
+        keys: dict[bytes, tuple[str, str]] = {}
         rewinds = self._rewinds
-        claim = self._claim
+        unprobed = self._unprobed
         field_probe = self._field_probe
+        records: list[Record] = []
+        hand = records.append
         last: dict[TopicPartitionKey, int] = {}
         seeked: set[TopicPartitionKey] = set()  # their records left in this batch come again after the seek
         replayed = skipped = 0
         run_topic, run_partition = None, -1
         tp: TopicPartitionKey = ("", -1)
         run_seeked = False
-        devices: set[str] = set()
-        offset = -1
+        run_last: Message | None = None  # the run's last record not skipped by a seek
         for msg in messages:
             if msg.error() is not None:
                 self._message_error(msg)
                 continue
             partition, topic_name = msg.partition(), msg.topic()
             if partition != run_partition or topic_name != run_topic:
-                if offset >= 0:
-                    last[tp] = offset
-                    offset = -1
+                if run_last is not None:
+                    last[tp] = run_last.offset()
+                    run_last = None
                 run_topic, run_partition = topic_name, partition
                 tp = (topic_name, partition)
                 run_seeked = tp in seeked
-                devices = self._devices_of[tp]
-                self._ledger = self._ledgers.get(tp)
-            if run_seeked or (self._unprobed and tp in self._unprobed and self._seek_back(tp, msg)):
+                keys = self._keys_of[tp]
+            if run_seeked or (unprobed and tp in unprobed and self._seek_back(tp, msg)):
                 seeked.add(tp)
                 run_seeked = True
                 continue
-            offset = msg.offset()
+            run_last = msg
             try:
-                replaying = False
+                tag: Message | _Replayed = msg
                 if rewinds and tp in rewinds:
-                    step = self._replay_step(tp, offset, msg)
+                    step = self._replay_step(tp, msg.offset(), msg)
                     if step is _SKIP:
                         skipped += 1
                         continue
-                    replaying = step is _REPLAY
-                    replayed += replaying
+                    if step is _REPLAY:
+                        tag = _REPLAYED
+                        replayed += 1
                 value = msg.value()
                 if value is None:
-                    self._reject("tombstone", "record at %s[%d]@%d has no value (tombstone)", *tp, offset)
+                    self._reject("tombstone", "record at %s[%d]@%d has no value (tombstone)", *tp, msg.offset())
                     continue
                 entry = keys.get(msg.key())
                 if entry is None:
-                    entry = self._learn_key(msg.key())
+                    entry = self._learn_key(msg.key(), tp)
                     if entry is None:
                         continue
                 device, topic = entry
@@ -438,15 +438,14 @@ class KafkaSource:
                 if field_probe is not None and value.find(field_probe) >= 0 and self._names_other_device(device,
                                                                                                        value):
                     continue
-                devices.add(device)
-                self._offset, self._replaying = offset, replaying
-                handler(topic, value, now, claim)
+                hand((topic, value, tag))
             except Exception as exc:  # a bug must cost one counted record, not the consumer thread
                 self._counts["internal_error"] += 1
                 self._log.error("internal:record", "bug handling a kafka record: %r", exc, exc_info=True)
-        if offset >= 0:
-            last[tp] = offset
-        self._ledger = None
+        if run_last is not None:
+            last[tp] = run_last.offset()
+        if records:
+            self._handle(records, now)
         ledgers = self._ledgers
         for tp, offset in last.items():
             ledger = ledgers.get(tp)
@@ -456,6 +455,18 @@ class KafkaSource:
             self._metrics.kafka_replayed.inc(replayed)
         if skipped:
             self._metrics.kafka_replay_skipped.inc(skipped)
+
+    def _handle(self, records: list[Record], now: float) -> None:
+        """The pipeline's batch entry. It counts a bug per record; one outside them costs the
+        records of the batch it had not counted yet, as internal_error."""
+        counts = self._counts
+        before = sum(counts.values())
+        try:
+            self._handler.handle_batch(records, now, self._claim)
+        except Exception as exc:
+            counts["internal_error"] += max(0, len(records) - (sum(counts.values()) - before))
+            self._log.error("internal:batch", "bug handling a batch of %d kafka records: %r", len(records), exc,
+                            exc_info=True)
 
     def _seek_back(self, tp: TopicPartitionKey, msg: Message) -> bool:
         """The record before a newly assigned partition's committed offset, the last one its
@@ -509,9 +520,9 @@ class KafkaSource:
             return _SKIP
         return _REPLAY if offset < rewind.replay_end else _NEW
 
-    def _learn_key(self, key: bytes | None) -> tuple[str, str] | None:
-        """The device and pipeline topic of a key not seen before, or None (counted) if the key
-        cannot name a device."""
+    def _learn_key(self, key: bytes | None, tp: TopicPartitionKey) -> tuple[str, str] | None:
+        """The device and pipeline topic of a key not seen before in partition `tp`, or None
+        (counted) if the key cannot name a device."""
         if not key:
             self._reject("missing_key", "record without a key (the key must be the device id)")
             return None
@@ -524,9 +535,11 @@ class KafkaSource:
             self._reject("bad_device_id", "record key %r is not a device id [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}",
                          device[:80])
             return None
-        if len(self._keys) >= _KEY_CACHE:
-            self._keys.clear()
-        entry = self._keys[key] = (device, self._topic_of(device))
+        keys = self._keys_of[tp]
+        if len(keys) >= _KEY_CACHE:
+            keys.clear()
+        entry = keys[key] = (device, self._topic_of(device))
+        self._devices_of[tp].add(device)
         return entry
 
     def _names_other_device(self, device: str, value: bytes) -> bool:
@@ -642,7 +655,7 @@ class KafkaSource:
         for p in partitions:
             tp = (p.topic, p.partition)
             devices |= self._devices_of.pop(tp, set())
-            for table in (self._ledgers, self._committed, self._rewinds, self._unprobed):
+            for table in (self._keys_of, self._ledgers, self._committed, self._rewinds, self._unprobed):
                 table.pop(tp, None)
             if self._alert_state is not None:
                 self._alert_state.disown([tp])

@@ -46,17 +46,21 @@ _scan_json = json.JSONDecoder().scan_once  # the C scanner behind json.loads
 
 
 def decode_json(payload: bytes) -> object:
-    """`json.loads(payload)`, faster for the usual UTF-8 object: same result, same errors."""
-    if type(payload) is bytes and payload[:1] == b"{" and payload[1:2] != b"\x00":  # not UTF-16/32
-        try:
-            text = payload.decode("utf-8", "surrogatepass")  # what json.loads does for UTF-8
-            doc, end = _scan_json(text, 0)
-        except Exception:  # noqa: BLE001 - json.loads below raises the real error, message and all
-            pass
-        else:
-            if end == len(text):
-                return doc
-    return json.loads(payload)  # trailing whitespace or data, BOM, UTF-16/32, errors
+    """`json.loads(payload)`, faster for the usual UTF-8 document: same result, same errors.
+
+    The scan runs on the UTF-8 reading of any payload, with no check of its first bytes first:
+    whatever json.loads would read otherwise (a BOM, UTF-16/32, which put a NUL among the first
+    two bytes) fails as UTF-8 or stops the scan short of the end (JSON allows no NUL outside
+    strings, nor control characters inside them), so it goes to json.loads itself."""
+    try:
+        text = payload.decode("utf-8", "surrogatepass")  # what json.loads does for UTF-8
+        doc, end = _scan_json(text, 0)
+    except Exception:  # noqa: BLE001 - json.loads below raises the real error, message and all
+        pass
+    else:
+        if end == len(text):
+            return doc
+    return json.loads(payload)  # whitespace around the document, BOM, UTF-16/32, errors
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Sequence
 
 from daemon.live.ingest.payload import PayloadParser, Rejected
-from daemon.live.ingest.pipeline import Claim, MessageHandler
+from daemon.live.ingest.pipeline import Claim, MessageHandler, Record
 from daemon.live.ingest.topics import TopicMemory
 
 
@@ -32,11 +32,32 @@ class DeviceRouter:
     def route_of(self, device: str) -> MessageHandler:
         return next((pipeline for pattern, pipeline in self._routes if fnmatchcase(device, pattern)), self._default)
 
-    def __call__(self, topic: str, payload: bytes, received: float, claim: Claim | None = None) -> object:
+    def __call__(self, topic: str, payload: bytes, received: float) -> object:
+        return self._pipeline_of(topic)(topic, payload, received)
+
+    def handle_batch(self, records: Sequence[Record], received: float, claim: Claim | None = None) -> int:
+        """Each run of consecutive records of one route goes to that route's pipeline as one
+        batch: runs, not one batch per route, so windows are claimed in record order (a Kafka
+        partition commits up to its oldest claim)."""
+        accepted = 0
+        run: list[Record] = []
+        run_pipeline: MessageHandler | None = None
+        for record in records:
+            pipeline = self._pipeline_of(record[0])
+            if pipeline is not run_pipeline:
+                if run_pipeline is not None:
+                    accepted += run_pipeline.handle_batch(run, received, claim)
+                run, run_pipeline = [], pipeline
+            run.append(record)
+        if run_pipeline is not None:
+            accepted += run_pipeline.handle_batch(run, received, claim)
+        return accepted
+
+    def _pipeline_of(self, topic: str) -> MessageHandler:
         pipeline = self._by_topic.get(topic)
         if pipeline is None:
             device = self._device_of(topic)
             if type(device) is Rejected:
-                return self._default(topic, payload, received, claim)
+                return self._default  # which rejects and counts the message
             pipeline = self._by_topic.remember(topic, self.route_of(device))
-        return pipeline(topic, payload, received, claim)
+        return pipeline
