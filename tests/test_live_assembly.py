@@ -97,3 +97,21 @@ def test_devices_whose_partitions_move_away_leave_the_budget_watch():
     raise_once(route, "pump-2")
     RouteTable([route], route.pipeline, 60.0).drop_devices({"pump-1"})
     assert route.budget.verdict("pump-1") is None and route.budget.watched() == 1
+
+
+def test_a_device_in_alert_that_goes_silent_after_a_reload_rebuilt_its_buffers_is_forgotten_once_idle():
+    """A reload that changes the window rebuilds the route's buffers but keeps its alert states:
+    the new buffers evict the old devices that never send again, so no alert is held forever."""
+    [route] = routes(Config(limits=LimitsConfig(idle_evict_seconds=60)), served())
+    for ts in (1000.0, 1001.0):
+        route.buffers.push_values("gone", ts, (1.0,), ts)
+    route.alerts.update_batch(["gone"] * 3, [True] * 3)
+    assert route.alerts.active_count() == 1
+    wider = served()
+    wider.window = 3
+    [rebuilt] = routes(Config(limits=LimitsConfig(idle_evict_seconds=60)), wider, [route])
+    assert rebuilt.buffers is not route.buffers and rebuilt.alerts is route.alerts
+    rebuilt.buffers.push_values("other", 1030.0, (1.0,), 1030.0)
+    assert rebuilt.alerts.active_count() == 1  # 29 s silent: still its alert
+    rebuilt.buffers.push_values("other", 1070.0, (1.0,), 1070.0)  # the sweep: "gone" silent 69 s > 60 s
+    assert rebuilt.alerts.active_count() == 0

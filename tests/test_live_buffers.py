@@ -206,3 +206,29 @@ def test_devices_evicted_or_dropped_by_another_thread_while_readings_arrive_are_
     assert sorted(forgotten) == sorted(old)
     assert metrics.devices_evicted._value.get() + sum(dropped) == len(old)
     assert len(b) == 500
+
+
+def test_buffers_that_replace_others_evict_the_old_devices_that_stay_silent_with_their_state():
+    """A reload that changes a route's window rebuilds its buffers; the devices' alert states
+    live on, so a device that never sends again is still evicted (and its state forgotten)."""
+    forgotten = []
+    old, _ = buffers(window=2, stride=1, idle=60)
+    old.push_values(*reading("gone", 1, received=1000))
+    old.push_values(*reading("back", 1, received=1000))
+    new, metrics = buffers(window=3, stride=1, idle=60, on_evict=forgotten.append)
+    new.carry_over(old)
+    assert len(new) == 0  # every window restarts
+    new.push_values(*reading("back", 2, received=1030))
+    assert new.evict_idle(now=1070) == 1 and forgotten == ["gone"]  # silent 70 s > 60 s since its last reading
+    assert metrics.devices_evicted._value.get() == 1
+    assert new.evict_idle(now=1080) == 0 and len(new) == 1  # "back" is a device of the new buffers
+
+
+def test_a_partition_moving_away_forgets_carried_over_devices_too():
+    forgotten = []
+    old, _ = buffers(window=2, stride=1)
+    old.push_values(*reading("d", 1, received=1000))
+    new, _ = buffers(window=3, stride=1, on_evict=forgotten.append)
+    new.carry_over(old)
+    assert new.drop_devices({"d"}) == 1 and forgotten == ["d"]
+    assert new.evict_idle(now=1e9) == 0

@@ -182,6 +182,7 @@ def build_routes(config: Config, scorers: Mapping[str, Scorer], queue: WindowQue
         pipeline = MessagePipeline(parser, buffers, queue.put, metrics.messages)
         if previous is not None:
             pipeline.last_ok = previous.pipeline.last_ok  # the route's stream goes on; only its windows restart
+            buffers.carry_over(previous.buffers)  # its devices' alert states too, until they go idle
         routes.append(Route(key, scorer, alerts, buffers, pipeline, budget, basis))
     return routes
 

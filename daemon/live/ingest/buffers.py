@@ -87,6 +87,9 @@ class DeviceBuffers:
         self._metrics = metrics
         self._on_evict = on_evict
         self._devices: dict[str, _Device] = {}
+        # Devices of the buffers these replace (`carry_over`) not heard from since, by arrival time
+        # of their last reading: evicted like idle devices, so their state elsewhere goes too.
+        self._carried: dict[str, float] = {}
         self._pack_into = struct.Struct(f"={n_features}f").pack_into
         self._row_bytes = 4 * n_features
         self._ring_bytes = window * n_features * 4
@@ -111,6 +114,8 @@ class DeviceBuffers:
             if len(self._devices) >= self.max_devices:
                 return Rejected("too_many_devices", f"device {device}: {self.max_devices} devices already")
             dev = self._devices[device] = _Device(bytearray(self._ring_bytes), until_emit=self.window)
+            if self._carried:
+                self._carried.pop(device, None)
         elif ts <= dev.last_ts:
             if ts == dev.last_ts:
                 return Rejected("duplicate", f"device {device}: ts {ts} repeated")
@@ -140,11 +145,23 @@ class DeviceBuffers:
         window = np.ndarray(self._shape, _FLOAT32, ring[at:] + ring[:at])  # one call: frombuffer + reshape
         return WindowJob(device, ts, window, received, self._route)
 
+    def carry_over(self, old: DeviceBuffers) -> None:
+        """Take over the idle tracking of the buffers these replace (a reload changed the
+        route's window, features or stream settings: every window restarts). Their devices'
+        alert states live on, so a device that never sends again must still be evicted, with
+        its state, once it has been silent `idle_evict_seconds` since its last reading there."""
+        carried = dict(old._carried)
+        carried.update((device, dev.last_seen) for device, dev in list(old._devices.items()))
+        self._carried = carried
+
     def drop_devices(self, devices: Iterable[str]) -> int:
         """Forget `devices` (buffer, and alert state through `on_evict`) because another instance
         scores them from now on (a Kafka partition moved away). Not counted as evictions: their
-        readings are read again by the new owner. Returns how many had a buffer here."""
+        readings are read again by the new owner. Returns how many it knew (with a buffer, or
+        carried over by `carry_over`)."""
+        devices = list(devices)
         dropped = [device for device in devices if self._devices.pop(device, None) is not None]
+        dropped += [device for device in devices if self._carried.pop(device, None) is not None]
         if self._on_evict is not None:
             for device in dropped:
                 self._on_evict(device)
@@ -159,6 +176,9 @@ class DeviceBuffers:
         # pop, so a device another thread removed meanwhile is not counted twice.
         idle = [device for device, dev in list(table.items()) if dev.last_seen < cutoff]
         idle = [device for device in idle if table.pop(device, None) is not None]
+        if self._carried:
+            gone = [device for device, seen in list(self._carried.items()) if seen < cutoff]
+            idle += [device for device in gone if self._carried.pop(device, None) is not None]
         if idle:
             self._metrics.devices_evicted.inc(len(idle))
             if self._on_evict is not None:
