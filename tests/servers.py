@@ -366,15 +366,27 @@ class Tansu(ServerProcess):
         return self._tcp_open()
 
     def create_topic(self, name: str, partitions: int, config: dict[str, str] | None = None,
-                     timeout: float = 10.0) -> None:
-        """Create `name` with every config explicit (one-week delete retention unless given)."""
+                     timeout: float = 10.0, attempts: int = 3) -> None:
+        """Create `name` with every config explicit (one-week delete retention unless given).
+        A request that times out is sent again (a broker just started, on a loaded box, can be
+        slow to answer as controller); a topic a timed-out request did create counts as created."""
+        from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.admin import AdminClient, NewTopic
 
         settings = {"cleanup.policy": "delete", "retention.ms": str(7 * 86400 * 1000), **(config or {})}
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
-        for future in admin.create_topics([NewTopic(name, partitions, 1, config=settings)],
-                                          request_timeout=timeout).values():
-            future.result(timeout)
+        for attempt in range(1, attempts + 1):
+            try:
+                for future in admin.create_topics([NewTopic(name, partitions, 1, config=settings)],
+                                                  request_timeout=timeout).values():
+                    future.result(timeout)
+                return
+            except KafkaException as exc:
+                code = exc.args[0].code()
+                if attempt > 1 and code == KafkaError.TOPIC_ALREADY_EXISTS:
+                    return
+                if code != KafkaError._TIMED_OUT or attempt == attempts:
+                    raise
 
 
 def sample_count(series: list[dict]) -> int:

@@ -150,8 +150,8 @@ class DeviceBuffers:
         route's window, features or stream settings: every window restarts). Their devices'
         alert states live on, so a device that never sends again must still be evicted, with
         its state, once it has been silent `idle_evict_seconds` since its last reading there."""
-        carried = dict(old._carried)
-        carried.update((device, dev.last_seen) for device, dev in list(old._devices.items()))
+        carried = dict(_snapshot(old._carried))
+        carried.update((device, dev.last_seen) for device, dev in _snapshot(old._devices))
         self._carried = carried
 
     def drop_devices(self, devices: Iterable[str]) -> int:
@@ -172,12 +172,12 @@ class DeviceBuffers:
         (arrival time, epoch seconds). Returns how many were dropped."""
         cutoff = now - self.idle_evict_seconds
         table = self._devices
-        # A copy of the items (one C call), so a device added meanwhile does not break the scan;
-        # pop, so a device another thread removed meanwhile is not counted twice.
-        idle = [device for device, dev in list(table.items()) if dev.last_seen < cutoff]
+        # Scan a snapshot, so a device added meanwhile does not break the scan; pop, so a device
+        # another thread removed meanwhile is not counted twice.
+        idle = [device for device, dev in _snapshot(table) if dev.last_seen < cutoff]
         idle = [device for device in idle if table.pop(device, None) is not None]
         if self._carried:
-            gone = [device for device, seen in list(self._carried.items()) if seen < cutoff]
+            gone = [device for device, seen in _snapshot(self._carried) if seen < cutoff]
             idle += [device for device in gone if self._carried.pop(device, None) is not None]
         if idle:
             self._metrics.devices_evicted.inc(len(idle))
@@ -185,3 +185,14 @@ class DeviceBuffers:
                 for device in idle:
                     self._on_evict(device)
         return len(idle)
+
+
+def _snapshot(table: dict) -> list:
+    """`table`'s items as a list, taken again if another thread changed the table meanwhile:
+    copying is C code, but it allocates, and a garbage collection it sets off can run Python code
+    and let another thread in."""
+    while True:
+        try:
+            return list(table.items())
+        except RuntimeError:  # "dictionary changed size during iteration"
+            continue
