@@ -23,7 +23,7 @@ from daemon.core.runtime import torch_backend
 from daemon.core.scoring import Scorer
 from daemon.core.thresholds import FalseAlarmBudget, calibrate
 from daemon.offline import synthetic
-from daemon.offline.budget import stored_estimate
+from daemon.offline.budget import expected_per_day
 from daemon.offline.detection import detect
 from daemon.offline.evaluation import Report, report, segments
 from daemon.offline.frames import Frame, load_csv
@@ -54,8 +54,8 @@ class TrainedModel:
     def expected_per_day(self) -> float:
         """The alert episodes per device-day `train` expects at the bundle's threshold: the
         budget's own prediction, or the estimate stored for other threshold methods (nan: none)."""
-        budget, estimate = self.budget, stored_estimate(self.scorer.bundle.training)
-        return budget.expected_per_day if budget else (estimate.per_day if estimate else math.nan)
+        expected = expected_per_day(self.scorer.bundle)
+        return math.nan if expected is None else expected
 
     @property
     def scoring(self) -> str:

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from daemon.offline.budget import stored_estimate
+from daemon.offline.budget import expected_per_day
 from daemon.offline import plots
 from daemon.commands.common import add_data_options, formatter, read_frames
 from daemon.offline.detection import FileResult, evaluate_frames
@@ -61,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.plot.stem}-{Path(result.frame.source).stem}{args.plot.suffix}")
             _plot(result, pooled.threshold, path, scorer.features)
     budget = scorer.bundle.false_alarm_budget
-    estimate = stored_estimate(scorer.bundle.training)
-    expected = budget.expected_per_day if budget else (estimate.per_day if estimate else None)
+    expected = expected_per_day(scorer.bundle)
     figures = pooled.to_dict() | {"false_alarms_per_day": pooled.events.false_alarms_per_hour * 24.0,
                                   "budget_per_day": None if budget is None else budget.per_day,
                                   "expected_false_alarms_per_day": expected}

@@ -109,6 +109,13 @@ class Threshold:
 BUDGET_RULES: tuple[str, ...] = ("counted", "pot", "pot-exponential")
 
 
+def describe_rule(rule: str, peaks: float) -> str:
+    """How a false-alarm rate was read off held-out scores (one of `BUDGET_RULES`), in words."""
+    return {"counted": "counted",
+            "pot": f"extrapolated by a generalised Pareto tail over {peaks:.0f} episode peaks",
+            "pot-exponential": f"extrapolated by an exponential tail over {peaks:.0f} episode peaks"}[rule]
+
+
 @dataclass(frozen=True)
 class FalseAlarmBudget:
     """How a "budget" threshold was set, stored in bundle.json under `false_alarm_budget` so an
@@ -134,10 +141,7 @@ class FalseAlarmBudget:
 
     def describe(self) -> str:
         """One line for `train` and `inspect`: the budget, how it was met, on what."""
-        how = {"counted": "counted",
-               "pot": f"extrapolated by a generalised Pareto tail over {self.tail.get('peaks', 0):.0f} episode peaks",
-               "pot-exponential": f"extrapolated by an exponential tail over {self.tail.get('peaks', 0):.0f} "
-                                  f"episode peaks"}[self.rule]
+        how = describe_rule(self.rule, self.tail.get("peaks", 0))
         return (f"budget {self.per_day:g} false alarm(s) per device-day, {how} on the {self.held_out} windows "
                 f"({self.held_out_days * 24:.3g} h held out), expected {self.expected_per_day:.3g}/day")
 

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daemon.core.bundle import Bundle
 from daemon.core.postprocess import AlertSpec, alert_flags
-from daemon.core.thresholds import FalseAlarmBudget
+from daemon.core.thresholds import FalseAlarmBudget, describe_rule
 
 SECONDS_PER_DAY = 86_400.0
 COUNTED_MIN_EPISODES = 10.0
@@ -151,9 +152,7 @@ class RateEstimate:
     held_out_days: float
 
     def describe(self) -> str:
-        how = ("counted" if self.rule == "counted" else
-               f"extrapolated by {'a generalised Pareto' if self.rule == 'pot' else 'an exponential'} tail over "
-               f"{self.peaks} episode peaks")
+        how = describe_rule(self.rule, self.peaks)
         return (f"expected {self.per_day:.3g} alert episodes per device-day at this threshold, {how} on the "
                 f"{self.held_out} windows ({self.held_out_days * 24:.3g} h held out)")
 
@@ -174,6 +173,15 @@ def stored_estimate(training: dict) -> RateEstimate | None:
                             float(d["held_out_days"]))
     except (TypeError, KeyError, ValueError):
         return None  # informational only: a hand-damaged record is not worth refusing the bundle
+
+
+def expected_per_day(bundle: Bundle) -> float | None:
+    """The alert episodes per device-day `train` expected at the bundle's threshold: its
+    budget's own prediction, or the estimate stored for other threshold methods (None: none)."""
+    if bundle.false_alarm_budget is not None:
+        return bundle.false_alarm_budget.expected_per_day
+    estimate = stored_estimate(bundle.training)
+    return None if estimate is None else estimate.per_day
 
 
 def expected_rate(held_out: HeldOut, threshold: float, spec: AlertSpec) -> RateEstimate:
