@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 from daemon.cli import main
 from daemon.demo.broker import local_broker
 from daemon.offline.publisher import Publisher
-from datafiles import faults_csv
+from datafiles import faults_csv, fleet_csv
 from servers import wait_until
 
 ROOT = Path(__file__).parents[1]
@@ -31,11 +31,14 @@ def test_demo_prints_what_the_readme_shows_and_draws_it(tmp_path, capsys, monkey
     assert (tmp_path / "demo-out" / "scores.lp").read_text().startswith("anomaly,device=pump-")
 
 
-def _subscriber(host: str, port: int, topic: str) -> tuple[mqtt.Client, list[bytes]]:
+def _subscriber(host: str, port: int, topic: str,
+                topics: list[str] | None = None) -> tuple[mqtt.Client, list[bytes]]:
+    """Every payload published on `topic` (wildcards allowed); each one's topic into `topics`."""
     received: list[bytes] = []
+    topics = [] if topics is None else topics
     subscribed = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}")
-    client.on_message = lambda c, u, m: received.append(m.payload)
+    client.on_message = lambda c, u, m: (topics.append(m.topic), received.append(m.payload))
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, 1)
     client.connect(host, port)
@@ -69,3 +72,22 @@ def test_replay_publishes_each_row_as_a_reading_of_the_device(mosquitto_session,
     first = json.loads(received[0])
     assert set(first) == {"ts", "vibration", "current", "pressure", "flow", "temperature"}
     assert "anomaly" not in first
+
+
+def test_replay_of_a_fleet_file_publishes_every_devices_rows_on_its_topic_in_time_order(
+        mosquitto_session, tmp_path, unique_name):
+    devices = {f"{unique_name}-a": faults_csv(tmp_path, rows=100, seed=2, name="a.csv"),
+               f"{unique_name}-b": faults_csv(tmp_path, rows=100, seed=3, name="b.csv")}
+    data = fleet_csv(tmp_path / "fleet.csv", devices)
+    topics: list[str] = []
+    client, received = _subscriber(mosquitto_session.host, mosquitto_session.port, "sensors/+/data", topics)
+    assert main(["replay", "--data", str(data), "--host", mosquitto_session.host,
+                 "--port", str(mosquitto_session.port), "--rate", "2000"]) == 0
+    mine = lambda: [(t, json.loads(p)) for t, p in zip(list(topics), list(received)) if unique_name in t]
+    wait_until(lambda: len(mine()) == 200, 10, "200 readings of two devices")
+    client.loop_stop()
+    for device in devices:
+        readings = [body for topic, body in mine() if topic == f"sensors/{device}/data"]
+        assert len(readings) == 100
+        assert [r["ts"] for r in readings] == sorted(r["ts"] for r in readings)
+    assert len({topic for topic, _ in mine()[:10]}) == 2  # interleaved in time order, not one device after the other

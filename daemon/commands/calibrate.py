@@ -27,7 +27,8 @@ any new bundle: symlink + reload (deploy/README.md, "Upgrade and roll back a mod
 
 --per-device also stores a threshold for each device in the data (bundle.json threshold.devices),
 used by the service and by `score --device D`; devices not listed use the bundle's threshold,
-recomputed over every device's windows. CSV files name their device as --data DEVICE=PATH.
+recomputed over every device's windows. A CSV file names its devices in a device column
+(--device-column), or, holding one device's rows, as --data DEVICE=PATH.
 
 examples:
   anomalyd calibrate --model models/pump-v3 --data last-week.csv --out models/pump-v4
@@ -56,13 +57,22 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
 
 
 def _csv_runs(args: argparse.Namespace, features: list[str]) -> dict[str, list[Frame]]:
-    """device -> its files; a file is named DEVICE=PATH, or just PATH (no device) without --per-device."""
+    """device -> its runs. With --per-device a file's rows name their device in its device column,
+    or the file is one device's, named DEVICE=PATH; without it every run counts alike."""
     runs: dict[str, list[Frame]] = {}
     for item in args.data:
-        device, sep, path = item.partition("=") if args.per_device else ("", "", item)
-        if args.per_device and (not sep or not device):
-            raise UserError(f"--data {item!r}: with --per-device name each file's device: --data DEVICE=PATH")
-        runs.setdefault(device, []).extend(read_frames([path], args, features))
+        named, sep, path = item.partition("=") if args.per_device else ("", "", item)
+        if not sep:
+            named, path = "", item
+        for frame in read_frames([path], args, features):
+            device = frame.device or named if args.per_device else ""
+            if args.per_device and frame.device and sep:
+                raise UserError(f"--data {item!r}: the file names its devices in a device column; "
+                                f"give it as --data {path}")
+            if args.per_device and not device:
+                raise UserError(f"--data {item!r}: with --per-device name each file's device: --data DEVICE=PATH "
+                                f"(or give the file a device column)")
+            runs.setdefault(device, []).append(frame)
     return runs
 
 

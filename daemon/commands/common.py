@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from daemon.core.errors import UserError
-from daemon.offline.frames import DEFAULT_LABEL_COLUMN, NAN_POLICIES, Frame, load_csv
+from daemon.offline.frames import DEFAULT_DEVICE_COLUMN, DEFAULT_LABEL_COLUMN, NAN_POLICIES, Frame, load_device_runs
 
 if TYPE_CHECKING:
     from daemon.offline.influx_source import History
@@ -26,6 +26,10 @@ def add_data_options(parser: argparse.ArgumentParser, *, labels_default: str | N
                             "timestamp/time/datetime/ts/date, else the first column")
     group.add_argument("--label-column", metavar="NAME", default=labels_default,
                        help="0/1 anomaly label column, used when present (default: %(default)s)")
+    group.add_argument("--device-column", metavar="NAME",
+                       help=f"column naming each row's device, for a fleet's readings in one file: each "
+                            f"device's rows are a run of their own (default: a column named "
+                            f"'{DEFAULT_DEVICE_COLUMN}' when there is one, else the file is one device's run)")
     group.add_argument("--nan", choices=NAN_POLICIES, default="fail", dest="nan_policy",
                        help="rows with NaN/inf/empty feature values: 'fail' names the first bad cell, "
                             "'drop' removes those rows (default: %(default)s)")
@@ -33,8 +37,11 @@ def add_data_options(parser: argparse.ArgumentParser, *, labels_default: str | N
 
 def read_frames(paths: list[str], args: argparse.Namespace, features: list[str] | None = None,
                 ignore: tuple[str, ...] = ()) -> list[Frame]:
-    return [load_csv(p, features=features, time_column=args.time_column, label_column=args.label_column,
-                     ignore_columns=ignore, nan_policy=args.nan_policy) for p in paths]
+    """Every file's runs: one per device named in its device column, or the file as one run."""
+    return [run for p in paths
+            for run in load_device_runs(p, features=features, time_column=args.time_column,
+                                        label_column=args.label_column, ignore_columns=ignore,
+                                        nan_policy=args.nan_policy, device_column=args.device_column)]
 
 
 def split_list(text: str | None) -> list[str] | None:

@@ -22,7 +22,10 @@ normal ones), the same state machine the daemon runs per device. Counts are summ
   MAR = FN / (FN + TP) * 100 (% of anomalous points missed)
   event recall = share of labelled segments with at least one flagged point
   false alarms/day = alert episodes touching no labelled row, per day of normal rows (per
-  device-day: every file is one device's run), printed beside the bundle's false-alarm budget
+  device-day: every file is one device's run, or one run per device when a device column names
+  several), printed beside the bundle's false-alarm budget
+A device with a threshold of its own in the bundle (anomalyd calibrate --per-device) is judged
+at it, as the service judges it.
 
 examples:
   anomalyd evaluate --model models/demo --data faults.csv
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         for result in results:
             path = args.plot if len(results) == 1 else args.plot.with_name(
-                f"{args.plot.stem}-{Path(result.frame.source).stem}{args.plot.suffix}")
+                f"{args.plot.stem}-{result.frame.name}{args.plot.suffix}")
             _plot(result, pooled.threshold, path, scorer.features)
     budget = scorer.bundle.false_alarm_budget
     expected = expected_per_day(scorer.bundle)
@@ -69,8 +72,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in figures.items()}))
         return 0
     alert = scorer.bundle.alert
-    print(f"model {scorer.bundle.name}, threshold {pooled.threshold:.6g}, alert after {alert.enter_after} / "
-          f"clear after {alert.leave_after} window(s), {pooled.points} points in {len(results)} file(s)")
+    own = sum(f.device in scorer.bundle.threshold.devices for f in frames) if args.threshold is None else 0
+    print(f"model {scorer.bundle.name}, threshold {pooled.threshold:.6g}"
+          + (f" ({own} device(s) at their own)" if own else "")
+          + f", alert after {alert.enter_after} / clear after {alert.leave_after} window(s), {pooled.points} points "
+          f"in {len(results)} run(s)")
     for key, label, unit in (("precision", "precision", ""), ("recall", "recall", ""), ("f1", "F1", ""),
                              ("far", "FAR", " %"), ("mar", "MAR", " %"), ("event_recall", "event recall", ""),
                              ("false_alarms_per_hour", "false alarms/h", "")):

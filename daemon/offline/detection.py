@@ -44,13 +44,15 @@ def detect(scorer: Scorer, frame: Frame, threshold: float, stride: int | None = 
 
 def evaluate_frames(scorer: Scorer, frames: list[Frame], threshold: float | None = None,
                     stride: int | None = None) -> tuple[Report, list[FileResult]]:
-    """Detect on every labelled frame at the threshold in force (`threshold` overrides the
-    bundle's) and pool the metrics."""
-    threshold = threshold_in_force(scorer.threshold, threshold)
+    """Detect on every labelled frame at the threshold in force for its device (`threshold`
+    overrides the bundle's) and pool the metrics; the pooled report names the bundle's threshold."""
+    per_device = scorer.bundle.threshold.devices
     results = []
     for frame in frames:
         if frame.labels is None:
             raise DataError(f"{frame.source}: no label column (pass --label-column NAME)")
-        results.append(detect(scorer, frame, threshold, stride))
-    pooled = report([(r.predicted, r.frame.labels, r.frame.timestamps) for r in results], threshold)
+        results.append(detect(scorer, frame, threshold_in_force(scorer.threshold, threshold, frame.device, per_device),
+                              stride))
+    pooled = report([(r.predicted, r.frame.labels, r.frame.timestamps) for r in results],
+                    threshold_in_force(scorer.threshold, threshold))
     return pooled, results

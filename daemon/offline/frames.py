@@ -1,7 +1,8 @@
 """Load sensor history from CSV into a `Frame`: timestamps, named feature columns, labels.
 
-One file is one *run*: windows are cut inside a frame and never across two frames, because
-two CSV exports are not contiguous in time even when they look adjacent.
+One file is one *run*, or one run per device when a device column names several (a fleet's
+history in one file): windows are cut inside a frame and never across two frames, because two
+CSV exports, or two devices' rows, are not contiguous in time even when they look adjacent.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 TIME_COLUMN_NAMES = ("timestamp", "time", "datetime", "ts", "date")
 DEFAULT_LABEL_COLUMN = "anomaly"
+DEFAULT_DEVICE_COLUMN = "device"
 NAN_POLICIES = ("fail", "drop")
 
 
@@ -33,9 +35,16 @@ class Frame:
     values: np.ndarray  # float32, shape [n, len(features)]
     features: list[str]
     labels: np.ndarray | None = None  # int8 0/1, shape [n], when the data is labelled
+    device: str = ""  # the device the rows come from, when the data names one
 
     def __len__(self) -> int:
         return len(self.timestamps)
+
+    @property
+    def name(self) -> str:
+        """A short name for the run, fit for a file name: the file's stem, then its device."""
+        stem = Path(self.source.removesuffix(f" [{self.device}]")).stem if self.device else Path(self.source).stem
+        return f"{stem}-{self.device}" if self.device else stem
 
     def select(self, mask: np.ndarray) -> Frame:
         """Rows where `mask` is true, as a new frame from the same source."""
@@ -109,7 +118,8 @@ def load_csv(
     ignore_columns: tuple[str, ...] = (),
     nan_policy: str = "fail",
 ) -> Frame:
-    """Read one CSV run.
+    """Read one CSV run: a file of one device's readings (a device column, if any, is ignored;
+    `load_device_runs` splits a file by it).
 
     `features=None` takes every numeric column except time, label and `ignore_columns`; a
     column with no number in it is skipped, a mostly numeric one with a bad cell is an error.
@@ -119,6 +129,82 @@ def load_csv(
     cell, "drop" removes those rows and logs how many; neither guesses a value.
     """
     path = Path(path)
+    table = _read_table(path, nan_policy)
+    return _to_frame(table, table.rows, str(path), "", features, time_column, label_column, ignore_columns,
+                     nan_policy)
+
+
+def load_device_runs(
+    path: str | Path,
+    features: list[str] | None = None,
+    time_column: str | None = None,
+    label_column: str | None = DEFAULT_LABEL_COLUMN,
+    ignore_columns: tuple[str, ...] = (),
+    nan_policy: str = "fail",
+    device_column: str | None = None,
+) -> list[Frame]:
+    """Read a CSV file as one run per device.
+
+    A fleet's history exported in one file (long format, as a store with a device tag exports
+    it) holds several devices' rows, interleaved or one after another. Read as one run, their
+    windows would glue one pump's readings to another's and their times would go backwards, so
+    each device's rows become a run of their own (`Frame.device`), in the order the devices
+    first appear, each in time order on its own. `device_column=None` splits by a column named
+    `device` (the live payload's and the store's name) when there is one, else reads the file as
+    one run; a column named explicitly must exist. Everything else is as `load_csv`.
+    """
+    path = Path(path)
+    table = _read_table(path, nan_policy)
+    name = DEFAULT_DEVICE_COLUMN if device_column is None else device_column
+    if name not in table.header:
+        if device_column is not None:
+            raise DataError(f"{path}: device column {device_column!r} not found (columns: {', '.join(table.header)})")
+        return [_to_frame(table, table.rows, str(path), "", features, time_column, label_column, ignore_columns,
+                          nan_policy)]
+    column = table.header.index(name)
+    ignore_columns = (*ignore_columns, name)
+    if features is None:  # judged on the whole file, so that every device's run has the same columns
+        features = _numeric_columns(table, time_column, label_column, ignore_columns)
+    devices: dict[str, list[int]] = {}
+    for i, row in enumerate(table.body):
+        device = row[column].strip()
+        if not device:
+            raise DataError(f"{path}: line {table.lines[i]} column {name!r}: no device id")
+        devices.setdefault(device, []).append(i)
+    return [_to_frame(table, rows, f"{path} [{device}]", device, features, time_column, label_column,
+                      ignore_columns, nan_policy) for device, rows in devices.items()]
+
+
+def _numeric_columns(table: _Table, time_column: str | None, label_column: str | None,
+                     ignore_columns: tuple[str, ...]) -> list[str]:
+    """The columns `load_csv` takes as features when none are named: all but time, label and
+    `ignore_columns`, less text columns (no number in any cell)."""
+    header = table.header
+    skip = {_pick_time_column(header, time_column, table.path)} | {
+        header.index(c) for c in (label_column, *ignore_columns) if c in header}
+    columns = list(zip(*table.body))
+    names = [name for i, name in enumerate(header)
+             if i not in skip and any(_is_number(c) and c.strip() for c in columns[i])]
+    if not names:
+        raise DataError(f"{table.path}: no numeric feature columns (columns: {', '.join(header)})")
+    return names
+
+
+@dataclass
+class _Table:
+    """A CSV file's cells, before any column is interpreted."""
+
+    path: Path
+    header: list[str]
+    body: list[list[str]]
+    lines: list[int]  # each body row's line number in the file, for error messages
+
+    @property
+    def rows(self) -> list[int]:
+        return list(range(len(self.body)))
+
+
+def _read_table(path: Path, nan_policy: str) -> _Table:
     if nan_policy not in NAN_POLICIES:
         raise DataError(f"nan policy {nan_policy!r} unknown (use one of: {', '.join(NAN_POLICIES)})")
     try:
@@ -130,20 +216,29 @@ def load_csv(
         raise DataError(f"{path}: file is empty (expected a header row and data rows)")
     rows = list(csv.reader(lines, delimiter=_sniff_delimiter(lines[0])))
     header = [name.strip() for name in rows[0]]
-    body = [row for row in rows[1:] if any(cell.strip() for cell in row)]
-    if not body:
+    numbered = [(number, row) for number, row in enumerate(rows[1:], start=2) if any(cell.strip() for cell in row)]
+    if not numbered:
         raise DataError(f"{path}: no data rows after the header")
-    for number, row in enumerate(body, start=2):
+    for number, row in numbered:
         if len(row) != len(header):
             raise DataError(f"{path}: line {number} has {len(row)} fields, header has {len(header)}")
+    return _Table(path, header, [row for _, row in numbered], [number for number, _ in numbered])
 
-    time_index = _pick_time_column(header, time_column, path)
+
+def _to_frame(table: _Table, rows: list[int], source: str, device: str, features: list[str] | None,
+              time_column: str | None, label_column: str | None, ignore_columns: tuple[str, ...],
+              nan_policy: str) -> Frame:
+    """The frame of the table's `rows` (indices into its body); errors name `source`."""
+    header = table.header
+    body = [table.body[i] for i in rows]
+    lines = [table.lines[i] for i in rows]
+    time_index = _pick_time_column(header, time_column, table.path)
     label_index = header.index(label_column) if label_column in header else None
     explicit = features is not None
     if explicit:
         missing = [name for name in features if name not in header]
         if missing:
-            raise DataError(f"{path}: feature column(s) {', '.join(map(repr, missing))} not found "
+            raise DataError(f"{source}: feature column(s) {', '.join(map(repr, missing))} not found "
                             f"(columns: {', '.join(header)})")
         feature_names = list(features)
     else:
@@ -156,12 +251,12 @@ def load_csv(
         try:
             timestamps[i] = parse_timestamp(cell)
         except ValueError:
-            raise DataError(f"{path}: line {i + 2} column {header[time_index]!r}: "
+            raise DataError(f"{source}: line {lines[i]} column {header[time_index]!r}: "
                             f"cannot parse time {cell!r} (epoch seconds or ISO 8601)") from None
 
     backwards = np.flatnonzero(np.diff(timestamps) < 0)
     if len(backwards):
-        raise DataError(f"{path}: line {backwards[0] + 3} column {header[time_index]!r}: time goes backwards "
+        raise DataError(f"{source}: line {lines[backwards[0] + 1]} column {header[time_index]!r}: time goes backwards "
                         f"(rows must be in time order; sort the file first)")
 
     values = np.empty((len(body), len(feature_names)), dtype=np.float64)
@@ -174,11 +269,11 @@ def load_csv(
             if not explicit and not any(_is_number(c) and c.strip() for c in cells):
                 continue  # a text column (ids, comments): not a feature
             bad = next(i for i, c in enumerate(cells) if not _is_number(c))
-            raise DataError(f"{path}: line {bad + 2} column {name!r}: not a number: {cells[bad]!r}") from None
+            raise DataError(f"{source}: line {lines[bad]} column {name!r}: not a number: {cells[bad]!r}") from None
         values[:, len(numeric_names)] = column
         numeric_names.append(name)
     if not numeric_names:
-        raise DataError(f"{path}: no numeric feature columns (columns: {', '.join(header)})")
+        raise DataError(f"{source}: no numeric feature columns (columns: {', '.join(header)})")
     values = values[:, : len(numeric_names)]
 
     labels = None
@@ -186,14 +281,14 @@ def load_csv(
         try:
             labels = np.array([_to_float(c) for c in columns[label_index]], dtype=np.float64)
         except ValueError:
-            raise DataError(f"{path}: label column {label_column!r} must hold 0/1 values") from None
+            raise DataError(f"{source}: label column {label_column!r} must hold 0/1 values") from None
         if not np.isin(labels, (0.0, 1.0)).all():
-            raise DataError(f"{path}: label column {label_column!r} must hold only 0 and 1")
+            raise DataError(f"{source}: label column {label_column!r} must hold only 0 and 1")
         labels = labels.astype(np.int8)
 
     with np.errstate(over="ignore"):  # beyond float32 becomes inf, which the nan policy handles
-        frame = Frame(str(path), timestamps, values.astype(np.float32), numeric_names, labels)
-    return _apply_nan_policy(frame, values, nan_policy, path)
+        frame = Frame(source, timestamps, values.astype(np.float32), numeric_names, labels, device)
+    return _apply_nan_policy(frame, values, nan_policy, lines, source)
 
 
 def _is_number(cell: str) -> bool:
@@ -204,14 +299,14 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _apply_nan_policy(frame: Frame, values: np.ndarray, policy: str, path: Path) -> Frame:
+def _apply_nan_policy(frame: Frame, values: np.ndarray, policy: str, lines: list[int], path: str) -> Frame:
     """`values` are the cells as read (float64), `frame.values` the float32 the model reads."""
     finite = np.isfinite(frame.values).all(axis=1)
     if finite.all():
         return frame
     if policy == "fail":
         row, col = np.argwhere(~np.isfinite(frame.values))[0]
-        raise DataError(f"{path}: line {row + 2} column {frame.features[col]!r}: non-finite value {values[row, col]} "
+        raise DataError(f"{path}: line {lines[row]} column {frame.features[col]!r}: non-finite value {values[row, col]} "
                         f"(NaN, inf or beyond float32's range; fix the data or pass --nan drop to skip such rows)")
     log.warning("%s: dropped %d row(s) with NaN/inf feature values", path, int((~finite).sum()))
     return frame.select(finite)
