@@ -7,7 +7,8 @@ import time
 from typing import TYPE_CHECKING
 
 from daemon.core.errors import UserError
-from daemon.offline.frames import DEFAULT_DEVICE_COLUMN, DEFAULT_LABEL_COLUMN, NAN_POLICIES, Frame, load_device_runs
+from daemon.offline.frames import (DEFAULT_DEVICE_COLUMN, DEFAULT_LABEL_COLUMN, LABEL_AUTO, LABEL_COLUMN_NAMES,
+                                   NAN_POLICIES, Frame, load_device_runs)
 
 if TYPE_CHECKING:
     from daemon.offline.influx_source import History
@@ -19,13 +20,16 @@ def formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
-def add_data_options(parser: argparse.ArgumentParser, *, labels_default: str | None = DEFAULT_LABEL_COLUMN) -> None:
+def add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reading CSV files")
     group.add_argument("--time-column", metavar="NAME",
                        help="time column (epoch seconds or ISO 8601); default: a column named "
                             "timestamp/time/datetime/ts/date, else the first column")
-    group.add_argument("--label-column", metavar="NAME", default=labels_default,
-                       help="0/1 anomaly label column, used when present (default: %(default)s)")
+    group.add_argument("--label-column", metavar="NAME", default=DEFAULT_LABEL_COLUMN,
+                       help=f"0/1 anomaly label column, used when present; '{LABEL_AUTO}': the first of "
+                            f"{', '.join(LABEL_COLUMN_NAMES)} holding only 0/1 (default: %(default)s). "
+                            f"Columns named like labels (changepoint, fault, ...) are never read as sensors "
+                            f"unless --features names them")
     group.add_argument("--device-column", metavar="NAME",
                        help=f"column naming each row's device, for a fleet's readings in one file: each "
                             f"device's rows are a run of their own (default: a column named "

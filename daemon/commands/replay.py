@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--qos", type=int, choices=(0, 1), default=1, help="(default: %(default)s)")
     p.add_argument("--features", metavar="A,B,C", help="columns to send (default: every numeric column)")
     p.add_argument("--shift-to-now", action="store_true", help="rebase timestamps so the last row is now")
-    add_data_options(p, labels_default="anomaly")
+    add_data_options(p)
     p.set_defaults(run=run)
 
 

@@ -21,7 +21,16 @@ from daemon.core.errors import DataError
 log = logging.getLogger(__name__)
 
 TIME_COLUMN_NAMES = ("timestamp", "time", "datetime", "ts", "date")
-DEFAULT_LABEL_COLUMN = "anomaly"
+LABEL_AUTO = "auto"
+DEFAULT_LABEL_COLUMN = LABEL_AUTO
+# What labelled exports call their 0/1 anomaly column; with LABEL_AUTO the first of these (in
+# this order) that holds only 0 and 1 is the label.
+LABEL_COLUMN_NAMES = ("anomaly", "label", "labels", "is_anomaly", "anomaly_label", "attack")
+# Columns that describe faults rather than measure the process (SKAB's changepoint, a fault
+# number). They are never taken as sensors unless `features` names them: a model that reads
+# the label scores its own answer, and its evaluation means nothing.
+LABEL_LIKE_NAMES = (*LABEL_COLUMN_NAMES, "changepoint", "fault", "faultnumber", "fault_number", "fault_id",
+                    "fault_type", "target")
 DEFAULT_DEVICE_COLUMN = "device"
 NAN_POLICIES = ("fail", "drop")
 
@@ -123,13 +132,16 @@ def load_csv(
 
     `features=None` takes every numeric column except time, label and `ignore_columns`; a
     column with no number in it is skipped, a mostly numeric one with a bad cell is an error.
-    `label_column` is used when present (a missing default label column is not an error).
+    `label_column` is used when present (a missing one is not an error); LABEL_AUTO takes the
+    first of LABEL_COLUMN_NAMES holding only 0/1. Columns named in LABEL_LIKE_NAMES are never
+    features unless `features` names them.
     Empty feature cells and cells that are not a finite float32 (NaN, inf, beyond +-3.4e38: the
     values live ingest rejects as `non_finite`) follow `nan_policy`: "fail" names the first bad
     cell, "drop" removes those rows and logs how many; neither guesses a value.
     """
     path = Path(path)
     table = _read_table(path, nan_policy)
+    label_column = _label_column(table, label_column)
     return _to_frame(table, table.rows, str(path), "", features, time_column, label_column, ignore_columns,
                      nan_policy)
 
@@ -155,6 +167,7 @@ def load_device_runs(
     """
     path = Path(path)
     table = _read_table(path, nan_policy)
+    label_column = _label_column(table, label_column)
     name = DEFAULT_DEVICE_COLUMN if device_column is None else device_column
     if name not in table.header:
         if device_column is not None:
@@ -180,8 +193,7 @@ def _numeric_columns(table: _Table, time_column: str | None, label_column: str |
     """The columns `load_csv` takes as features when none are named: all but time, label and
     `ignore_columns`, less text columns (no number in any cell)."""
     header = table.header
-    skip = {_pick_time_column(header, time_column, table.path)} | {
-        header.index(c) for c in (label_column, *ignore_columns) if c in header}
+    skip = _not_features(table, _pick_time_column(header, time_column, table.path), label_column, ignore_columns)
     columns = list(zip(*table.body))
     names = [name for i, name in enumerate(header)
              if i not in skip and any(_is_number(c) and c.strip() for c in columns[i])]
@@ -225,6 +237,31 @@ def _read_table(path: Path, nan_policy: str) -> _Table:
     return _Table(path, header, [row for _, row in numbered], [number for number, _ in numbered])
 
 
+def _label_column(table: _Table, label_column: str | None) -> str | None:
+    """The label column's name (None: no labels); LABEL_AUTO resolved on the whole file."""
+    if label_column != LABEL_AUTO:
+        return label_column
+    lowered = [name.lower() for name in table.header]
+    for candidate in LABEL_COLUMN_NAMES:
+        if candidate in lowered:
+            index = lowered.index(candidate)
+            if all(row[index].strip() in ("0", "1", "0.0", "1.0") for row in table.body):
+                return table.header[index]
+    return None
+
+
+def _not_features(table: _Table, time_index: int, label_column: str | None,
+                  ignore_columns: tuple[str, ...]) -> set[int]:
+    """Columns that are no sensor: time, label, `ignore_columns` and label-like names (logged)."""
+    header = table.header
+    skip = {time_index} | {header.index(c) for c in (label_column, *ignore_columns) if c in header}
+    label_like = [i for i, name in enumerate(header) if name.lower() in LABEL_LIKE_NAMES and i not in skip]
+    if label_like:
+        log.info("%s: column(s) %s left out of the features: named like labels (--features reads them as sensors)",
+                 table.path, ", ".join(repr(header[i]) for i in label_like))
+    return skip | set(label_like)
+
+
 def _to_frame(table: _Table, rows: list[int], source: str, device: str, features: list[str] | None,
               time_column: str | None, label_column: str | None, ignore_columns: tuple[str, ...],
               nan_policy: str) -> Frame:
@@ -242,7 +279,7 @@ def _to_frame(table: _Table, rows: list[int], source: str, device: str, features
                             f"(columns: {', '.join(header)})")
         feature_names = list(features)
     else:
-        skip = {time_index, label_index} | {header.index(c) for c in ignore_columns if c in header}
+        skip = _not_features(table, time_index, label_column, ignore_columns)
         feature_names = [name for i, name in enumerate(header) if i not in skip]
 
     columns = list(zip(*body))
