@@ -120,3 +120,18 @@ def test_score_device_picks_one_devices_rows_and_names_an_unknown_one(fleet, tmp
     assert main(["score", "--model", str(fleet["model"]), "--data", str(fleet["faults_fleet"]), "--device", "pump-9",
                  "--out", str(out)]) == 2
     assert "--device 'pump-9': no rows of that device in the data (devices: pump-1, pump-2)" in capsys.readouterr().err
+
+
+def test_generate_writes_a_fleet_that_evaluate_reports_pump_by_pump(tmp_path, capsys):
+    assert main(["generate", "--out", str(tmp_path), "--devices", "3", "--normal-rows", "600",
+                 "--fault-rows", "900"]) == 0
+    runs = load_device_runs(tmp_path / "faults.csv")
+    assert [run.device for run in runs] == ["pump-1", "pump-2", "pump-3"]
+    assert all(len(run) == 900 and run.labels.any() for run in runs)
+    assert len({run.values.tobytes() for run in runs}) == 3  # each pump its own noise and load cycle
+    model = train_bundle(tmp_path, tmp_path / "normal.csv", "--epochs", "1")
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "faults.csv")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "in 3 run(s)" in lines[0]
+    assert [line.split()[0] for line in lines[-3:]] == ["pump-1", "pump-2", "pump-3"]

@@ -11,6 +11,7 @@ from daemon.offline.budget import expected_per_day
 from daemon.offline import plots
 from daemon.commands.common import add_data_options, formatter, read_frames
 from daemon.offline.detection import FileResult, evaluate_frames
+from daemon.offline.evaluation import report
 from daemon.core.scoring import Scorer
 
 EPILOG = """\
@@ -24,6 +25,7 @@ normal ones), the same state machine the daemon runs per device. Counts are summ
   false alarms/day = alert episodes touching no labelled row, per day of normal rows (per
   device-day: every file is one device's run, or one run per device when a device column names
   several), printed beside the bundle's false-alarm budget
+With several runs, one line per run (file or device) follows the pooled figures.
 A device with a threshold of its own in the bundle (anomalyd calibrate --per-device) is judged
 at it, as the service judges it.
 
@@ -86,4 +88,18 @@ def run(args: argparse.Namespace) -> int:
           + (f"budget {budget.per_day:g}" if budget else "no false-alarm budget in this bundle")
           + ("" if expected is None else f", expected {expected:.3g} from its held-out data"))
     print(f"  confusion       TP {figures['tp']}  FP {figures['fp']}  TN {figures['tn']}  FN {figures['fn']}")
+    if len(results) > 1:
+        _print_runs(results, pooled.threshold)
     return 0
+
+
+def _print_runs(results: list[FileResult], threshold: float | None) -> None:
+    """One line per run (a file, or a device of a fleet's file): where the pooled figures come from."""
+    names = [r.frame.device or r.frame.name for r in results]
+    width = max(12, *map(len, names))
+    print(f"\n  {'run':{width}s}  {'F1':>6s}  {'FAR %':>7s}  {'events caught':>13s}  {'false alarms':>12s}")
+    for name, result in zip(names, results):
+        run = report([(result.predicted, result.frame.labels, result.frame.timestamps)], threshold).to_dict()
+        f1 = "-" if run["tp"] + run["fn"] == 0 else f"{run['f1']:.3f}"
+        print(f"  {name:{width}s}  {f1:>6s}  {run['far']:7.2f}  {run['events_detected']:>6d} of {run['events']:<3d}  "
+              f"{run['false_alarm_events']:>12d}")

@@ -33,6 +33,21 @@ class Synthetic:
         return path
 
 
+def write_fleet_csv(path: Path, devices: dict[str, Synthetic]) -> Path:
+    """Several devices' data in one long-format file, as a store exports a fleet: a `device`
+    column first, the devices' rows interleaved in time order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = sorted((float(ts), i, device, j) for i, (device, data) in enumerate(devices.items())
+                  for j, ts in enumerate(data.timestamps))
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["device", "timestamp", *FEATURES, "anomaly"])
+        for ts, _, device, j in rows:
+            data = devices[device]
+            writer.writerow([device, f"{ts:.3f}", *(f"{v:.5f}" for v in data.values[j]), int(data.labels[j])])
+    return path
+
+
 def normal(rows: int, seed: int = 0, start: float = 1_700_000_000.0, period: float = 1.0) -> Synthetic:
     rng = np.random.default_rng(seed)
     t = np.arange(rows, dtype=np.float64)
