@@ -8,7 +8,9 @@ no data set gets a setting of its own):
 - SKAB protocol A: a model per labelled file on its first 400 rows, tested on the rest;
 - SKAB protocol B: one model on anomaly-free.csv, tested on the same rows;
 - TEP: one model on d00.dat, tested on d00_te.dat and dNN_te.dat (fault from sample 161);
-- generated: `anomalyd generate`'s normal.csv to train, faults.csv (every fault kind) to test.
+- generated: `anomalyd generate`'s normal.csv to train, faults.csv (every fault kind) to test;
+- fleet: a simulated fleet of four pumps (fleet_sim.py), held out from every default: one model
+  on every pump's fault-free days, tested on later days with eight sensor and process faults each.
 Baselines on the same rows in the same run: the same model with a plain 99.9th-percentile
 threshold and no hysteresis, and PCA T²/SPE (see baselines.py), at its own training limits
 and re-thresholded to our FAR. The Markdown table goes to stdout, progress to stderr.
@@ -29,8 +31,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
-from quality_cases import (TEP_FAULTS, TEP_QUICK_FAULTS, Case, generated, skab_protocol_a,  # noqa: E402
-                           skab_protocol_b, tep)
+from quality_cases import (FLEET_QUICK_PUMPS, FLEET_QUICK_TRAIN_DAYS, TEP_FAULTS, TEP_QUICK_FAULTS,  # noqa: E402
+                           Case, fleet, generated, skab_protocol_a, skab_protocol_b, tep)
 from quality_metrics import summarise  # noqa: E402
 from quality_package import TrainConfig  # noqa: E402
 from quality_run import CaseOutcome, run_case  # noqa: E402
@@ -38,7 +40,7 @@ from quality_table import render  # noqa: E402
 
 log = logging.getLogger("quality")
 
-DATASETS = {"skab-a": "SKAB A", "skab-b": "SKAB B", "tep": "TEP", "generated": "generated"}
+DATASETS = {"skab-a": "SKAB A", "skab-b": "SKAB B", "tep": "TEP", "generated": "generated", "fleet": "fleet"}
 QUICK_EPOCHS = 5
 QUICK_EVERY = 4  # quick mode keeps every 4th SKAB file
 QUICK_NORMAL_ROWS = 3000  # ... and this much of anomaly-free.csv
@@ -60,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: at most {QUICK_EPOCHS} epochs, every {QUICK_EVERY}th SKAB file, "
                         f"{QUICK_NORMAL_ROWS} rows of anomaly-free.csv, TEP faults "
-                        f"{', '.join(map(str, TEP_QUICK_FAULTS))}")
+                        f"{', '.join(map(str, TEP_QUICK_FAULTS))}, fleet: {FLEET_QUICK_TRAIN_DAYS} training days "
+                        f"per pump and {FLEET_QUICK_PUMPS} pumps' test days")
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated (default: %(default)s)")
     p.add_argument("--skab", type=Path, default=find_dataset("skab"), help="SKAB folder (default: %(default)s)")
     p.add_argument("--tep", type=Path, default=find_dataset("tep"), help="TEP folder (default: %(default)s)")
@@ -80,6 +83,8 @@ def build_cases(datasets: list[str], args: argparse.Namespace) -> list[Case]:
     """Longest trainings first, so the many short SKAB A models fill in around them."""
     every = QUICK_EVERY if args.quick else 1
     cases: list[Case] = []
+    if "fleet" in datasets:
+        cases.append(fleet(args.quick))
     if "skab-b" in datasets:
         cases.append(skab_protocol_b(args.skab, every, QUICK_NORMAL_ROWS if args.quick else None))
     if "generated" in datasets:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fleet_sim import FAULT_KINDS as FLEET_FAULTS, simulate_fleet
 from quality_package import Frame, generate, load_csv, segments, synthetic
 from skab import TRAIN_ROWS as SKAB_TRAIN_ROWS, load_labelled as load_skab_labelled
 
@@ -106,3 +107,26 @@ def generated_case(normal: Frame, faults: Frame, kinds: tuple[str, ...] = synthe
         raise ValueError(f"{faults.source}: {len(events)} labelled events, expected one per fault kind "
                          f"({', '.join(kinds)})")
     return Case("generated", "generated", [unlabelled(normal)], [TestRun(faults, event_names=tuple(kinds))])
+
+
+FLEET_QUICK_TRAIN_DAYS = 0.5  # every 12 h of the simulator's schedule holds all three speed setpoints
+FLEET_QUICK_PUMPS = 2  # every fault kind occurs on every pump
+
+
+def fleet(quick: bool = False, seed: int = 0) -> Case:
+    """The simulated pump fleet (bench/fleet_sim.py), held out from every default: one model on
+    every pump's fault-free training days, tested on each pump's later days (an hour of history,
+    a fault-free day, then one fault of every kind). Quick: half a day of training per pump and
+    the first two pumps' test days."""
+    simulated = simulate_fleet(seed, train_days=FLEET_QUICK_TRAIN_DAYS) if quick else simulate_fleet(seed)
+    split = simulated.split
+    train, tests = [], []
+    for timeline in simulated.timelines:
+        frame = Frame(f"fleet pump {timeline.pump + 1}", timeline.timestamps, timeline.values,
+                      list(simulated.features), timeline.labels)
+        train.append(unlabelled(frame.head(split.train_end)))
+        if quick and timeline.pump >= FLEET_QUICK_PUMPS:
+            continue
+        tests.append(TestRun(frame.tail_from(split.test_start), split.test_counted - split.test_start,
+                             tuple(e.kind for e in timeline.events)))
+    return Case("fleet", "fleet", train, tests, FLEET_FAULTS)

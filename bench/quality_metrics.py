@@ -25,6 +25,24 @@ class EventFigures:
     name: str
     fdr: float  # share of the event's rows flagged
     delay_seconds: float  # from the event's first row to its first flagged row; nan if missed
+    rows: int = 1  # the event's rows
+    events: int = 1  # events pooled into these figures (by_name)
+    caught: int = 1  # ... of which had at least one flagged row
+
+
+def by_name(events: list[EventFigures]) -> list[EventFigures]:
+    """Events of the same name (a fault kind on several devices) pooled, in first-seen order:
+    FDR over all their rows, the median delay of the caught ones, and how many were caught."""
+    groups: dict[str, list[EventFigures]] = {}
+    for event in events:
+        groups.setdefault(event.name, []).append(event)
+    pooled = []
+    for name, group in groups.items():
+        rows = sum(e.rows for e in group)
+        delays = [e.delay_seconds for e in group if not math.isnan(e.delay_seconds)]
+        pooled.append(EventFigures(name, sum(e.fdr * e.rows for e in group) / rows,
+                                   float(np.median(delays)) if delays else math.nan, rows, len(group), len(delays)))
+    return pooled
 
 
 @dataclass
@@ -67,7 +85,7 @@ def events_of(predicted: np.ndarray, run: RunOutcome) -> list[EventFigures]:
         hits = np.flatnonzero(predicted[start:end])
         name = run.event_names[index] if index < len(run.event_names) else f"{run.source}#{index + 1}"
         delay = float(run.timestamps[start + hits[0]] - run.timestamps[start]) if len(hits) else math.nan
-        out.append(EventFigures(name, float(len(hits) / (end - start)), delay))
+        out.append(EventFigures(name, float(len(hits) / (end - start)), delay, end - start, 1, int(len(hits) > 0)))
     return out
 
 
@@ -79,7 +97,7 @@ def figures(detector: str, runs: list[RunOutcome], predictions: list[np.ndarray]
     delays = [ev.delay_seconds for ev in every_event if not math.isnan(ev.delay_seconds)]
     names = {n for r in runs for n in r.event_names}
     named = [ev for ev in every_event if ev.name in names]
-    fdr = {ev.name: ev.fdr for ev in named}
+    fdr = {ev.name: ev.fdr for ev in by_name(named)}
     mean_fdr = float(np.mean([fdr[n] for n in detectable])) if detectable else math.nan
     return Figures(detector, c.f1, c.far, c.mar, c.precision, c.recall, e.event_recall,
                    e.false_alarms_per_hour * 24.0, e.false_alarm_events, e.normal_hours / 24.0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from quality_metrics import DETECTORS, OURS, PCA, PCA_AT_OUR_FAR, PLAIN, Figures
+from quality_metrics import DETECTORS, OURS, PCA, PCA_AT_OUR_FAR, PLAIN, Figures, by_name
 
 DETECTOR_LABELS = {
     OURS: "anomalyd defaults",
@@ -64,15 +64,18 @@ def main_table(results: dict[str, dict[str, Figures]], detectable_counts: dict[s
 
 
 def event_table(dataset: str, by_detector: dict[str, Figures], what: str) -> str:
-    """One row per named event: each detector's FDR and delay (FAR of each detector in the head)."""
+    """One row per event name: each detector's FDR and delay (FAR of each detector in the head).
+    A name on several runs (a fault kind on every device) is pooled (`by_name`): FDR over all
+    its rows, the median delay of the caught events, and caught / events."""
     head = " | ".join(f"{SHORT_LABELS[k]} (FAR {number(by_detector[k].far, 2)} %)" for k in DETECTORS)
     lines = [f"| {dataset} {what} | {head} |", "|---" * (len(DETECTORS) + 1) + "|"]
-    names = [e.name for e in by_detector[OURS].by_event]
-    for index, name in enumerate(names):
+    pooled = {key: by_name(by_detector[key].by_event) for key in DETECTORS}
+    for index, name in enumerate(e.name for e in pooled[OURS]):
         cells = []
         for key in DETECTORS:
-            event = by_detector[key].by_event[index]
-            cells.append(f"{number(event.fdr)} ({duration(event.delay_seconds)})")
+            event = pooled[key][index]
+            caught = f", {event.caught}/{event.events}" if event.events > 1 else ""
+            cells.append(f"{number(event.fdr)} ({duration(event.delay_seconds)}{caught})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from baselines import PcaMonitor  # noqa: E402
 from quality import run_all, suite_config  # noqa: E402
 from quality_cases import TEP_FEATURES, generated_case, tep  # noqa: E402
-from quality_metrics import (DETECTORS, OURS, PCA, PCA_AT_OUR_FAR, events_of, summarise,  # noqa: E402
+from quality_metrics import (DETECTORS, OURS, PCA, PCA_AT_OUR_FAR, by_name, events_of, summarise,  # noqa: E402
                              threshold_at_far)
 from quality_package import Frame, TrainConfig, cli_train_defaults, synthetic  # noqa: E402
 from quality_run import RunOutcome  # noqa: E402
@@ -141,3 +141,12 @@ def test_the_table_has_a_row_per_detector_and_a_line_per_fault_kind(generated_re
     for kind in synthetic.FAULTS:
         assert any(line.startswith(f"| {kind} |") for line in text.splitlines())
     assert "set on test rows" in text  # the footnote says where PCA's moved threshold comes from
+
+
+def test_a_fault_kind_on_several_runs_is_pooled_into_one_row_of_the_fault_table():
+    first = run_with([0, 1, 1, 1, 1, 0], ("stuck",))
+    second = run_with([0, 1, 1, 0, 0, 0], ("stuck",))
+    events = events_of(np.array([0, 0, 0, 1, 1, 0], dtype=np.int8), first) + events_of(
+        np.zeros(6, dtype=np.int8), second)
+    (stuck,) = by_name(events)
+    assert (stuck.fdr, stuck.delay_seconds, stuck.caught, stuck.events) == (2 / 6, 20.0, 1, 2)
