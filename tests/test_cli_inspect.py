@@ -14,7 +14,9 @@ def test_inspect_shows_the_bundles_score_definition_and_alert_hysteresis(capsys)
     bundle = load_bundle(DEMO)
     assert main(["inspect", "--model", str(DEMO)]) == 0
     lines = {line.split(None, 1)[0]: line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines()}
-    assert lines["score"] == f"{bundle.score.error} per feature, {bundle.score.reduction} over features"
+    assert bundle.score.feature_scale  # the demo bundle has the default per-sensor weights
+    assert lines["score"] == (f"{bundle.score.error} per feature, {bundle.score.reduction} over features "
+                              f"(normalised per feature)")
     assert lines["alert"] == (f"after {bundle.alert.enter_after} anomalous window(s), "
                               f"clear after {bundle.alert.leave_after} normal")
 

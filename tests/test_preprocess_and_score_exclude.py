@@ -88,9 +88,11 @@ def test_bundle_stores_and_serving_applies_exclude_and_demean(tmp_path):
     raw = np.stack([frame.values[i:i + 10] for i in range(0, 200, 7)])
     a, b = loaded.score_windows(raw), in_memory.score_windows(raw)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
-    # score = max over the features that vote; the excluded ones are still reported
+    # score = max over the features that vote, each by its per-sensor weight; the excluded ones
+    # are still reported
     keep = [i for i, f in enumerate(loaded.features) if f not in ("temperature", "flow")]
-    np.testing.assert_allclose(a.scores, a.feature_errors[:, keep].max(axis=1), rtol=1e-6)
+    scale = np.asarray(loaded.bundle.score.feature_scale or [1.0] * len(FEATURES))
+    np.testing.assert_allclose(a.scores, (a.feature_errors / scale)[:, keep].max(axis=1), rtol=1e-5)
     assert a.feature_errors.shape == (len(raw), len(FEATURES))
     # the threshold was calibrated through the same path
     assert np.isfinite(loaded.threshold) and loaded.threshold > 0

@@ -44,7 +44,7 @@ def test_every_candidate_is_tried_and_the_choice_is_stored_in_the_bundle(tuned):
     tuning = bundle.training["self_tuning"]
     tried = [(c["score_reduction"], c["normalised"], c["enter_after"]) for c in tuning["candidates"]]
     assert len(tried) == len(set(tried)) == 2 * len(NORMALISED) * len(ENTER_AFTER)
-    assert tried[0] == ("max", False, 3)  # the configured setting first: ties keep it
+    assert tried[0] == ("max", True, 3)  # the configured setting (the defaults) first: ties keep it
     chosen = tuning["chosen"]
     best = max(c["detection_rate"] for c in tuning["candidates"] if c["eligible"])
     row = next(c for c in tuning["candidates"] if all(c[k] == v for k, v in chosen.items()))
@@ -81,9 +81,14 @@ def test_the_f1_threshold_reads_labels_so_it_is_not_self_tuned(tmp_path, data):
 
 
 def test_without_self_tuning_the_configured_knobs_are_kept(tmp_path, data):
-    bundle = load_bundle(train_bundle(tmp_path, data, "--enter-after", "4", "--score-reduction", "mean"))
+    bundle = load_bundle(train_bundle(tmp_path, data, "--enter-after", "4", "--score-reduction", "mean",
+                                      "--no-normalise-features"))
     assert bundle.training["self_tuning"] is None
     assert (bundle.score.reduction, bundle.score.feature_scale, bundle.alert.enter_after) == ("mean", None, 4)
+
+
+def test_per_sensor_weights_are_the_default(tmp_path, data):
+    assert load_bundle(train_bundle(tmp_path, data)).score.feature_scale is not None
 
 
 def test_normalised_features_store_each_features_typical_error_and_score_with_it(tmp_path, data):

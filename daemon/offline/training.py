@@ -71,9 +71,10 @@ class TrainConfig:
     windows (`ScoreSpec.feature_scale`), so a quiet sensor's fault is not outvoted by a noisy
     sensor's normal error. `self_tune` chooses the reduction, that normalisation and
     `enter_after` on faults injected into the held-out tail (daemon.offline.self_tuning), no
-    label read. Both are off by default: on the quality suite they raise TEP's fault detection
-    and SKAB's false alarms alike (docs/quality.md), because a quiet sensor settling at a new
-    level after a fault looks to them like the faults they are tuned to catch."""
+    label read. Normalisation is on by default and self-tuning off: the held-out pump fleet
+    decided it by a rule fixed before any detector ran on it (docs/quality.md). Both raise the
+    detection of faults on quiet sensors and, on SKAB, the false alarms of quiet sensors
+    settling at a new level after a fault, which look to them like the faults they catch."""
 
     arch: str = "lstm"
     window: int = 20
@@ -84,7 +85,7 @@ class TrainConfig:
     score_error: str = "mse"
     score_reduction: str = "max"
     score_exclude: str | list = "none"
-    normalise_features: bool = False
+    normalise_features: bool = True
     self_tune: bool = False
     epochs: int = 50
     batch_size: int = 64
