@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated (default: %(default)s)")
     p.add_argument("--skab", type=Path, default=find_dataset("skab"), help="SKAB folder (default: %(default)s)")
     p.add_argument("--tep", type=Path, default=find_dataset("tep"), help="TEP folder (default: %(default)s)")
+    p.add_argument("--fleet-seed", type=int, default=0, metavar="N",
+                   help="the fleet simulator's seed; seeds other than 0 are fresh fleets no decision has seen "
+                        "(docs/quality.md, held-out check) (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes, one torch thread each (default: %(default)s)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write every figure as JSON")
@@ -84,7 +87,7 @@ def build_cases(datasets: list[str], args: argparse.Namespace) -> list[Case]:
     every = QUICK_EVERY if args.quick else 1
     cases: list[Case] = []
     if "fleet" in datasets:
-        cases.append(fleet(args.quick))
+        cases.append(fleet(args.quick, args.fleet_seed))
     if "skab-b" in datasets:
         cases.append(skab_protocol_b(args.skab, every, QUICK_NORMAL_ROWS if args.quick else None))
     if "generated" in datasets:

@@ -13,8 +13,8 @@ from daemon.core.bundle import load_bundle
 from daemon.core.errors import BundleError
 from daemon.core.postprocess import alert_flags
 from daemon.core.scoring import OUT_OF_RANGE, Scorer
-from daemon.core.sensor_health import (CHECKS, DRIFT, OUT_OF_ENVELOPE, STUCK, HealthSpec, HealthState, check_of,
-                                       check_windows, fit_health)
+from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, OUT_OF_ENVELOPE, STUCK, HealthSpec, HealthState,
+                                       check_of, check_windows, fit_health)
 from daemon.core.windowing import window_ends, windows
 from daemon.live.alerting import AlertTracker
 from daemon.live.events import WindowJob
@@ -96,17 +96,41 @@ def test_a_slow_drift_on_a_quiet_channel_is_flagged_drift_before_it_leaves_the_e
     assert values[first + WINDOW - 1, -1] < spec.envelope_high[-1]  # the envelope alone would not yet see it
 
 
+def test_a_sensor_whose_own_noise_grows_is_flagged_noisy_with_its_name():
+    spec = fitted(synthetic.normal(6000, seed=0).values)
+    data = synthetic.normal(2000, seed=3)
+    values = data.values.copy()
+    # pressure's noise grows fivefold (its own is 0.03): 0.03 * sqrt(5**2 - 1) more
+    noise = np.random.default_rng(4).normal(0, 0.03 * np.sqrt(24), size=300)
+    values[1000:1300, 2] += noise.astype(np.float32)
+    reasons = reasons_of(spec, synthetic.FEATURES, values)
+    ends = window_ends(len(values), WINDOW, 1)
+    inside = [r for end, r in zip(ends, reasons) if 1000 + WINDOW <= end < 1300]
+    assert inside.count("noisy:pressure") >= 0.5 * len(inside)  # fivefold is near the limit: twice training's worst
+    assert set(reasons[:1000 - WINDOW]) == {""}
+
+
+def test_a_process_move_or_a_single_step_is_no_noise():
+    values = synthetic.normal(6000, seed=0).values.copy()
+    spec = fitted(values)
+    test = synthetic.normal(2000, seed=3).values.copy()
+    test[1000:, 1] += 0.3  # one step on current, far beyond its noise, held: the envelope's business
+    reasons = reasons_of(spec, synthetic.FEATURES, test)
+    assert not any(r.startswith("noisy:") for r in reasons)
+
+
 def test_a_sensor_constant_or_quantised_in_training_is_exempt_from_the_stuck_check():
     values = synthetic.normal(3000, seed=0).values.copy()
     values[:, 1] = np.round(values[:, 1], 0)  # quantised: flat windows are its normal
     values[:, 2] = 7.0  # constant
     spec = fitted(values)
     assert spec.stuck_below[1] == 0 and spec.stuck_below[2] == 0 and spec.stuck_below[0] > 0
+    assert spec.noisy_above[1] == 0 and spec.noisy_above[2] == 0 and spec.noisy_above[0] > 0  # nor noisy
     assert spec.drift_limit[2] == 0  # a constant level has no spread to measure a drift in
 
 
 def test_every_health_reason_names_its_check_and_sensor():
-    assert [check_of(f"{c}:flow") for c in CHECKS] == [OUT_OF_ENVELOPE, STUCK, DRIFT]
+    assert [check_of(f"{c}:flow") for c in CHECKS] == [OUT_OF_ENVELOPE, STUCK, NOISY, DRIFT]
     assert check_of(OUT_OF_RANGE) is None and check_of("") is None
 
 
@@ -198,6 +222,20 @@ def test_an_old_bundle_without_health_loads_and_scores_with_the_checks_off(tmp_p
     assert Scorer.load(DEMO).score_windows(raw, [HealthState()]).reasons == ["stuck:flow"]
 
 
+def test_a_bundle_fitted_before_the_noise_check_loads_with_that_check_off(tmp_path):
+    directory = tmp_path / "before"
+    shutil.copytree(DEMO, directory)
+    bundle = load_bundle(directory)
+    bundle.health = fitted(synthetic.normal(3000, seed=0).values)
+    bundle.write_json(directory)
+    data = json.loads((directory / "bundle.json").read_text())
+    del data["health"]["noisy_above"]
+    (directory / "bundle.json").write_text(json.dumps(data))
+    loaded = load_bundle(directory).health
+    assert loaded.noisy_above.tolist() == [0.0] * 5
+    np.testing.assert_array_equal(loaded.stuck_below, bundle.health.stuck_below)
+
+
 def test_health_is_written_to_and_read_back_from_bundle_json(tmp_path):
     directory = tmp_path / "bundle"
     shutil.copytree(DEMO, directory)
@@ -212,6 +250,7 @@ def test_health_is_written_to_and_read_back_from_bundle_json(tmp_path):
 @pytest.mark.parametrize("edit, message", [
     (lambda h: h.update(stuck_below=[1.0]), "'stuck_below' must be 5 finite numbers"),
     (lambda h: h.update(level_std=[0.0] * 5), "'level_std' must be > 0"),
+    (lambda h: h.update(noisy_above=[-1.0] * 5), "'noisy_above' must be >= 0"),
     (lambda h: h.update(envelope_low=[1e9] * 5), "'envelope_low' must not exceed 'envelope_high'"),
     (lambda h: h.update(surprise=1), "unknown key(s) surprise"),
 ])

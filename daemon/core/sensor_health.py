@@ -15,6 +15,11 @@ beside the score, never mixed into it.
 - `stuck`: the sensor's standard deviation within the window falls below STUCK_FRACTION of its
   median over the training windows. A sensor whose training already holds windows that quiet
   (a constant, quantised or slow sensor) is exempt: the check cannot tell its normal from stuck.
+- `noisy`: the sensor's step noise within the window (the median absolute change from one
+  reading to the next, which a smooth process move or a single step barely touches) exceeds
+  NOISY_MARGIN times the largest any training window shows: the transmitter itself got noisy (a
+  broken cable shield, a loose contact). A sensor whose typical training window shows no step
+  noise at all (quantised or sampled-and-held) is exempt: its noise is below its resolution.
 - `drift`: a two-sided CUSUM, one step per scored window, on the gap between the sensor's
   window level (its mean, in training standard deviations) and a baseline that follows that
   level slowly (DRIFT_FOLLOW): a level that keeps moving away from where it just was, and away
@@ -52,7 +57,8 @@ from daemon.core.windowing import windows
 OUT_OF_ENVELOPE = "out_of_envelope"
 STUCK = "stuck"
 DRIFT = "drift"
-CHECKS = (OUT_OF_ENVELOPE, STUCK, DRIFT)  # the order a window's reason is chosen in
+NOISY = "noisy"
+CHECKS = (OUT_OF_ENVELOPE, STUCK, NOISY, DRIFT)  # the order a window's reason is chosen in
 
 # A reading beyond the training range by as much again as that range is a fault code, a wrong
 # unit or a broken sensor rather than the process, which the model judges inside the envelope.
@@ -64,6 +70,9 @@ ENVELOPE_MIN_STDS = 6.0
 _UNBOUNDED = float(np.finfo(np.float64).max)
 # A working sensor's noise alone keeps its window spread well above a tenth of the usual one.
 STUCK_FRACTION = 0.1
+# A working transmitter's noise does not double: twice the largest step noise of any training
+# window, the same room for the unseen that the drift limits take.
+NOISY_MARGIN = 2.0
 # The smallest CUSUM allowance: half a standard deviation, the textbook choice for a shift of one.
 DRIFT_K = 0.5
 # Allowance and limit are twice what training shows: room for runs longer than training's.
@@ -111,6 +120,14 @@ def window_levels(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values.mean(axis=1), values.std(axis=1)
 
 
+def window_step_noise(raw: np.ndarray) -> np.ndarray:
+    """Per window and sensor, the median absolute change between consecutive readings of raw
+    windows `[B, W, F]`, in float64: the sensor's own noise, robust to the few large changes a
+    setpoint step or a ramp makes."""
+    values = np.ascontiguousarray(raw, dtype=np.float64)
+    return np.median(np.abs(np.diff(values, axis=1)), axis=1)
+
+
 @dataclass
 class HealthSpec:
     """The fitted limits, one entry per feature in the bundle's order (stored in bundle.json)."""
@@ -122,8 +139,12 @@ class HealthSpec:
     level_std: np.ndarray  # float64 [F]: their standard deviation, floored, > 0
     drift_k: np.ndarray  # float64 [F]: the CUSUM allowance, in level standard deviations
     drift_limit: np.ndarray  # float64 [F]: the CUSUM alarm limit; 0 = exempt
+    noisy_above: np.ndarray  # float64 [F]: a window step noise above it is noisy; 0 = exempt
 
-    FIELDS = ("envelope_low", "envelope_high", "stuck_below", "level_mean", "level_std", "drift_k", "drift_limit")
+    FIELDS = ("envelope_low", "envelope_high", "stuck_below", "level_mean", "level_std", "drift_k", "drift_limit",
+              "noisy_above")
+    # Keys a bundle written before the check existed lacks: its check is off (every sensor exempt).
+    OPTIONAL = ("noisy_above",)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: [float(v) for v in getattr(self, name)] for name in self.FIELDS}
@@ -133,6 +154,7 @@ class HealthSpec:
         watched = {
             "envelope": [f for f, hi in zip(features, self.envelope_high) if hi < np.finfo(np.float64).max],
             "stuck": [f for f, below in zip(features, self.stuck_below) if below > 0],
+            "noisy": [f for f, above in zip(features, self.noisy_above) if above > 0],
             "drift": [f for f, limit in zip(features, self.drift_limit) if limit > 0],
         }
         return "; ".join(f"{check}: {', '.join(names) or 'none'}" for check, names in watched.items())
@@ -147,7 +169,7 @@ class HealthSpec:
             raise ValueError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(cls.FIELDS)})")
         arrays = {}
         for name in cls.FIELDS:
-            value = data.get(name)
+            value = data.get(name, [0.0] * n_features if name in cls.OPTIONAL else None)
             if (not isinstance(value, list) or len(value) != n_features
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
                                for v in value)):
@@ -158,7 +180,8 @@ class HealthSpec:
         for name, ok, why in (("stuck_below", arrays["stuck_below"] >= 0, ">= 0"),
                               ("level_std", arrays["level_std"] > 0, "> 0"),
                               ("drift_k", arrays["drift_k"] >= 0, ">= 0"),
-                              ("drift_limit", arrays["drift_limit"] >= 0, ">= 0")):
+                              ("drift_limit", arrays["drift_limit"] >= 0, ">= 0"),
+                              ("noisy_above", arrays["noisy_above"] >= 0, ">= 0")):
             if not ok.all():
                 raise ValueError(f"{name!r} must be {why}")
         return cls(**arrays)
@@ -224,17 +247,23 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
         # The reduction over the window is the costly part; the usual batch has nothing outside.
         outside = outside.any(axis=1) if outside.any() else np.zeros(level.shape, dtype=bool)
         stuck = spread < spec.stuck_below
+        noisy = np.zeros(level.shape, dtype=bool)
+        watched = spec.noisy_above > 0
+        if watched.any():
+            noisy[:, watched] = window_step_noise(raw[:, :, watched]) > spec.noisy_above[watched]
         z = ((level - spec.level_mean) / spec.level_std).tolist()
     limits, allowances = spec.drift_limit.tolist(), spec.drift_k.tolist()
     drifting = [state.step(spec, z_i, limits, allowances) for state, z_i in zip(states, z)]
-    outside_any, stuck_any = outside.any(axis=1), stuck.any(axis=1)
-    if not (outside_any.any() or stuck_any.any() or max(drifting, default=-1) >= 0):
+    outside_any, stuck_any, noisy_any = outside.any(axis=1), stuck.any(axis=1), noisy.any(axis=1)
+    if not (outside_any.any() or stuck_any.any() or noisy_any.any() or max(drifting, default=-1) >= 0):
         return None
     reasons = [""] * len(raw)
     for i in np.flatnonzero(outside_any):
         reasons[i] = reason(OUT_OF_ENVELOPE, features[int(np.argmax(outside[i]))])
     for i in np.flatnonzero(stuck_any & ~outside_any):
         reasons[i] = reason(STUCK, features[int(np.argmax(stuck[i]))])
+    for i in np.flatnonzero(noisy_any & ~stuck_any & ~outside_any):
+        reasons[i] = reason(NOISY, features[int(np.argmax(noisy[i]))])
     for i, f in enumerate(drifting):
         if f >= 0 and not reasons[i]:
             reasons[i] = reason(DRIFT, features[f])
@@ -261,6 +290,8 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     spreads = np.concatenate([run_spreads for _, run_spreads in per_run])
     typical = STUCK_FRACTION * np.median(spreads, axis=0)
     stuck_below = np.where(spreads.min(axis=0) > typical, typical, 0.0)
+    step_noise = np.concatenate([_step_noise(run, window, stride) for run in runs if len(run) >= window])
+    noisy_above = np.where(np.median(step_noise, axis=0) > 0, NOISY_MARGIN * step_noise.max(axis=0), 0.0)
     fitted_rows = np.concatenate(fitted).astype(np.float64)
     level_mean = fitted_rows.mean(axis=0)
     level_std = np.maximum(fitted_rows.std(axis=0), scale_floor * np.abs(level_mean))
@@ -276,7 +307,8 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
         high = np.where(trending, _UNBOUNDED, high)
         margin = np.where(trending, 0.0, margin)
     exempt = np.where(steady & quiet, np.inf, 0.0)
-    spec = HealthSpec(low - margin, high + margin, stuck_below, level_mean, level_std, np.zeros(len(low)), exempt)
+    spec = HealthSpec(low - margin, high + margin, stuck_below, level_mean, level_std, np.zeros(len(low)), exempt,
+                      noisy_above)
     gaps = _largest_drift_terms(spec, runs, window, stride, gaps=True)
     spec.drift_k = np.maximum(DRIFT_K, DRIFT_MARGIN * gaps)
     sums = _largest_drift_terms(spec, runs, window, stride, gaps=False)
@@ -303,15 +335,23 @@ def _largest_drift_terms(spec: HealthSpec, runs: Sequence[np.ndarray], window: i
     return largest
 
 
+def _window_chunks(run: np.ndarray, window: int, stride: int):
+    """The run's windows `[n, W, F]`, at most _FIT_CHUNK at a time (bounded memory on long runs)."""
+    n_windows = 0 if len(run) < window else (len(run) - window) // stride + 1
+    for first in range(0, n_windows, _FIT_CHUNK):
+        count = min(_FIT_CHUNK, n_windows - first)
+        yield windows(run[first * stride:(first + count - 1) * stride + window], window, stride)
+
+
+def _step_noise(run: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """`window_step_noise` of a run's windows `[n_windows, F]`."""
+    return np.concatenate([window_step_noise(chunk) for chunk in _window_chunks(run, window, stride)])
+
+
 def _levels(run: np.ndarray, window: int, stride: int, chunks: bool = False):
     """`window_levels` of a run's windows, computed a chunk of windows at a time; with
     `chunks`, an iterator over the chunks' levels instead of (levels, spreads) of the run."""
-    n_windows = 0 if len(run) < window else (len(run) - window) // stride + 1
-    parts = []
-    for first in range(0, n_windows, _FIT_CHUNK):
-        count = min(_FIT_CHUNK, n_windows - first)
-        rows = run[first * stride:(first + count - 1) * stride + window]
-        parts.append(window_levels(windows(rows, window, stride)))
+    parts = [window_levels(chunk) for chunk in _window_chunks(run, window, stride)]
     if chunks:
         return (level for level, _ in parts)
     if not parts:
