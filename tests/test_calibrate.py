@@ -148,7 +148,9 @@ def test_the_live_worker_applies_each_devices_own_threshold(work):
     assert {e.threshold for e in by_device["pump-b"]} == {bundle.threshold.devices["pump-b"]}
     assert {e.threshold for e in by_device["pump-z"]} == {bundle.threshold.value}
     for events in by_device.values():  # the same windows, each flagged against its device's threshold
-        assert [e.anomaly for e in events] == [bool(np.float32(e.score) > np.float32(e.threshold)) for e in events]
+        # (or by a sensor-health check, whatever the threshold: this data's sensors got noisier)
+        assert [e.anomaly for e in events] == [bool(np.float32(e.score) > np.float32(e.threshold)) or bool(e.reason)
+                                               for e in events]
     assert sum(e.anomaly for e in by_device["pump-a"]) >= sum(e.anomaly for e in by_device["pump-b"])
 
 
