@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the daemon pa
 
 from throughput_bench.common import MOSQUITTO  # noqa: E402  (bench/ is this script's directory)
 
-PHASE_NAMES = ("scoring", "ingest", "sustained", "latency", "memory", "growth", "shapes")
+PHASE_NAMES = ("scoring", "ingest", "sustained", "latency", "memory", "growth", "shapes", "threads")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -46,7 +46,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="stride for the ingest comparison, high enough that inference is not the "
                              "bottleneck (default: %(default)s)")
     parser.add_argument("--only", type=lambda s: s.split(","), metavar="PHASES",
-                        help=f"comma list of: {', '.join(PHASE_NAMES)}")
+                        help=f"comma list of: {', '.join(PHASE_NAMES)} (threads, batching.torch_threads 1 "
+                             f"against 2 end to end, runs only when named)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.only or ()) - set(PHASE_NAMES))
@@ -58,13 +59,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run(args: argparse.Namespace, workdir: Path) -> dict:
     """Train the bundles, then run the chosen phases; the results by phase."""
     from throughput_bench.harness import Harness
-    from throughput_bench.phases import PHASES, train
+    from throughput_bench.phases import OPT_IN, PHASES, train
 
     harness = Harness(args, workdir)
     results: dict = {}
     try:
         train(harness)
-        for name in args.only or PHASES:
+        for name in args.only or [name for name in PHASES if name not in OPT_IN]:
             results[name] = PHASES[name](harness)
     finally:
         harness.close()

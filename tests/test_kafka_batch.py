@@ -51,7 +51,7 @@ class Recorder:
 def source(handler, metrics: Metrics) -> KafkaSource:
     settings = KafkaConfig(bootstrap_servers="127.0.0.1:9", topics=TOPIC, group_id="batch")
     made = KafkaSource(settings, handler, metrics, topic_of=device_topic("sensors/+/data", 1), replay_seconds=0,
-                       max_payload_bytes=1000, drop_devices=lambda devices: None)
+                       drop_devices=lambda devices: None)
     for partition in (0, 1):
         made._ledgers[(TOPIC, partition)] = PartitionLedger(source=(TOPIC, partition))
     return made
@@ -80,7 +80,7 @@ def test_a_consume_call_reaches_the_pipeline_as_one_batch_of_the_records_that_pa
         record(0, 12, None, reading(NOW - 1)),  # missing_key
         record(1, 40, b"d2", reading(NOW - 2)),
         record(1, 41, b"d/2", reading(NOW - 2)),  # bad_device_id
-        record(1, 42, b"d2", reading(NOW - 1, device="d9")),  # key_mismatch
+        record(1, 42, b"d2", reading(NOW - 1, device="d9")),  # the parser's key_mismatch, on its one decode
         record(1, 43, b"d2", reading(NOW - 1, device="d2")),
         record(0, 13, b"d1", reading(NOW)),
     ]
@@ -89,10 +89,11 @@ def test_a_consume_call_reaches_the_pipeline_as_one_batch_of_the_records_that_pa
     assert len(handler.batches) == 1
     assert [(t, p) for t, p, _ in handler.batches[0]] == [
         ("sensors/d1/data", batch[0].value()), ("sensors/d2/data", batch[3].value()),
-        ("sensors/d2/data", batch[6].value()), ("sensors/d1/data", batch[7].value())]
-    assert [tag.offset() for _, _, tag in handler.batches[0]] == [10, 40, 43, 13]
+        ("sensors/d2/data", batch[5].value()), ("sensors/d2/data", batch[6].value()),
+        ("sensors/d1/data", batch[7].value())]
+    assert [tag.offset() for _, _, tag in handler.batches[0]] == [10, 40, 42, 43, 13]
     counts = {r: n for r, n in metrics.messages.counts.items() if n}
-    assert counts == {"tombstone": 1, "missing_key": 1, "bad_device_id": 1, "key_mismatch": 1}
+    assert counts == {"tombstone": 1, "missing_key": 1, "bad_device_id": 1}
     assert kafka._ledgers[(TOPIC, 0)].handed == 14 and kafka._ledgers[(TOPIC, 1)].handed == 44
     assert kafka.devices == {"d1", "d2"}
 

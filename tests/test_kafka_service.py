@@ -51,8 +51,11 @@ def test_a_kafka_fed_service_scores_every_device_through_the_same_pipeline(tansu
             run = synthetic.normal(ROWS, seed=i, start=1_750_000_000.0)
             for ts, row in zip(run.timestamps, run.values):
                 doc = {"ts": float(ts), **{f: float(v) for f, v in zip(synthetic.FEATURES, row)}}
+                if device == "pump-1":
+                    doc["device"] = device  # kafka.device_field: the payload may name its device
                 producer.produce("readings", key=device.encode(), value=json.dumps(doc).encode())
         producer.produce("readings", key=b"pump-1", value=None)  # a tombstone is counted, never scored
+        producer.produce("readings", key=b"pump-2", value=b'{"device": "pump-9"}')  # key_mismatch, counted
         assert producer.flush(10) == 0
         del producer  # its thread would keep dialling the broker after the test stops it
         window = service.scorer.window
@@ -61,6 +64,7 @@ def test_a_kafka_fed_service_scores_every_device_through_the_same_pipeline(tansu
                    >= expected, 30, f"{expected} windows scored")
         assert service.metrics.messages.counts["ok"] == len(DEVICES) * ROWS
         assert service.metrics.messages.counts["tombstone"] == 1
+        wait_until(lambda: service.metrics.messages.counts["key_mismatch"] == 1, 5, "the mismatch counted")
         healthy, details = service.health()
         assert healthy, details
     finally:
@@ -71,7 +75,7 @@ def test_a_kafka_fed_service_scores_every_device_through_the_same_pipeline(tansu
     consumer = Consumer({"bootstrap.servers": tansu.bootstrap_servers, "group.id": "svc"})
     committed = consumer.committed([TopicPartition("readings", p) for p in range(3)], 10)
     consumer.close()
-    assert sum(max(p.offset, 0) for p in committed) == len(DEVICES) * ROWS + 1  # (-1001: a partition unused)
+    assert sum(max(p.offset, 0) for p in committed) == len(DEVICES) * ROWS + 2  # (-1001: a partition unused)
 
 
 def test_kafka_without_a_sample_period_or_replay_span_is_a_config_error(tmp_path):

@@ -99,10 +99,10 @@ def instance(tansu: Tansu, topic: str, group: str, replay_seconds: float = 120.0
     metrics = Metrics()
     queue = WindowQueue(100_000, metrics)
     buffers = DeviceBuffers(WINDOW, len(FEATURES), StreamConfig(stride=1), LimitsConfig(max_devices=1000), metrics)
-    pipeline = MessagePipeline(BuggyParser(FEATURES, max_payload_bytes=MAX_PAYLOAD), buffers, queue.put,
-                               metrics.messages)
     config = KafkaConfig(bootstrap_servers=tansu.bootstrap_servers, topics=topic, group_id=group,
                          session_timeout_ms=6000, commit_interval_ms=200, **settings)
+    pipeline = MessagePipeline(BuggyParser(FEATURES, max_payload_bytes=MAX_PAYLOAD, device_field=config.device_field),
+                               buffers, queue.put, metrics.messages)
     dropped: list[set[str]] = []
 
     def drop(devices: set[str]) -> None:
@@ -111,7 +111,7 @@ def instance(tansu: Tansu, topic: str, group: str, replay_seconds: float = 120.0
 
     seen: set[str] = set()
     source = KafkaSource(config, SeenBy(pipeline, seen), metrics, topic_of=device_topic("sensors/+/data", 1),
-                         replay_seconds=replay_seconds, max_payload_bytes=MAX_PAYLOAD, drop_devices=drop,
+                         replay_seconds=replay_seconds, drop_devices=drop,
                          settle_seconds=settle_seconds)
     return Instance(source, buffers, queue, metrics, seen, dropped)
 
@@ -223,7 +223,7 @@ def test_bad_records_are_counted_by_reason_and_never_reach_a_window(tansu, stopp
     assert {r: n for r, n in one.metrics.messages.counts.items() if n} == {
         "invalid_json": 1, "key_mismatch": 1, "oversized": 1, "tombstone": 1, "missing_key": 1, "bad_device_id": 1,
         "ok": 2, "missing_feature": 1, "internal_error": 1}
-    assert len(one.buffers) == 1 and one.devices_seen <= {f"dev-0{i}" for i in (1, 3, 6, 7)} | {BUGGY_DEVICE}
+    assert len(one.buffers) == 1 and one.devices_seen <= {f"dev-0{i}" for i in (1, 2, 3, 6, 7)} | {BUGGY_DEVICE}
 
 
 def test_a_broker_down_at_start_is_waited_for_and_then_consumed(tansu, stopper):

@@ -93,6 +93,39 @@ def test_extra_fields_are_ignored():
     assert values == [20.5, 1013.0, 0.01]
 
 
+def test_without_a_device_field_a_device_named_in_the_payload_is_an_extra_field():
+    """MQTT: the topic alone names the device."""
+    assert device_of(parser().parse_fields(TOPIC, message(device="pump-9"), NOW)) == "pump-7"
+
+
+@pytest.mark.parametrize("named", ["pump-7", None, ...])
+def test_a_device_field_that_agrees_is_absent_or_null_is_accepted(named):
+    assert device_of(parser(device_field="device").parse_fields(TOPIC, message(device=named), NOW)) == "pump-7"
+
+
+@pytest.mark.parametrize("named", ["pump-9", "PUMP-7", "", 7, ["pump-7"], {"id": "pump-7"}, False])
+def test_a_device_field_naming_another_device_is_key_mismatch(named):
+    result = rejected(parser(device_field="device").parse_fields(TOPIC, message(device=named), NOW), "key_mismatch")
+    assert "pump-7" in result.detail and "'device'" in result.detail
+
+
+def test_a_device_field_is_read_from_the_decoded_payload_however_its_name_is_written():
+    payload = message().replace(b"{", b'{"\\u0064evice": "pump-9", ', 1)
+    assert json.loads(payload)["device"] == "pump-9"
+    rejected(parser(device_field="device").parse_fields(TOPIC, payload, NOW), "key_mismatch")
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (message(device="pump-9", pad="x" * 300), "oversized"),
+    (b'{"device": "pump-9", "ts": }', "invalid_json"),
+    (message(device="pump-9", ts=NOW + 3600), "key_mismatch"),
+    (message(device="pump-9", temp=...), "key_mismatch"),
+    (message(device="pump-9", temp="1"), "key_mismatch"),
+])
+def test_a_device_field_is_checked_once_the_payload_is_an_object_before_its_time_and_features(payload, reason):
+    rejected(parser(device_field="device", max_payload_bytes=300).parse_fields(TOPIC, payload, NOW), reason)
+
+
 def test_missing_feature_names_the_feature():
     assert "'pressure'" in rejected(parser().parse_fields(TOPIC, message(pressure=...), NOW), "missing_feature").detail
 

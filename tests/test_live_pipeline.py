@@ -1,6 +1,7 @@
 """The message pipeline's batch entry: a batch of messages ends exactly as the same messages
 handed over one at a time (same results, same counts, same windows, same receipts), whatever
-mix of accepted and rejected messages it holds and wherever in it windows complete."""
+mix of accepted and rejected messages it holds and wherever in it windows complete, with or
+without a device field in the payloads."""
 
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ NOW = 1_700_000_000.0
 MAX_PAYLOAD = 200
 
 
-def pipeline(max_devices: int = 3) -> tuple[MessagePipeline, list[WindowJob], Metrics]:
+def pipeline(max_devices: int = 3, device_field: str | None = None) -> tuple[MessagePipeline, list[WindowJob],
+                                                                             Metrics]:
     metrics = Metrics()
     jobs: list[WindowJob] = []
     buffers = DeviceBuffers(WINDOW, len(FEATURES), StreamConfig(stride=2), LimitsConfig(max_devices=max_devices),
                             metrics)
-    parser = PayloadParser(FEATURES, max_payload_bytes=MAX_PAYLOAD)
+    parser = PayloadParser(FEATURES, max_payload_bytes=MAX_PAYLOAD, device_field=device_field)
     return MessagePipeline(parser, buffers, jobs.append, metrics.messages), jobs, metrics
 
 
@@ -70,17 +72,42 @@ def mixed_messages() -> list[tuple[str, bytes, str]]:
     ]
 
 
+def naming(payload: bytes, device: object) -> bytes:
+    """The payload with a device field first, if it is a JSON object."""
+    if not payload.startswith(b"{"):
+        return payload
+    return b'{"device": ' + json.dumps(device).encode() + b", " + payload[1:]
+
+
+REFUSED_BEFORE_THE_DEVICE_FIELD = {"oversized", "invalid_json", "bad_device_id", "bad_topic"}
+
+
+def messages_naming_a_device() -> list[tuple[str, bytes, str]]:
+    """`mixed_messages` with every payload naming its topic's device, each refused one also
+    sent again naming another device (`key_mismatch`, unless the message is refused before its
+    payload is read), an accepted one naming another device and one naming none (null)."""
+    out = []
+    for t, p, expected in mixed_messages():
+        out.append((t, naming(p, t.split("/")[1]), expected))
+        if expected != "ok":
+            out.append((t, naming(p, "d9"), expected if expected in REFUSED_BEFORE_THE_DEVICE_FIELD else "key_mismatch"))
+    return out + [(topic("d2"), naming(reading(NOW - 96), "d1"), "key_mismatch"),
+                  (topic("d2"), naming(reading(NOW - 96), None), "ok")]
+
+
 def windows(jobs: list[WindowJob]) -> list[tuple[str, float, list[list[float]]]]:
     return [(job.device, job.ts_end, job.window.tolist()) for job in jobs]
 
 
-def test_a_batch_ends_as_the_same_messages_one_at_a_time():
-    messages = mixed_messages()
-    one_by_one, jobs_single, metrics_single = pipeline()
+def batch_and_singles(messages: list[tuple[str, bytes, str]], device_field: str | None = None
+                      ) -> tuple[tuple[MessagePipeline, list[WindowJob], Metrics], ...]:
+    """The messages handed one at a time to one pipeline and as one batch to another, each
+    ending in its expected result; (pipeline, windows, metrics) of the batch, then the singles."""
+    one_by_one, jobs_single, metrics_single = pipeline(device_field=device_field)
     results = [one_by_one(t, p, NOW) for t, p, _ in messages]
     assert results == [expected for _, _, expected in messages]
 
-    batched, jobs_batch, metrics_batch = pipeline()
+    batched, jobs_batch, metrics_batch = pipeline(device_field=device_field)
     accepted = batched.handle_batch([(t, p, None) for t, p, _ in messages], NOW)
     assert accepted == results.count("ok")
 
@@ -88,9 +115,31 @@ def test_a_batch_ends_as_the_same_messages_one_at_a_time():
     expected_counts = {r: sum(e == r for _, _, e in messages) for r in MESSAGE_RESULTS}
     assert metrics_batch.messages.counts == expected_counts
     assert windows(jobs_batch) == windows(jobs_single)
-    assert [job.device for job in jobs_batch] == ["d1", "d2", "d1"]
-    assert np.array_equal(jobs_batch[0].window, [[1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
     assert batched.last_ok == one_by_one.last_ok == NOW
+    return (batched, jobs_batch, metrics_batch), (one_by_one, jobs_single, metrics_single)
+
+
+def test_a_batch_ends_as_the_same_messages_one_at_a_time():
+    (_, jobs, _), _ = batch_and_singles(mixed_messages())
+    assert [job.device for job in jobs] == ["d1", "d2", "d1"]
+    assert np.array_equal(jobs[0].window, [[1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
+
+
+def test_payloads_naming_a_device_end_as_one_at_a_time_with_a_mismatch_refused_once_the_payload_is_read():
+    """The Kafka source's rule (`kafka.device_field`): every refusal keeps its reason and count
+    whether the payload names its own device, another or none, in a batch or one at a time."""
+    (_, jobs, metrics), _ = batch_and_singles(messages_naming_a_device(), device_field="device")
+    (_, jobs_unnamed, _), _ = batch_and_singles(mixed_messages())
+    assert windows(jobs) == windows(jobs_unnamed)
+    assert metrics.messages.counts["key_mismatch"] == 10
+
+
+def test_without_a_device_field_a_payload_naming_another_device_is_its_topics_reading():
+    """MQTT: the topic names the device; a device in the payload is an extra field."""
+    messages = [(t, naming(p, "d9"), expected) for t, p, expected in mixed_messages()]
+    (_, jobs, _), _ = batch_and_singles(messages)
+    (_, jobs_unnamed, _), _ = batch_and_singles(mixed_messages())
+    assert windows(jobs) == windows(jobs_unnamed)
 
 
 def test_a_batch_claims_a_receipt_for_each_window_in_record_order_with_its_record_tag():

@@ -98,9 +98,9 @@ def read_counters(service: Service) -> ServiceCounters:
 
 # ---- the worker on its own ------------------------------------------------------------------
 
-def load_scorer(bundle: str, runtime: str) -> Scorer:
-    """A bundle's Scorer as the service loads it, on one torch thread."""
-    return Scorer.load(bundle, runtime, 1)
+def load_scorer(bundle: str, runtime: str, threads: int = 1) -> Scorer:
+    """A bundle's Scorer as the service loads it, on `threads` torch threads."""
+    return Scorer.load(bundle, runtime, threads)
 
 
 def file_sink(path: str, on_written: OnWritten) -> FileSink:

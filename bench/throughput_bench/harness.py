@@ -51,18 +51,21 @@ class Harness:
 
     # ---- children ---------------------------------------------------------------------------
 
-    def daemon(self, arch: str, stride: int, qos: int = 0, runtime: str = "torch", sink: str = "file") -> Child:
+    def daemon(self, arch: str, stride: int, qos: int = 0, runtime: str = "torch", sink: str = "file",
+               torch_threads: int = 1) -> Child:
         """The service in a child, answered "ready". sink "file": the FileSink, timed by its
         on_written hook; "influx": the InfluxSink writing to a private VictoriaMetrics (the
         production path), counted by its metrics."""
-        name = self.name(f"daemon-{arch}-s{stride}-q{qos}-{runtime}-{sink}")
+        name = self.name(f"daemon-{arch}-s{stride}-q{qos}-{runtime}-{sink}-t{torch_threads}")
         path = self.dir / f"{name}.yaml"
-        path.write_text(json.dumps(self._daemon_config(name, arch, stride, qos, runtime, sink), indent=1))
+        config = self._daemon_config(name, arch, stride, qos, runtime, sink, torch_threads)
+        path.write_text(json.dumps(config, indent=1))
         child = Child("_daemon", {"config": str(path)}, self.dir / f"{name}.log")
         child.ready = child.read(60)
         return child
 
-    def _daemon_config(self, name: str, arch: str, stride: int, qos: int, runtime: str, sink: str) -> dict:
+    def _daemon_config(self, name: str, arch: str, stride: int, qos: int, runtime: str, sink: str,
+                       torch_threads: int) -> dict:
         """The service's config (JSON is YAML)."""
         config = {
             "mqtt": {"host": HOST, "port": self.broker.port, "qos": qos, "client_id": f"bench-{name}",
@@ -72,7 +75,8 @@ class Harness:
             # clock): the gap rule would restart every device's window at each phase and leave
             # nothing to score, so it is off here; it costs the same per reading either way.
             "stream": {"stride": stride, "gap_factor": 1e12},
-            "batching": {"max_batch": MAX_BATCH, "max_wait_ms": 50, "queue_size": 10000, "torch_threads": 1},
+            "batching": {"max_batch": MAX_BATCH, "max_wait_ms": 50, "queue_size": 10000,
+                         "torch_threads": torch_threads},
             "local_store": {"path": str(self.dir / f"{name}.lp")},
             "metrics": {"enabled": True, "address": HOST, "port": 0},
             "logging": {"level": "WARNING"},

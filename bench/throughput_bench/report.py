@@ -78,9 +78,19 @@ def _shapes_figures(shapes: dict) -> dict:
     return out
 
 
+def _threads_figures(th: dict) -> dict:
+    out = {}
+    for key in ("scored_ratio", "ingest_ratio", "cpu_ratio"):
+        for stat in ("median", "min", "max"):
+            out[f"torch_threads_2_vs_1_{key}_{stat}"] = th[key][stat]
+    for stat in ("median", "min", "max"):
+        out[f"torch_threads_2_vs_1_model_alone_ratio_{stat}"] = th["model_alone"]["ratio"][stat]
+    return out
+
+
 _FIGURES = {"ingest": _ingest_figures, "scoring": _scoring_figures, "sustained": _sustained_figures,
             "latency": _latency_figures, "memory": _memory_figures, "growth": _growth_figures,
-            "shapes": _shapes_figures}
+            "shapes": _shapes_figures, "threads": _threads_figures}
 
 
 def summary(results: dict, quick: bool) -> dict:
@@ -165,6 +175,24 @@ def _shapes_rows(shapes: dict) -> list[Row]:
             for key, val in shapes.items()]
 
 
+def _threads_rows(th: dict) -> list[Row]:
+    one, two = th["median"]["threads_1"], th["median"]["threads_2"]
+    sc, ing, cpu, ma = th["scored_ratio"], th["ingest_ratio"], th["cpu_ratio"], th["model_alone"]["ratio"]
+    alone = th["model_alone"]["windows_per_s"]
+    pairs = f"{len(th['pairs'])} pairs"
+    return [
+        ("torch_threads 2 vs 1, LSTM stride 1 saturated: windows/s scored", f"{two['scored_windows']:,.0f}",
+         f"{one['scored_windows']:,.0f} on 1 thread", f"{sc['median']:.2f} ({sc['min']:.2f}-{sc['max']:.2f})",
+         pairs),
+        ("  msg/s ingested", f"{two['ingest']:,.0f}", f"{one['ingest']:,.0f}",
+         f"{ing['median']:.2f} ({ing['min']:.2f}-{ing['max']:.2f})", ""),
+        ("  CPU-us a window scored", f"{two['cpu_us_per_window']:.0f}", f"{one['cpu_us_per_window']:.0f}",
+         f"{cpu['median']:.2f} ({cpu['min']:.2f}-{cpu['max']:.2f})", ""),
+        ("  the model alone at batch 64 (windows/s)", f"{alone['threads_2']:,.0f}", f"{alone['threads_1']:,.0f}",
+         f"{ma['median']:.2f} ({ma['min']:.2f}-{ma['max']:.2f})", ""),
+    ]
+
+
 def rows(results: dict) -> list[Row]:
     out: list[Row] = []
     if results.get("ingest"):
@@ -180,6 +208,8 @@ def rows(results: dict) -> list[Row]:
     if results.get("growth"):
         out += _growth_rows(results["growth"])
     out += _shapes_rows(results.get("shapes", {}))
+    if results.get("threads"):
+        out += _threads_rows(results["threads"])
     return out
 
 

@@ -178,7 +178,8 @@ def build_routes(config: Config, scorers: Mapping[str, Scorer], queue: WindowQue
         buffers = DeviceBuffers(scorer.window, len(scorer.features), stream, config.limits, metrics,
                                 on_evict=forget_device(alerts, budget), route=key)
         parser = PayloadParser(scorer.features, config.mqtt.topic, config.mqtt.device_level,
-                               config.limits.max_payload_bytes, stream.max_future_seconds)
+                               config.limits.max_payload_bytes, stream.max_future_seconds,
+                               config.kafka.device_field if config.source == "kafka" else None)
         pipeline = MessagePipeline(parser, buffers, queue.put, metrics.messages)
         if previous is not None:
             pipeline.last_ok = previous.pipeline.last_ok  # the route's stream goes on; only its windows restart

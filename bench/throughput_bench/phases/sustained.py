@@ -88,11 +88,12 @@ def probe(h: Harness, daemon: Child, fleet: Fleet, rate: float, seconds: float, 
     return ok, detail
 
 
-def saturated_blast(h: Harness, daemon: Child, fleet: Fleet) -> dict:
-    """A short blast as fast as the publisher goes (windows may be dropped here): the rates of
-    ingest and of scoring at saturation, the starting point of the bisection."""
+def saturated_blast(h: Harness, daemon: Child, fleet: Fleet, per_device: int | None = None) -> dict:
+    """A short blast of `per_device` readings a device as fast as the publisher goes (windows
+    may be dropped here): the rates of ingest and of scoring at saturation, the starting point
+    of the bisection, and the daemon's CPU a window scored."""
     before = h.wait_idle(daemon)
-    per_device = 10 if h.quick else 20
+    per_device = per_device or (10 if h.quick else 20)
     pub = h.publish(mode="blast", devices=fleet.devices, per_device=per_device, ts0=time.time() - 300,
                     prefix=fleet.prefix)
     sent = pub.wait_result(120)
@@ -100,8 +101,10 @@ def saturated_blast(h: Harness, daemon: Child, fleet: Fleet) -> dict:
     h.wait_consumed(daemon, before["ok"] + fleet.devices * per_device, None, 120)
     after = h.wait_idle(daemon)
     elapsed = max(after["last_ok"], after["last_write"]) - sent["t_first"]
-    return {"ingest": (after["ok"] - before["ok"]) / elapsed,
-            "scored_windows": (after["scored"] - before["scored"]) / elapsed}
+    scored = after["scored"] - before["scored"]
+    return {"ingest": (after["ok"] - before["ok"]) / elapsed, "scored_windows": scored / elapsed,
+            "dropped": after["dropped"] - before["dropped"], "seconds": elapsed,
+            "cpu_us_per_window": 1e6 * (after["cpu_s"] - before["cpu_s"]) / max(scored, 1)}
 
 
 def bisect(h: Harness, daemon: Child, fleet: Fleet, start: float) -> tuple[float, float, list[dict]]:

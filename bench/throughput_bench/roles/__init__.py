@@ -18,6 +18,7 @@ ROLES = {
     "_daemon": ("daemon_process", "role_daemon"),
     "_scoring": ("scoring", "role_scoring"),
     "_shapes": ("model_alone", "role_shapes"),
+    "_model_threads": ("model_alone", "role_model_threads"),
     "_train": ("training", "role_train"),
 }
 

@@ -104,3 +104,16 @@ def role_shapes(spec: dict) -> None:
     if spec["runtime"] == "torch":
         out["unpadded_mb"] = rss_growth(daemon_api.unpadded_torch_model(scorer), pool)
     reply(out)
+
+
+
+def role_model_threads(spec: dict) -> None:
+    """The model alone at batch 64 on `threads` torch threads, set when it is loaded as the
+    service does (one child per thread count: switching the count within a process is not what
+    the daemon does), `reps` runs of `seconds`: their median windows/s."""
+    import statistics
+
+    scorer = daemon_api.load_scorer(spec["bundle"], "torch", spec["threads"])
+    runs = ModelRuns(scorer, window_pool(scorer, MAX_BATCH), spec["seconds"])
+    speeds = [runs.batch_of_64().wall for _ in range(spec["reps"])]
+    reply({"windows_per_s": statistics.median(speeds), "runs": speeds})

@@ -5,8 +5,9 @@ Records: the key is the device id, the value the JSON payload the MQTT source ta
 record goes to the same `MessagePipeline` as an MQTT message, under a topic built from its key
 that the pipeline's topic rule (mqtt.topic, mqtt.device_level) maps back to the key, so both
 sources share one parser, one set of input rules and one `anomalyd_messages_total`. What only
-Kafka has is checked here and counted under its own result: `missing_key`, `tombstone` (value
-None) and `key_mismatch` (the payload's `device_field` names another device).
+Kafka has is checked here and counted under its own result: `missing_key` and `tombstone`
+(value None). `key_mismatch` (the payload's `device_field` names another device) is the
+parser's, built with `kafka.device_field`, so a payload is decoded once.
 
 Group semantics that keep windows whole:
 - `cooperative-sticky` assignment: a rebalance moves only the partitions that must move, so
@@ -64,7 +65,7 @@ from confluent_kafka import (OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, 
 from daemon.core.errors import ConfigError
 from daemon.live.config import Config, KafkaConfig
 from daemon.live.ingest.alert_state import AlertRecord, AlertStateTopic
-from daemon.live.ingest.payload import DEVICE_ID, decode_json
+from daemon.live.ingest.payload import DEVICE_ID
 from daemon.live.ingest.pipeline import MessageHandler, Record
 from daemon.live.telemetry.metrics import Metrics
 from daemon.live.telemetry.ratelimit import RateLimitedLog
@@ -225,7 +226,7 @@ class KafkaSource:
     `subscribed` and `swap_handler` work as on `MqttIngest`."""
 
     def __init__(self, settings: KafkaConfig, handler: MessageHandler, metrics: Metrics, *,
-                 topic_of: Callable[[str], str], replay_seconds: float, max_payload_bytes: int,
+                 topic_of: Callable[[str], str], replay_seconds: float,
                  drop_devices: Callable[[set[str]], object], settle_seconds: float = SETTLE_SECONDS,
                  alert_state: AlertStateTopic | None = None,
                  seed_alerts: Callable[[dict[str, AlertRecord]], object] | None = None) -> None:
@@ -240,13 +241,9 @@ class KafkaSource:
         self._handler = handler
         self._metrics = metrics
         self._topic_of = topic_of
-        self._max_payload_bytes = max_payload_bytes
         self._drop_devices = drop_devices
         self._alert_state = alert_state if seed_alerts is not None else None
         self._seed_alerts = seed_alerts
-        field = settings.device_field
-        self._device_field = field
-        self._field_probe = None if field is None else json.dumps(field).encode()  # '"device"' in the raw bytes
         self._counts = metrics.messages.counts
         self._rejects = RateLimitedLog(log)
         self._log = RateLimitedLog(log, interval=30.0)
@@ -385,7 +382,6 @@ class KafkaSource:
         keys: dict[bytes, tuple[str, str]] = {}
         rewinds = self._rewinds
         unprobed = self._unprobed
-        field_probe = self._field_probe
         records: list[Record] = []
         hand = records.append
         last: dict[TopicPartitionKey, int] = {}
@@ -432,13 +428,7 @@ class KafkaSource:
                     entry = self._learn_key(msg.key(), tp)
                     if entry is None:
                         continue
-                device, topic = entry
-                # find(), not `in`: bytes.__contains__ first tries the probe as an int and raises
-                # and clears a TypeError for every record.
-                if field_probe is not None and value.find(field_probe) >= 0 and self._names_other_device(device,
-                                                                                                       value):
-                    continue
-                hand((topic, value, tag))
+                hand((entry[1], value, tag))
             except Exception as exc:  # a bug must cost one counted record, not the consumer thread
                 self._counts["internal_error"] += 1
                 self._log.error("internal:record", "bug handling a kafka record: %r", exc, exc_info=True)
@@ -541,22 +531,6 @@ class KafkaSource:
         entry = keys[key] = (device, self._topic_of(device))
         self._devices_of[tp].add(device)
         return entry
-
-    def _names_other_device(self, device: str, value: bytes) -> bool:
-        """Whether the payload's device field names another device (counted as key_mismatch).
-        Decoded only when the field name occurs in the raw bytes; anything undecodable is left
-        to the pipeline, which counts it."""
-        if len(value) > self._max_payload_bytes:
-            return False
-        try:
-            doc = decode_json(value)
-        except (ValueError, RecursionError):
-            return False
-        named = doc.get(self._device_field) if type(doc) is dict else None
-        if named is None or named == device:
-            return False
-        self._reject("key_mismatch", "record key %r but payload %s %r", device, self._device_field, str(named)[:80])
-        return True
 
     def _reject(self, reason: str, msg: str, *args: object) -> None:
         self._counts[reason] += 1
@@ -764,8 +738,8 @@ def build_kafka_source(config: Config, handler: MessageHandler, metrics: Metrics
                               "bundle names a sample period")
         replay = max(replay_span(window, period, kafka.replay_margin_seconds) for window, period in spans)
     return KafkaSource(kafka, handler, metrics, topic_of=device_topic(config.mqtt.topic, config.mqtt.device_level),
-                       replay_seconds=replay, max_payload_bytes=config.limits.max_payload_bytes,
-                       drop_devices=drop_devices, alert_state=alert_state, seed_alerts=seed_alerts)
+                       replay_seconds=replay, drop_devices=drop_devices, alert_state=alert_state,
+                       seed_alerts=seed_alerts)
 
 
 def build_alert_state(config: Config, metrics: Metrics) -> AlertStateTopic | None:

@@ -14,7 +14,10 @@ message path's cost is measured by bench/throughput.py):
 
 Wire format: topic `sensors/<device>/data` (configurable), payload
 `{"ts": <epoch seconds or RFC 3339>, "<feature>": <number>, ...}`. A missing `ts` means the
-arrival time; extra fields are ignored; booleans are not numbers.
+arrival time; extra fields are ignored; booleans are not numbers. With a `device_field` (the
+Kafka source's `kafka.device_field`), a payload that names a device in that field must name the
+one its address does (else `key_mismatch`): checked on the one decode of the payload, so a
+bridge that adds the device to every payload costs a dict lookup, not a second decode.
 
 Clock rule: a device clock may lag (late data is accepted, the ring buffer orders it), but
 a timestamp before 1970 or more than `max_future_seconds` ahead of this host's clock is
@@ -106,7 +109,10 @@ class PayloadParser:
     """Validates topic and payload against the model's features, in model order."""
 
     def __init__(self, features: list[str], topic: str = "sensors/+/data", device_level: int = 1,
-                 max_payload_bytes: int = 65536, max_future_seconds: float = 300.0) -> None:
+                 max_payload_bytes: int = 65536, max_future_seconds: float = 300.0,
+                 device_field: str | None = None) -> None:
+        """`device_field`: the payload field that, when present and not null, must equal the
+        device id of the address (None: no such field; MQTT has none)."""
         problem = topic_problem(topic, device_level)
         if problem is not None:
             raise ValueError(f"topic: {problem}")
@@ -115,6 +121,7 @@ class PayloadParser:
         self.features = tuple(features)
         self.max_payload_bytes = max_payload_bytes
         self.max_future_seconds = max_future_seconds
+        self.device_field = device_field
         self._device_level = device_level
         levels = topic.split("/")
         self._open_ended = levels[-1] == "#"
@@ -142,6 +149,11 @@ class PayloadParser:
             return Rejected("invalid_json", f"device {device}: {type(exc).__name__}: {str(exc)[:120]}")
         if type(doc) is not dict:
             return Rejected("invalid_json", f"device {device}: payload is a JSON {type(doc).__name__}, not an object")
+        if self.device_field is not None:
+            named = doc.get(self.device_field)
+            if named is not None and named != device:
+                return Rejected("key_mismatch", f"device {device}: the payload's {self.device_field!r} names "
+                                                f"{str(named)[:80]!r}")
 
         raw_ts = doc.get("ts", _MISSING)
         if type(raw_ts) is float and 0.0 <= raw_ts <= now + self.max_future_seconds:
