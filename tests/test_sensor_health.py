@@ -222,12 +222,18 @@ def test_an_old_bundle_without_health_loads_and_scores_with_the_checks_off(tmp_p
     assert Scorer.load(DEMO).score_windows(raw, [HealthState()]).reasons == ["stuck:flow"]
 
 
-def test_a_bundle_fitted_before_the_noise_check_loads_with_that_check_off(tmp_path):
-    directory = tmp_path / "before"
+def demo_copy_with_fitted_health(directory: Path):
+    """A copy of the demo bundle in `directory` whose checks are fitted on generated normal data."""
     shutil.copytree(DEMO, directory)
     bundle = load_bundle(directory)
     bundle.health = fitted(synthetic.normal(3000, seed=0).values)
     bundle.write_json(directory)
+    return bundle
+
+
+def test_a_bundle_fitted_before_the_noise_check_loads_with_that_check_off(tmp_path):
+    directory = tmp_path / "before"
+    bundle = demo_copy_with_fitted_health(directory)
     data = json.loads((directory / "bundle.json").read_text())
     del data["health"]["noisy_above"]
     (directory / "bundle.json").write_text(json.dumps(data))
@@ -238,10 +244,7 @@ def test_a_bundle_fitted_before_the_noise_check_loads_with_that_check_off(tmp_pa
 
 def test_health_is_written_to_and_read_back_from_bundle_json(tmp_path):
     directory = tmp_path / "bundle"
-    shutil.copytree(DEMO, directory)
-    bundle = load_bundle(directory)
-    bundle.health = fitted(synthetic.normal(3000, seed=0).values)
-    bundle.write_json(directory)
+    bundle = demo_copy_with_fitted_health(directory)
     loaded = load_bundle(directory).health
     for name in HealthSpec.FIELDS:
         np.testing.assert_array_equal(getattr(loaded, name), getattr(bundle.health, name))
@@ -256,10 +259,7 @@ def test_health_is_written_to_and_read_back_from_bundle_json(tmp_path):
 ])
 def test_a_broken_health_section_is_a_bundle_error_naming_the_field(tmp_path, edit, message):
     directory = tmp_path / "bundle"
-    shutil.copytree(DEMO, directory)
-    bundle = load_bundle(directory)
-    bundle.health = fitted(synthetic.normal(3000, seed=0).values)
-    bundle.write_json(directory)
+    demo_copy_with_fitted_health(directory)
     data = json.loads((directory / "bundle.json").read_text())
     edit(data["health"])
     (directory / "bundle.json").write_text(json.dumps(data))
