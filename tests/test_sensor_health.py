@@ -12,8 +12,9 @@ import pytest
 from daemon.core.bundle import load_bundle
 from daemon.core.errors import BundleError
 from daemon.core.postprocess import alert_flags
+from daemon.core.relations import degree_for
 from daemon.core.scoring import OUT_OF_RANGE, Scorer
-from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, OUT_OF_ENVELOPE, STUCK, HealthSpec, HealthState,
+from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, OUT_OF_ENVELOPE, RELATION, STUCK, HealthSpec, HealthState,
                                        check_of, check_windows, fit_health)
 from daemon.core.windowing import window_ends, windows
 from daemon.live.alerting import AlertTracker
@@ -92,8 +93,39 @@ def test_a_slow_drift_on_a_quiet_channel_is_flagged_drift_before_it_leaves_the_e
     reasons = reasons_of(spec, features, values)
     first = next(i for i, r in enumerate(reasons) if r)
     assert reasons[first] == f"drift:{QUIET}"
+    # A predictor far out of its training range is clipped into it: it moves no other sensor's
+    # prediction, so no other sensor is blamed.
+    assert not any(check_of(r) == RELATION for r in reasons)
     assert first + WINDOW - 1 >= 1000
     assert values[first + WINDOW - 1, -1] < spec.envelope_high[-1]  # the envelope alone would not yet see it
+
+
+def test_a_sensor_that_no_longer_agrees_with_the_others_is_flagged_relation_with_its_name():
+    spec = fitted(synthetic.normal(6000, seed=0).values)
+    values = synthetic.normal(2000, seed=3).values.copy()
+    values[1000:, 2] -= 0.1  # pressure reads low: well inside its range, off what flow and current say
+    reasons = reasons_of(spec, synthetic.FEATURES, values)
+    ends = window_ends(len(values), WINDOW, 1)
+    assert {r for end, r in zip(ends, reasons) if end < 1000} == {""}
+    assert {r for end, r in zip(ends, reasons) if end >= 1000 + WINDOW - 1} == {f"{RELATION}:pressure"}
+    assert values[1000:, 2].min() > spec.envelope_low[2] and values[1000:, 2].max() < spec.envelope_high[2]
+
+
+def test_only_sensors_the_others_explain_are_watched_for_their_relation():
+    features = [*synthetic.FEATURES, QUIET]
+    relation = fitted(with_quiet_channel(synthetic.normal(6000, seed=0), seed=0)).relation
+    watched = [features[s] for s, limit in zip(relation.sensors, relation.limit) if limit > 0]
+    # The temperature follows a cycle of its own and the quiet channel is noise around a level:
+    # neither has a relation to break, and a level moving on its own is the drift check's.
+    assert watched == ["vibration", "current", "pressure", "flow"]
+
+
+def test_the_relation_fit_takes_the_degree_its_rows_support():
+    assert degree_for(rows=14_400, sensors=8) == 2  # 45 terms
+    assert degree_for(rows=320, sensors=8) == 1  # 9 terms: a plane, not a curved surface
+    assert degree_for(rows=100, sensors=8) is None
+    values = synthetic.normal(6000, seed=0).values
+    assert fit_health([values[:80]], [values[80:110]], WINDOW, 1).relation is None  # a plane needs 20 rows a term
 
 
 def test_a_sensor_whose_own_noise_grows_is_flagged_noisy_with_its_name():
@@ -130,7 +162,7 @@ def test_a_sensor_constant_or_quantised_in_training_is_exempt_from_the_stuck_che
 
 
 def test_every_health_reason_names_its_check_and_sensor():
-    assert [check_of(f"{c}:flow") for c in CHECKS] == [OUT_OF_ENVELOPE, STUCK, NOISY, DRIFT]
+    assert [check_of(f"{c}:flow") for c in CHECKS] == [OUT_OF_ENVELOPE, STUCK, NOISY, DRIFT, RELATION]
     assert check_of(OUT_OF_RANGE) is None and check_of("") is None
 
 
@@ -164,7 +196,7 @@ def test_offline_scoring_and_the_live_worker_give_the_same_flags_and_reasons():
     frame = frame_of(values, synthetic.FEATURES)
     offline = score_frame(scorer, frame)
     offline_alerts = alert_flags(offline.flags(scorer.threshold).astype(np.int8), scorer.bundle.alert)
-    assert {check_of(r) for r in offline.reasons} == {None, STUCK, DRIFT, OUT_OF_ENVELOPE}
+    assert {check_of(r) for r in offline.reasons} == {None, STUCK, DRIFT, OUT_OF_ENVELOPE, RELATION}
 
     sink = FakeSink()
     spec = scorer.bundle.alert
@@ -248,6 +280,16 @@ def test_health_is_written_to_and_read_back_from_bundle_json(tmp_path):
     loaded = load_bundle(directory).health
     for name in HealthSpec.FIELDS:
         np.testing.assert_array_equal(getattr(loaded, name), getattr(bundle.health, name))
+    assert loaded.relation.to_dict() == bundle.health.relation.to_dict()
+
+
+def test_a_bundle_fitted_before_the_relation_check_loads_with_that_check_off(tmp_path):
+    directory = tmp_path / "before"
+    demo_copy_with_fitted_health(directory)
+    data = json.loads((directory / "bundle.json").read_text())
+    del data["health"]["relation"]
+    (directory / "bundle.json").write_text(json.dumps(data))
+    assert load_bundle(directory).health.relation is None
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -256,6 +298,9 @@ def test_health_is_written_to_and_read_back_from_bundle_json(tmp_path):
     (lambda h: h.update(noisy_above=[-1.0] * 5), "'noisy_above' must be >= 0"),
     (lambda h: h.update(envelope_low=[1e9] * 5), "'envelope_low' must not exceed 'envelope_high'"),
     (lambda h: h.update(surprise=1), "unknown key(s) surprise"),
+    (lambda h: h["relation"].update(coef=[[0.0]]), "'relation': 'coef' must be 21 rows of 5 finite numbers"),
+    (lambda h: h["relation"].update(sensors=[0, 0]), "'relation': 'sensors' must be at least 2 distinct"),
+    (lambda h: h["relation"].update(limit=[-1.0] * 5), "'relation': 'limit' must be >= 0"),
 ])
 def test_a_broken_health_section_is_a_bundle_error_naming_the_field(tmp_path, edit, message):
     directory = tmp_path / "bundle"

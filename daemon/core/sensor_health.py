@@ -52,13 +52,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from daemon.core.relations import RelationSpec, fit_relations
 from daemon.core.windowing import windows
 
 OUT_OF_ENVELOPE = "out_of_envelope"
 STUCK = "stuck"
 DRIFT = "drift"
 NOISY = "noisy"
-CHECKS = (OUT_OF_ENVELOPE, STUCK, NOISY, DRIFT)  # the order a window's reason is chosen in
+RELATION = "relation"
+CHECKS = (OUT_OF_ENVELOPE, STUCK, NOISY, DRIFT, RELATION)  # the order a window's reason is chosen in
 
 # A reading beyond the training range by as much again as that range is a fault code, a wrong
 # unit or a broken sensor rather than the process, which the model judges inside the envelope.
@@ -140,6 +142,7 @@ class HealthSpec:
     drift_k: np.ndarray  # float64 [F]: the CUSUM allowance, in level standard deviations
     drift_limit: np.ndarray  # float64 [F]: the CUSUM alarm limit; 0 = exempt
     noisy_above: np.ndarray  # float64 [F]: a window step noise above it is noisy; 0 = exempt
+    relation: RelationSpec | None = None  # the relation check (daemon.core.relations); None = off
 
     FIELDS = ("envelope_low", "envelope_high", "stuck_below", "level_mean", "level_std", "drift_k", "drift_limit",
               "noisy_above")
@@ -147,7 +150,8 @@ class HealthSpec:
     OPTIONAL = ("noisy_above",)
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: [float(v) for v in getattr(self, name)] for name in self.FIELDS}
+        arrays: dict[str, Any] = {name: [float(v) for v in getattr(self, name)] for name in self.FIELDS}
+        return {**arrays, "relation": None if self.relation is None else self.relation.to_dict()}
 
     def describe(self, features: list[str]) -> str:
         """One line for `inspect`: which sensors each check watches (the others are exempt)."""
@@ -157,16 +161,21 @@ class HealthSpec:
             "noisy": [f for f, above in zip(features, self.noisy_above) if above > 0],
             "drift": [f for f, limit in zip(features, self.drift_limit) if limit > 0],
         }
-        return "; ".join(f"{check}: {', '.join(names) or 'none'}" for check, names in watched.items())
+        line = "; ".join(f"{check}: {', '.join(names) or 'none'}" for check, names in watched.items())
+        relation = self.relation
+        return line + ("; relation: none" if relation is None else
+                       f"; relation (degree {relation.degree}): "
+                       + ", ".join(features[s] for s, limit in zip(relation.sensors, relation.limit) if limit > 0))
 
     @classmethod
     def from_dict(cls, data: Any, n_features: int) -> HealthSpec:
         """Validate on load (bundle.json is edited by hand); errors name the key."""
         if not isinstance(data, dict):
             raise ValueError(f"expected an object, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(cls.FIELDS))
+        known = (*cls.FIELDS, "relation")
+        unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(cls.FIELDS)})")
+            raise ValueError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
         arrays = {}
         for name in cls.FIELDS:
             value = data.get(name, [0.0] * n_features if name in cls.OPTIONAL else None)
@@ -184,7 +193,12 @@ class HealthSpec:
                               ("noisy_above", arrays["noisy_above"] >= 0, ">= 0")):
             if not ok.all():
                 raise ValueError(f"{name!r} must be {why}")
-        return cls(**arrays)
+        relation = data.get("relation")  # absent in a bundle fitted before the check: off
+        try:
+            relation = None if relation is None else RelationSpec.from_dict(relation, n_features)
+        except ValueError as exc:
+            raise ValueError(f"'relation': {exc}") from None
+        return cls(**arrays, relation=relation)
 
 
 class HealthState:
@@ -251,11 +265,14 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
         watched = spec.noisy_above > 0
         if watched.any():
             noisy[:, watched] = window_step_noise(raw[:, :, watched]) > spec.noisy_above[watched]
-        z = ((level - spec.level_mean) / spec.level_std).tolist()
+        z = (level - spec.level_mean) / spec.level_std
+        excess = None if spec.relation is None else spec.relation.excess(z)
+        related = np.zeros(len(raw), dtype=bool) if excess is None else (excess > 1.0).any(axis=1)
     limits, allowances = spec.drift_limit.tolist(), spec.drift_k.tolist()
-    drifting = [state.step(spec, z_i, limits, allowances) for state, z_i in zip(states, z)]
+    drifting = [state.step(spec, z_i, limits, allowances) for state, z_i in zip(states, z.tolist())]
     outside_any, stuck_any, noisy_any = outside.any(axis=1), stuck.any(axis=1), noisy.any(axis=1)
-    if not (outside_any.any() or stuck_any.any() or noisy_any.any() or max(drifting, default=-1) >= 0):
+    if not (outside_any.any() or stuck_any.any() or noisy_any.any() or related.any()
+            or max(drifting, default=-1) >= 0):
         return None
     reasons = [""] * len(raw)
     for i in np.flatnonzero(outside_any):
@@ -267,6 +284,9 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
     for i, f in enumerate(drifting):
         if f >= 0 and not reasons[i]:
             reasons[i] = reason(DRIFT, features[f])
+    for i in np.flatnonzero(related):
+        if not reasons[i]:  # the sensor furthest from what the others say, not the first in order
+            reasons[i] = reason(RELATION, features[spec.relation.sensors[int(np.nanargmax(excess[i]))]])
     return reasons
 
 
@@ -283,7 +303,8 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     runs = [*fitted, *held_out]
     rows = np.concatenate(runs).astype(np.float64)
     low, high = rows.min(axis=0), rows.max(axis=0)
-    per_run = [_levels(run, window, stride) for run in runs if len(run) >= window]
+    levels_of_runs = [_levels(run, window, stride) for run in runs]  # empty for a run under one window
+    per_run = [run_levels for run_levels in levels_of_runs if len(run_levels[0])]
     if not per_run:
         raise ValueError(f"sensor health: no normal run is one window ({window} rows) long")
     levels = np.concatenate([run_levels for run_levels, _ in per_run])
@@ -307,8 +328,11 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
         high = np.where(trending, _UNBOUNDED, high)
         margin = np.where(trending, 0.0, margin)
     exempt = np.where(steady & quiet, np.inf, 0.0)
+    standardised = [(run_levels - level_mean) / level_std for run_levels, _ in levels_of_runs]
+    relation = fit_relations(standardised[:len(fitted)], standardised[len(fitted):],
+                             np.flatnonzero(steady).tolist(), sum(len(run) for run in fitted))
     spec = HealthSpec(low - margin, high + margin, stuck_below, level_mean, level_std, np.zeros(len(low)), exempt,
-                      noisy_above)
+                      noisy_above, relation)
     gaps = _largest_drift_terms(spec, runs, window, stride, gaps=True)
     spec.drift_k = np.maximum(DRIFT_K, DRIFT_MARGIN * gaps)
     sums = _largest_drift_terms(spec, runs, window, stride, gaps=False)
