@@ -16,6 +16,7 @@ from daemon.core.relations import degree_for
 from daemon.core.scoring import OUT_OF_RANGE, Scorer
 from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, OUT_OF_ENVELOPE, RELATION, STUCK, HealthSpec, HealthState,
                                        check_of, check_windows, fit_health)
+from daemon.cli import main
 from daemon.core.windowing import window_ends, windows
 from daemon.live.alerting import AlertTracker
 from daemon.live.events import WindowJob
@@ -32,9 +33,10 @@ QUIET = "bearing_temperature"
 
 
 def fitted(values: np.ndarray) -> HealthSpec:
-    """The checks as training fits them: the first 80 % of the rows, the tail held out."""
+    """Every check, the opt-in relation check too, as training fits them: the first 80 % of
+    the rows, the tail held out."""
     cut = int(len(values) * 0.8)
-    return fit_health([values[:cut]], [values[cut:]], WINDOW, 1)
+    return fit_health([values[:cut]], [values[cut:]], WINDOW, 1, with_relation=True)
 
 
 def with_quiet_channel(data: synthetic.Synthetic, seed: int) -> np.ndarray:
@@ -125,7 +127,7 @@ def test_the_relation_fit_takes_the_degree_its_rows_support():
     assert degree_for(rows=320, sensors=8) == 1  # 9 terms: a plane, not a curved surface
     assert degree_for(rows=100, sensors=8) is None
     values = synthetic.normal(6000, seed=0).values
-    assert fit_health([values[:80]], [values[80:110]], WINDOW, 1).relation is None  # a plane needs 20 rows a term
+    assert fit_health([values[:80]], [values[80:110]], WINDOW, 1, with_relation=True).relation is None  # a plane needs 20 rows a term
 
 
 def test_a_sensor_whose_own_noise_grows_is_flagged_noisy_with_its_name():
@@ -320,3 +322,13 @@ def test_training_fits_the_checks_into_the_bundle():
     assert health is not None and health.stuck_below.shape == (5,)
     assert (health.envelope_low < data.values.min(axis=0)).all()
     assert (health.envelope_high > data.values.max(axis=0)).all()
+    assert health.relation is None  # opt-in (docs/quality.md: the rule that decided it)
+
+
+def test_train_relation_check_fits_the_relation_check_into_the_bundle(tmp_path):
+    out = tmp_path / "model"
+    args = ["train", "--data", str(synthetic.normal(3000, seed=0).write_csv(tmp_path / "normal.csv")),
+            "--out", str(out), "--arch", "mlp", "--epochs", "1", "--relation-check"]
+    assert main(args) == 0
+    relation = load_bundle(out).health.relation
+    assert relation is not None and relation.degree == 2

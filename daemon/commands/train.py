@@ -108,6 +108,12 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
                         "no retraining) by what the model detects of synthetic faults injected into the held-out "
                         "tail, each candidate with its own threshold by the same rule; no label is read. The "
                         "candidates and the choice go to bundle.json training.self_tuning (default: %(default)s)")
+    p.add_argument("--relation-check", action=argparse.BooleanOptionalAction, default=TrainConfig.relation_check,
+                   help="also fit the sensor-health check 'relation': each sensor's window level predicted from "
+                        "the other sensors' by a polynomial fitted on the training windows, flagged "
+                        "relation:<sensor> when it is off; catches slow changes of how sensors relate (a pump's "
+                        "head falling at the same flow) that the model passes through. Wants long training "
+                        "runs: on short ones it fits relations that do not hold (default: %(default)s)")
     p.add_argument("--validation-data", action="append", metavar="CSV",
                    help="labelled CSV for --threshold-method f1")
     p.add_argument("--validation-fraction", type=float, default=0.2,
@@ -227,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
                          score_error=args.score_error, score_reduction=args.score_reduction,
                          scale_floor=args.scale_floor, score_exclude=_selection(args.score_exclude),
                          normalise_features=args.normalise_features, self_tune=args.self_tune,
+                         relation_check=args.relation_check,
                          demean=_selection(args.demean), epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience,
                          validation_fraction=args.validation_fraction, threshold=args.threshold,

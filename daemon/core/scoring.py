@@ -27,7 +27,8 @@ and `WindowScores.flags` flags a window with a reason whatever the threshold.
 
 Beside the score, the bundle's sensor-health checks (daemon.core.sensor_health) give a window a
 reason `<check>:<feature>` (`stuck:flow`, `noisy:pressure`, `out_of_envelope:pressure`,
-`drift:temperature`) when one of its sensors looks broken; they never change the score. They
+`drift:temperature`, `relation:pressure`) when one of its sensors looks broken or off its
+relation to the others; they never change the score. They
 run when the caller passes each window's `HealthState` (its device's memory for the drift
 check): the live worker passes the device's, offline scoring one per file. A window that
 cannot be scored keeps its unscorable reason: the sensor-health reason is the lesser news.

@@ -291,7 +291,7 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
 
 
 def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], window: int, stride: int,
-               scale_floor: float = 0.0) -> HealthSpec:
+               scale_floor: float = 0.0, with_relation: bool = False) -> HealthSpec:
     """Fit the checks on normal runs `[n, F]`: `fitted`, the runs the model was fitted on, and
     `held_out`, the validation tails it was not. Envelope and stuck limits come from every row;
     the level statistics from the fitted runs; the drift allowance and limit from what the
@@ -299,7 +299,8 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     moves on rows the statistics did not see. `scale_floor` is the training's (see
     daemon.offline.training.floor_scale): a sensor's standard deviation counts as at least
     that fraction of its mean level, so a sensor that barely moved in training is not held to
-    a change of a few hundredths of a degree."""
+    a change of a few hundredths of a degree. `with_relation` also fits the relation check
+    (daemon.core.relations; `TrainConfig.relation_check`)."""
     runs = [*fitted, *held_out]
     rows = np.concatenate(runs).astype(np.float64)
     low, high = rows.min(axis=0), rows.max(axis=0)
@@ -328,9 +329,11 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
         high = np.where(trending, _UNBOUNDED, high)
         margin = np.where(trending, 0.0, margin)
     exempt = np.where(steady & quiet, np.inf, 0.0)
-    standardised = [(run_levels - level_mean) / level_std for run_levels, _ in levels_of_runs]
-    relation = fit_relations(standardised[:len(fitted)], standardised[len(fitted):],
-                             np.flatnonzero(steady).tolist(), sum(len(run) for run in fitted))
+    relation = None
+    if with_relation:
+        standardised = [(run_levels - level_mean) / level_std for run_levels, _ in levels_of_runs]
+        relation = fit_relations(standardised[:len(fitted)], standardised[len(fitted):],
+                                 np.flatnonzero(steady).tolist(), sum(len(run) for run in fitted))
     spec = HealthSpec(low - margin, high + margin, stuck_below, level_mean, level_std, np.zeros(len(low)), exempt,
                       noisy_above, relation)
     gaps = _largest_drift_terms(spec, runs, window, stride, gaps=True)
