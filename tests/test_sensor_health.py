@@ -122,12 +122,14 @@ def test_only_sensors_the_others_explain_are_watched_for_their_relation():
     assert watched == ["vibration", "current", "pressure", "flow"]
 
 
-def test_the_relation_fit_takes_the_degree_its_rows_support():
-    assert degree_for(rows=14_400, sensors=8) == 2  # 45 terms
-    assert degree_for(rows=320, sensors=8) == 1  # 9 terms: a plane, not a curved surface
-    assert degree_for(rows=100, sensors=8) is None
+def test_the_relation_fit_takes_the_degree_its_independent_windows_support():
+    assert degree_for(samples=576, sensors=8) == 2  # 45 terms: 11,520 rows at a window of 20
+    assert degree_for(samples=120, sensors=8) == 1  # 9 terms: a plane, not a curved surface
+    assert degree_for(samples=16, sensors=8) is None  # 320 rows: SKAB's training runs
     values = synthetic.normal(6000, seed=0).values
-    assert fit_health([values[:80]], [values[80:110]], WINDOW, 1, with_relation=True).relation is None  # a plane needs 20 rows a term
+    # 1,000 rows are 50 windows: a plane through 5 sensors needs 60.
+    assert fit_health([values[:1000]], [values[1000:1250]], WINDOW, 1, with_relation=True).relation is None
+    assert fit_health([values[:1200]], [values[1200:1500]], WINDOW, 1, with_relation=True).relation.degree == 1
 
 
 def test_a_sensor_whose_own_noise_grows_is_flagged_noisy_with_its_name():
@@ -300,7 +302,7 @@ def test_a_bundle_fitted_before_the_relation_check_loads_with_that_check_off(tmp
     (lambda h: h.update(noisy_above=[-1.0] * 5), "'noisy_above' must be >= 0"),
     (lambda h: h.update(envelope_low=[1e9] * 5), "'envelope_low' must not exceed 'envelope_high'"),
     (lambda h: h.update(surprise=1), "unknown key(s) surprise"),
-    (lambda h: h["relation"].update(coef=[[0.0]]), "'relation': 'coef' must be 21 rows of 5 finite numbers"),
+    (lambda h: h["relation"].update(coef=[[0.0]]), "'relation': 'coef' must be 6 rows of 5 finite numbers"),
     (lambda h: h["relation"].update(sensors=[0, 0]), "'relation': 'sensors' must be at least 2 distinct"),
     (lambda h: h["relation"].update(limit=[-1.0] * 5), "'relation': 'limit' must be >= 0"),
 ])
@@ -327,7 +329,7 @@ def test_training_fits_the_checks_into_the_bundle():
 
 def test_train_relation_check_fits_the_relation_check_into_the_bundle(tmp_path):
     out = tmp_path / "model"
-    args = ["train", "--data", str(synthetic.normal(3000, seed=0).write_csv(tmp_path / "normal.csv")),
+    args = ["train", "--data", str(synthetic.normal(6000, seed=0).write_csv(tmp_path / "normal.csv")),
             "--out", str(out), "--arch", "mlp", "--epochs", "1", "--relation-check"]
     assert main(args) == 0
     relation = load_bundle(out).health.relation

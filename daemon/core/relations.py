@@ -19,9 +19,11 @@ Limits, every one a statistic of the training windows times a constant fixed a p
 - the alarm limit on that ratio is the default threshold rule of the model (`quantile:0.999`
   × 4/3) applied to the largest ratio of every training window, fitted and held out alike.
 
-The degree falls to 1 when the fitted rows are too few for every square and product
-(ROWS_PER_TERM), and the check is off when they are too few for a linear fit: 400 rows of eight
-sensors can fit a plane, not a curved surface. Sensors that cannot take part: constant ones and
+The degree falls to 1 when the fitted data are too few for every square and product
+(SAMPLES_PER_TERM), and the check is off when they are too few for a linear fit. The data are
+counted in independent windows, the fitted rows over the window length: consecutive windows
+share all but one row, so their levels are not independent samples, and 400 rows of eight
+sensors at a window of 20 are 20 samples, which fit no relation worth trusting. Sensors that cannot take part: constant ones and
 those whose level moved within training alone (`sensor_health`'s trend exemption).
 """
 
@@ -32,9 +34,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# Fitted rows per regression term: enough that the fit's own noise stays well below the
-# sensors' (a rule of thumb for least squares on autocorrelated rows).
-ROWS_PER_TERM = 20
+# Independent samples (fitted rows / window) per regression term: the textbook minimum for a
+# regression whose fit is to be trusted on data it has not seen.
+SAMPLES_PER_TERM = 10
 # Beyond this many terms a degree-2 fit costs more than it is worth on an edge box; a wide
 # plant falls back to degree 1.
 MAX_TERMS = 2000
@@ -155,25 +157,26 @@ def _finite_numbers(values: list) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values)
 
 
-def degree_for(rows: int, sensors: int) -> int | None:
-    """The degree `rows` fitted rows support for `sensors` sensors: 2, 1, or None (check off)."""
+def degree_for(samples: int, sensors: int) -> int | None:
+    """The degree `samples` independent windows support for `sensors` sensors: 2, 1, or None
+    (check off)."""
     if sensors < 2:
         return None
     for degree in (2, 1):
         terms = term_count(sensors, degree)
-        if terms <= MAX_TERMS and rows >= ROWS_PER_TERM * terms:
+        if terms <= MAX_TERMS and samples >= SAMPLES_PER_TERM * terms:
             return degree
     return None
 
 
 def fit_relations(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], sensors: Sequence[int],
-                  fitted_rows: int) -> RelationSpec | None:
+                  samples: int) -> RelationSpec | None:
     """Fit the relations on standardised window levels `[n, F]` of the runs the model was
     fitted on (`fitted`) and of the held-out validation tails (`held_out`); `sensors` are the
-    features that may take part, `fitted_rows` the rows behind `fitted`. None when the rows
-    support no fit (see `degree_for`)."""
+    features that may take part, `samples` the independent windows behind `fitted`. None when
+    they support no fit (see `degree_for`)."""
     sensors = list(sensors)
-    degree = degree_for(fitted_rows, len(sensors))
+    degree = degree_for(samples, len(sensors))
     fitted = [np.asarray(z, dtype=np.float64) for z in fitted if len(z)]
     held_out = [np.asarray(z, dtype=np.float64) for z in held_out if len(z)]
     if degree is None or not fitted:

@@ -333,7 +333,7 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     if with_relation:
         standardised = [(run_levels - level_mean) / level_std for run_levels, _ in levels_of_runs]
         relation = fit_relations(standardised[:len(fitted)], standardised[len(fitted):],
-                                 np.flatnonzero(steady).tolist(), sum(len(run) for run in fitted))
+                                 np.flatnonzero(steady).tolist(), sum(len(run) // window for run in fitted))
     spec = HealthSpec(low - margin, high + margin, stuck_below, level_mean, level_std, np.zeros(len(low)), exempt,
                       noisy_above, relation)
     gaps = _largest_drift_terms(spec, runs, window, stride, gaps=True)
