@@ -42,6 +42,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 MOSQUITTO_BIN = os.environ.get("ANOMALYD_MOSQUITTO", "/usr/sbin/mosquitto")
 VICTORIA_METRICS_BIN = os.environ.get("ANOMALYD_VICTORIA_METRICS", "/usr/bin/victoria-metrics")
 INFLUXD_BIN = os.environ.get("ANOMALYD_INFLUXD", "/usr/bin/influxd")
@@ -391,3 +393,12 @@ class Tansu(ServerProcess):
 
 def sample_count(series: list[dict]) -> int:
     return sum(len(s["values"]) for s in series)
+
+
+def merged_points(series: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Timestamps and values of every series a query returned, in time order: a window flagged
+    with a reason carries a `reason` tag, which puts it in a series of its own."""
+    stamps = np.concatenate([np.asarray(s["timestamps"], dtype=np.int64) for s in series])
+    values = np.concatenate([np.asarray(s["values"], dtype=np.float64) for s in series])
+    order = np.argsort(stamps, kind="stable")
+    return stamps[order], values[order]

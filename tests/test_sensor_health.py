@@ -324,13 +324,11 @@ def test_training_fits_the_checks_into_the_bundle():
     assert health is not None and health.stuck_below.shape == (5,)
     assert (health.envelope_low < data.values.min(axis=0)).all()
     assert (health.envelope_high > data.values.max(axis=0)).all()
-    assert health.relation is None  # opt-in (docs/quality.md: the rule that decided it)
 
 
-def test_train_relation_check_fits_the_relation_check_into_the_bundle(tmp_path):
-    out = tmp_path / "model"
-    args = ["train", "--data", str(synthetic.normal(6000, seed=0).write_csv(tmp_path / "normal.csv")),
-            "--out", str(out), "--arch", "mlp", "--epochs", "1", "--relation-check"]
-    assert main(args) == 0
-    relation = load_bundle(out).health.relation
-    assert relation is not None and relation.degree == 2
+def test_train_fits_the_relation_check_where_the_data_allow_and_no_relation_check_leaves_it_out(tmp_path):
+    data = str(synthetic.normal(6000, seed=0).write_csv(tmp_path / "normal.csv"))
+    for out, extra in ((tmp_path / "default", []), (tmp_path / "without", ["--no-relation-check"])):
+        assert main(["train", "--data", data, "--out", str(out), "--arch", "mlp", "--epochs", "1", *extra]) == 0
+    assert load_bundle(tmp_path / "default").health.relation.degree == 2  # 4,800 fitted rows: 240 windows
+    assert load_bundle(tmp_path / "without").health.relation is None

@@ -27,7 +27,7 @@ from daemon.live.sinks.file import read_points
 from daemon.live.service import Service
 from daemon.offline.publisher import Publisher, payload
 from datafiles import normal_csv, train_bundle
-from servers import sample_count, wait_until
+from servers import merged_points, sample_count, wait_until
 
 WINDOW = 20  # tests/datafiles.FAST_TRAIN
 ROWS = 400
@@ -114,9 +114,8 @@ def test_faulty_device_is_flagged_inside_its_fault_and_the_others_stay_quiet(
     for name, run in runs.items():
         series = vm.wait_for_points(f'anomaly_anomaly{{device="{name}"}}', windows_per_device())
         assert sample_count(series) == windows_per_device()
-        stamps = np.array(series[0]["timestamps"])
+        stamps, flags = merged_points(series)
         np.testing.assert_array_equal(stamps, np.round(run.timestamps[WINDOW - 1:] * 1000).astype(np.int64))
-        flags = np.array(series[0]["values"])
         fault_rows = run.labels[WINDOW - 1:].astype(bool)
         # a window is "inside the fault" while any of its rows is faulty
         touched = np.convolve(run.labels, np.ones(WINDOW), mode="full")[WINDOW - 1:len(run.labels)] > 0
@@ -225,8 +224,8 @@ def test_database_outage_loses_nothing_and_writes_nothing_twice(bundle, mosquitt
                60, "spool replayed")
     service.shutdown()
     series = victoria_metrics.wait_for_points(f'anomaly_score{{device="{device}"}}', windows_per_device())
-    stamps = series[0]["timestamps"]
-    assert len(stamps) == windows_per_device() and len(set(stamps)) == len(stamps)
+    stamps, _ = merged_points(series)
+    assert len(stamps) == windows_per_device() and len(set(stamps.tolist())) == len(stamps)
     assert metric(service, "anomalyd_sink_points_total", result="dropped") == 0
 
 

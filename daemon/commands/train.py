@@ -112,8 +112,9 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
                    help="also fit the sensor-health check 'relation': each sensor's window level predicted from "
                         "the other sensors' by a polynomial fitted on the training windows, flagged "
                         "relation:<sensor> when it is off; catches slow changes of how sensors relate (a pump's "
-                        "head falling at the same flow) that the model passes through. Wants long training "
-                        "runs: on short ones it fits relations that do not hold (default: %(default)s)")
+                        "head falling at the same flow) that the model passes through. Fitted only when the "
+                        "training rows hold at least 10 windows' worth of data per regression term (degree 2, "
+                        "else 1, else off) (default: %(default)s)")
     p.add_argument("--validation-data", action="append", metavar="CSV",
                    help="labelled CSV for --threshold-method f1")
     p.add_argument("--validation-fraction", type=float, default=0.2,

@@ -77,10 +77,10 @@ class TrainConfig:
     settling at a new level after a fault, which look to them like the faults they catch.
 
     `relation_check` fits the sensor-health `relation` check (daemon.core.relations: each
-    sensor predicted from the others). It is off by default: on the held-out pump fleet it
-    caught impeller wear and seal leaks that nothing else sees, but on SKAB's 400-row training
-    runs it fits relations that do not hold and flags many normal windows, and the rule fixed
-    before its runs made that a veto (docs/quality.md)."""
+    sensor predicted from the others), which catches slow changes of how sensors relate that
+    the model passes through (a pump's head falling at the same flow). It is on by default, and
+    fitted only where the training data hold enough independent windows for it: a fresh pump
+    fleet decided it by a rule fixed before its run (docs/quality.md)."""
 
     arch: str = "lstm"
     window: int = 20
@@ -93,7 +93,7 @@ class TrainConfig:
     score_exclude: str | list = "none"
     normalise_features: bool = True
     self_tune: bool = False
-    relation_check: bool = False
+    relation_check: bool = True
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-3
