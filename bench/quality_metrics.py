@@ -9,6 +9,7 @@ the PCA baseline re-thresholded to the FAR our model reached.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,6 +70,8 @@ class Figures:
     # said (each weighted by its test runs' normal rows); nan when none did
     expected_per_day: float = math.nan
     expected_models: int = 0
+    # anomalyd only: per named event, what its rows in alert name (TrainedModel.alerts), counted
+    alarm_names: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v)
@@ -87,6 +90,17 @@ def events_of(predicted: np.ndarray, run: RunOutcome) -> list[EventFigures]:
         delay = float(run.timestamps[start + hits[0]] - run.timestamps[start]) if len(hits) else math.nan
         out.append(EventFigures(name, float(len(hits) / (end - start)), delay, end - start, 1, int(len(hits) > 0)))
     return out
+
+
+def alarm_names(runs: list[RunOutcome]) -> dict[str, dict[str, int]]:
+    """Per named event (pooled over runs), how many of its rows in alert name each thing."""
+    counts: dict[str, Counter] = {}
+    for run in runs:
+        for index, (start, end) in enumerate(segments(run.labels)):
+            if index < len(run.event_names):
+                named = (n for n in run.named[start:end] if n)
+                counts.setdefault(run.event_names[index], Counter()).update(named)
+    return {name: dict(c.most_common()) for name, c in counts.items()}
 
 
 def figures(detector: str, runs: list[RunOutcome], predictions: list[np.ndarray],
@@ -119,6 +133,7 @@ def summarise(outcomes: list[CaseOutcome], detectable: tuple[str, ...] = ()) -> 
     """Every detector's figures on one data set (all its cases' runs pooled)."""
     runs = [run for outcome in outcomes for run in outcome.runs]
     ours = figures(OURS, runs, [r.ours for r in runs], detectable)
+    ours.alarm_names = alarm_names(runs)
     budgets = [o.budget for o in outcomes if o.budget is not None]
     if budgets:
         ours.budget_per_day = budgets[0].per_day

@@ -20,7 +20,7 @@ from daemon.cli import build_parser, main as cli_main
 from daemon.commands.train import resolve_threshold_options
 from daemon.core.postprocess import AlertSpec
 from daemon.core.runtime import torch_backend
-from daemon.core.scoring import Scorer
+from daemon.core.scoring import Scorer, leading_features
 from daemon.core.thresholds import FalseAlarmBudget, calibrate
 from daemon.offline import synthetic
 from daemon.offline.budget import expected_per_day
@@ -65,9 +65,20 @@ class TrainedModel:
         return (f"{bundle.score.reduction}{' normalised' if bundle.score.feature_scale else ''}, "
                 f"enter {bundle.alert.enter_after}{' (self-tuned)' if tuned else ''}")
 
-    def alerts(self, frame: Frame) -> np.ndarray:
-        """Per-row alert state with the bundle's threshold and hysteresis (what `evaluate` counts)."""
-        return detect(self.scorer, frame, self.scorer.threshold).predicted
+    def alerts(self, frame: Frame) -> tuple[np.ndarray, list[str]]:
+        """Per-row alert state with the bundle's threshold and hysteresis (what `evaluate`
+        counts), and what each row in alert names: the reason of the window ending there (a
+        sensor-health flag, an unscorable reading), else `model:<sensor>`, the sensor whose
+        error weighs most in the window's score; "" elsewhere."""
+        result = detect(self.scorer, frame, self.scorer.threshold)
+        scores, bundle = result.scores, self.scorer.bundle
+        leading = leading_features(scores.feature_errors, bundle.score, bundle.features)
+        names = [""] * len(frame)
+        for k, end in enumerate(scores.ends):
+            if result.predicted[end]:
+                reason = scores.reasons[k] if scores.reasons is not None else ""
+                names[end] = reason or f"model:{bundle.features[leading[k]]}"
+        return result.predicted, names
 
     def plain_flags(self, frame: Frame, quantile: float = 0.999) -> np.ndarray:
         """Per-row flags of the same model with a plain threshold: the `quantile` of every normal

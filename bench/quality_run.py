@@ -28,6 +28,7 @@ class RunOutcome:
     plain: np.ndarray  # int8: the same model, 99.9th percentile of its calibration scores, no hysteresis
     pca: np.ndarray  # float64: max(T²/limit, SPE/limit); > 1 is an alarm at the training limits
     event_names: tuple[str, ...]
+    named: list[str]  # per row in `ours`' alert, what the alarm names (TrainedModel.alerts); "" elsewhere
 
 
 @dataclass
@@ -53,10 +54,11 @@ def run_case(case: Case, config: TrainConfig) -> CaseOutcome:
     for test in case.tests:
         counted = slice(test.counted_from, None)
         frame = test.frame
+        ours, named = model.alerts(frame)
         runs.append(RunOutcome(
             source=frame.source, labels=frame.labels[counted], timestamps=frame.timestamps[counted],
-            ours=model.alerts(frame)[counted], plain=model.plain_flags(frame)[counted],
-            pca=pca.combined(frame.values[counted]), event_names=test.event_names))
+            ours=ours[counted], plain=model.plain_flags(frame)[counted],
+            pca=pca.combined(frame.values[counted]), event_names=test.event_names, named=named[counted]))
     return CaseOutcome(case.dataset, case.name, model.epochs, round(trained - started, 2),
                        round(time.time() - trained, 2), pca.components, runs, model.budget, model.scoring,
                        model.expected_per_day)

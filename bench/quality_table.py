@@ -80,6 +80,17 @@ def event_table(dataset: str, by_detector: dict[str, Figures], what: str) -> str
     return "\n".join(lines)
 
 
+def names_table(dataset: str, figures: Figures, shown: int = 3) -> str:
+    """One row per event name: what anomalyd's rows in alert during it name, most first, as
+    shares of those rows: a health reason (`<check>:<sensor>`) or `model:<sensor>`."""
+    lines = [f"| {dataset} fault | rows in alert | what they name (share of those rows) |", "|---|---|---|"]
+    for name, counts in figures.alarm_names.items():
+        total = sum(counts.values())
+        top = ", ".join(f"`{what}` {count / total:.0%}" for what, count in list(counts.items())[:shown])
+        lines.append(f"| {name} | {total} | {top or '–'} |")
+    return "\n".join(lines)
+
+
 def poisson_odds(count: int, budgeted: float, given: str = "budget") -> str:
     """How surprising `count` episodes are if the budget (or another expectation) held: a
     Poisson count with mean `budgeted`. On data sets with minutes of normal rows one episode is
@@ -136,4 +147,8 @@ def render(results: dict[str, dict[str, Figures]], detectable_counts: dict[str, 
         if by_detector[OURS].by_event:
             parts += ["", "Share of each fault's rows flagged (FDR) and delay to the first alarm:", "",
                       event_table(dataset, by_detector, "fault")]
+        if by_detector[OURS].alarm_names and len(by_detector[OURS].alarm_names) > 1:
+            parts += ["", "What anomalyd's alarms name during each fault (a sensor-health reason, or the "
+                          "sensor that weighs most in the model's score):", "",
+                      names_table(dataset, by_detector[OURS])]
     return "\n".join(parts)

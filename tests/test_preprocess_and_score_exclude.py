@@ -13,7 +13,7 @@ from daemon.core.bundle import ScoreSpec, load_bundle
 from daemon.core.errors import BundleError, UserError
 from daemon.offline.frames import load_csv
 from daemon.core.preprocess import Preprocess, lag1_autocorrelation, resolve_features, slow_features
-from daemon.core.scoring import Scorer, combine
+from daemon.core.scoring import Scorer, combine, leading_features
 from daemon.offline.training import TrainConfig, save, train
 from datafiles import normal_csv, train_bundle
 
@@ -64,6 +64,15 @@ def test_excluded_features_do_not_vote():
     np.testing.assert_allclose(combine(errors, ScoreSpec(reduction="max")), [9.0, 0.5])
     with pytest.raises(ValueError, match="feature names"):
         combine(errors, spec)
+
+
+def test_a_model_alarm_names_the_voting_sensor_with_the_largest_weighted_error():
+    errors = np.array([[0.1, 9.0, 0.3], [0.2, 0.1, 0.5], [4.0, 0.1, 1.0]], dtype=np.float32)
+    features = ["a", "b", "c"]
+    assert leading_features(errors, ScoreSpec(reduction="max"), features).tolist() == [1, 2, 0]
+    assert leading_features(errors, ScoreSpec(reduction="max", exclude=("b",)), features).tolist() == [2, 2, 0]
+    weighted = ScoreSpec(reduction="max", feature_scale=(8.0, 1.0, 1.0))  # a's typical error is 8x the others'
+    assert leading_features(errors, weighted, features).tolist() == [1, 2, 2]
 
 
 def _train(tmp_path, **overrides):

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from baselines import PcaMonitor  # noqa: E402
 from quality import run_all, suite_config  # noqa: E402
 from quality_cases import TEP_FEATURES, generated_case, tep  # noqa: E402
-from quality_metrics import (DETECTORS, OURS, PCA, PCA_AT_OUR_FAR, by_name, events_of, summarise,  # noqa: E402
-                             threshold_at_far)
+from quality_metrics import (DETECTORS, OURS, PCA, PCA_AT_OUR_FAR, alarm_names, by_name, events_of,  # noqa: E402
+                             summarise, threshold_at_far)
 from quality_package import Frame, TrainConfig, cli_train_defaults, synthetic  # noqa: E402
 from quality_run import RunOutcome  # noqa: E402
 from quality_table import render  # noqa: E402
@@ -78,11 +78,11 @@ def test_pca_moved_to_another_detectors_far_flags_that_share_of_normal_rows():
         assert np.mean(statistic > threshold_at_far(statistic, far)) * 100 == pytest.approx(far, abs=0.01)
 
 
-def run_with(labels: list[int], names: tuple[str, ...]) -> RunOutcome:
+def run_with(labels: list[int], names: tuple[str, ...], named: list[str] | None = None) -> RunOutcome:
     n = len(labels)
     zeros = np.zeros(n, dtype=np.int8)
     return RunOutcome("test.csv", np.array(labels, dtype=np.int8), 100.0 + 10.0 * np.arange(n), zeros, zeros,
-                      np.zeros(n), names)
+                      np.zeros(n), names, named or [""] * n)
 
 
 def test_each_named_fault_gets_its_detection_rate_and_the_delay_to_its_first_alarm():
@@ -150,3 +150,16 @@ def test_a_fault_kind_on_several_runs_is_pooled_into_one_row_of_the_fault_table(
         np.zeros(6, dtype=np.int8), second)
     (stuck,) = by_name(events)
     assert (stuck.fdr, stuck.delay_seconds, stuck.caught, stuck.events) == (2 / 6, 20.0, 1, 2)
+
+
+def test_what_the_alarms_name_is_counted_per_fault_kind_over_its_rows_in_alert():
+    first = run_with([0, 1, 1, 1, 0], ("stuck",), ["model:flow", "stuck:flow", "stuck:flow", "model:flow", ""])
+    second = run_with([1, 1, 0, 0, 0], ("stuck",), ["", "relation:flow", "model:current", "", ""])
+    assert alarm_names([first, second]) == {"stuck": {"stuck:flow": 2, "model:flow": 1, "relation:flow": 1}}
+
+
+def test_the_table_says_what_the_alarms_name_during_each_fault_kind(generated_results):
+    _, results = generated_results
+    assert set(results[OURS].alarm_names) <= set(synthetic.FAULTS)
+    text = render({"generated": results}, {"generated": 0})
+    assert "| generated fault | rows in alert | what they name (share of those rows) |" in text

@@ -94,16 +94,32 @@ def feature_errors(scaled: np.ndarray, reconstruction: np.ndarray, error: str) -
     return np.einsum("bwf,bwf->bf", diff, diff) / np.float32(diff.shape[1])
 
 
+def _voting_errors(errors: np.ndarray, spec: ScoreSpec, features: list[str] | None) -> tuple[np.ndarray, list[int]]:
+    """Per-feature errors as they vote (divided by `spec.feature_scale`), and the indices of the
+    features that vote (all but `spec.exclude`, which needs `features`)."""
+    if spec.feature_scale is not None:
+        errors = errors / np.asarray(spec.feature_scale, dtype=np.float32)
+    if not spec.exclude:
+        return errors, list(range(errors.shape[1]))
+    if features is None:
+        raise ValueError("the score excludes features, pass the feature names")
+    return errors, [i for i, f in enumerate(features) if f not in spec.exclude]
+
+
 def combine(errors: np.ndarray, spec: ScoreSpec, features: list[str] | None = None) -> np.ndarray:
     """Window score from per-feature errors: mean (or max) over (optionally normalised) features,
     leaving out `spec.exclude` (needs `features`, the column names of `errors`)."""
-    if spec.feature_scale is not None:
-        errors = errors / np.asarray(spec.feature_scale, dtype=np.float32)
-    if spec.exclude:
-        if features is None:
-            raise ValueError("combine: the score excludes features, pass the feature names")
-        errors = errors[:, [i for i, f in enumerate(features) if f not in spec.exclude]]
+    errors, voting = _voting_errors(errors, spec, features)
+    if len(voting) < errors.shape[1]:
+        errors = errors[:, voting]
     return errors.max(axis=1) if spec.reduction == "max" else errors.mean(axis=1)
+
+
+def leading_features(errors: np.ndarray, spec: ScoreSpec, features: list[str] | None = None) -> np.ndarray:
+    """Per window, the index of the feature whose error weighs most in its score (as it votes:
+    divided by its scale; an excluded feature never leads): the sensor a model alarm names."""
+    errors, voting = _voting_errors(errors, spec, features)
+    return np.asarray(voting)[np.argmax(errors[:, voting], axis=1)]
 
 
 class Scorer:
