@@ -12,7 +12,7 @@ import pytest
 from daemon.core.bundle import load_bundle
 from daemon.core.errors import BundleError
 from daemon.core.postprocess import alert_flags
-from daemon.core.relations import degree_for
+from daemon.core.relations import RelationSpec, degree_for
 from daemon.core.scoring import OUT_OF_RANGE, Scorer
 from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, OUT_OF_ENVELOPE, RELATION, STUCK, HealthSpec, HealthState,
                                        check_of, check_windows, fit_health)
@@ -111,6 +111,22 @@ def test_a_sensor_that_no_longer_agrees_with_the_others_is_flagged_relation_with
     assert {r for end, r in zip(ends, reasons) if end < 1000} == {""}
     assert {r for end, r in zip(ends, reasons) if end >= 1000 + WINDOW - 1} == {f"{RELATION}:pressure"}
     assert values[1000:, 2].min() > spec.envelope_low[2] and values[1000:, 2].max() < spec.envelope_high[2]
+
+
+def test_a_relation_flag_blames_the_sensor_whose_repair_makes_the_others_agree():
+    # c = a + b and d = a - b, c held tightest. a reads high: its own residual is 1.5 limits,
+    # but c, predicted from that a, is off by 7.5 of its tighter limits. Replacing a by what c
+    # and d say of it makes every relation hold again; replacing c does not repair d.
+    coef = np.zeros((5, 4))  # terms: 1, a, b, c, d
+    coef[[3, 4], 0] = 0.5, 0.5  # a = (c + d) / 2
+    coef[[3, 4], 1] = 0.5, -0.5  # b = (c - d) / 2
+    coef[[1, 2], 2] = 1.0, 1.0  # c = a + b
+    coef[[1, 2], 3] = 1.0, -1.0  # d = a - b
+    relation = RelationSpec(1, [0, 1, 2, 3], coef, np.array([1.0, 1.0, 0.2, 1.0]), np.full(4, -10.0),
+                            np.full(4, 10.0))
+    z = np.array([[1.5, 0.0, 0.0, 0.0]])
+    assert np.argmax(relation.excess(z)[0]) == 2  # furthest from its own prediction: the victim c
+    assert relation.culprits(z).tolist() == [0]
 
 
 def test_only_sensors_the_others_explain_are_watched_for_their_relation():

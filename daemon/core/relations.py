@@ -100,7 +100,9 @@ class RelationSpec:
         into its training range: a polynomial extrapolates wildly, and one sensor far out (a
         drift, a fault code) would otherwise move every other sensor's prediction and its flag
         would name the wrong sensor. As a target it is not: being out is its own residual."""
-        part = np.asarray(z, dtype=np.float64)[:, self.sensors]
+        return self._residuals(np.asarray(z, dtype=np.float64)[:, self.sensors])
+
+    def _residuals(self, part: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             inputs = np.clip(part, self.low, self.high)
         return part - design(inputs, self.degree) @ self.coef
@@ -109,10 +111,34 @@ class RelationSpec:
         """|residual| / limit per window and taking-part sensor `[B, S]`; above 1 fails, 0 for
         a sensor not watched. A non-finite level (an unscorable reading) gives NaN, which fails
         no comparison."""
+        return self._excess(np.asarray(z, dtype=np.float64)[:, self.sensors])
+
+    def _excess(self, part: np.ndarray) -> np.ndarray:
         watched = self.limit > 0
-        excess = np.zeros((len(z), len(self.sensors)))
-        excess[:, watched] = np.abs(self.residuals(z)[:, watched]) / self.limit[watched]
+        excess = np.zeros(part.shape)
+        excess[:, watched] = np.abs(self._residuals(part)[:, watched]) / self.limit[watched]
         return excess
+
+    def culprits(self, z: np.ndarray) -> np.ndarray:
+        """For failing windows `[B, F]`, the position in `sensors` of the watched sensor to
+        blame: the one whose level, replaced by what the others predict for it, leaves the
+        smallest excess on every other sensor (fault isolation by reconstruction, as PCA
+        monitoring's reconstruction-based contribution). The sensor furthest from its own
+        prediction is often a victim: a level that moved within its range moves every
+        prediction it takes part in, so a pump's current rising with bearing friction makes
+        its discharge pressure look wrong. Of equally good repairs, the sensor furthest from
+        its own prediction is blamed."""
+        part = np.asarray(z, dtype=np.float64)[:, self.sensors]
+        predicted = part - self._residuals(part)
+        own = self._excess(part)
+        remaining = np.full(own.shape, np.inf)
+        with np.errstate(invalid="ignore"):
+            for s in np.flatnonzero(self.limit > 0):
+                repaired = part.copy()
+                repaired[:, s] = predicted[:, s]
+                remaining[:, s] = np.nan_to_num(self._excess(repaired), nan=np.inf).max(axis=1)
+            best = remaining <= remaining.min(axis=1, keepdims=True) * (1 + 1e-9)
+            return np.argmax(np.where(best, np.nan_to_num(own, nan=0.0), -1.0), axis=1)
 
     def to_dict(self) -> dict[str, Any]:
         return {"degree": self.degree, "sensors": list(self.sensors),

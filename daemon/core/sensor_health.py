@@ -38,7 +38,8 @@ The drift sums are memory across windows, held per device in a `HealthState`: th
 keeps one per device next to its alert state, offline scoring builds one per file and runs it
 over the file's windows in time order; both call `check_windows`, the one implementation.
 A window may fail several checks; its reason is the first failing check in CHECKS order
-(the most severe first), on the first failing sensor in the bundle's feature order.
+(the most severe first), on the first failing sensor in the bundle's feature order; for
+`relation`, on the sensor whose repair makes the others agree (`RelationSpec.culprits`).
 
 Every limit is a statistic of the training rows times a constant chosen a priori (below),
 never a figure fitted on labelled test rows.
@@ -284,9 +285,10 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
     for i, f in enumerate(drifting):
         if f >= 0 and not reasons[i]:
             reasons[i] = reason(DRIFT, features[f])
-    for i in np.flatnonzero(related):
-        if not reasons[i]:  # the sensor furthest from what the others say, not the first in order
-            reasons[i] = reason(RELATION, features[spec.relation.sensors[int(np.nanargmax(excess[i]))]])
+    blamed = [i for i in np.flatnonzero(related) if not reasons[i]]
+    if blamed:  # the sensor whose repair makes the others agree, not the first in order
+        for i, culprit in zip(blamed, spec.relation.culprits(z[blamed])):
+            reasons[i] = reason(RELATION, features[spec.relation.sensors[int(culprit)]])
     return reasons
 
 
