@@ -33,10 +33,10 @@ sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
 from quality_cases import (FLEET_QUICK_PUMPS, FLEET_QUICK_TRAIN_DAYS, TEP_FAULTS, TEP_QUICK_FAULTS,  # noqa: E402
                            Case, fleet, generated, skab_protocol_a, skab_protocol_b, tep)
-from quality_metrics import summarise  # noqa: E402
+from quality_metrics import OURS, summarise  # noqa: E402
 from quality_package import TrainConfig  # noqa: E402
 from quality_run import CaseOutcome, run_case  # noqa: E402
-from quality_table import render  # noqa: E402
+from quality_table import render, seed_spread_table  # noqa: E402
 
 log = logging.getLogger("quality")
 
@@ -77,6 +77,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--false-alarms-per-day", type=float, metavar="N",
                    help="threshold from a false-alarm budget of N (as `anomalyd train --false-alarms-per-day N`) "
                         "instead of the default threshold")
+    p.add_argument("--training-seeds", type=int, default=1, metavar="N",
+                   help="train every model N times, with seeds 0..N-1 (the data stay the same), and add a "
+                        "table of the spread: mean, min and max of each figure. A difference between two "
+                        "settings smaller than that spread is no evidence (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a TrainConfig field for every model (JSON values), e.g. --set self_tune=false; "
                         "the table then shows that setting, not the defaults")
@@ -168,13 +172,27 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%d models to train (%s), %d worker(s); config: %s", len(cases),
              ", ".join(DATASETS[d] for d in datasets), args.jobs,
              {k: v for k, v in vars(config).items() if k not in ("name", "version", "arch_params")})
-    outcomes = run_all(cases, config, args.jobs)
+    if args.training_seeds < 1:
+        raise SystemExit(f"--training-seeds: at least 1 (got {args.training_seeds})")
+    by_seed = []
+    for seed in range(args.training_seeds):
+        seeded = dataclasses.replace(config, seed=config.seed + seed)
+        if args.training_seeds > 1:
+            log.info("training seed %d of %d", seeded.seed, args.training_seeds)
+        seed_outcomes = run_all(cases, seeded, args.jobs)
+        by_seed.append((seeded.seed, summarise_all(cases, seed_outcomes)[0]))
+        if seed == 0:
+            outcomes = seed_outcomes
     results, detectable_counts = summarise_all(cases, outcomes)
     wall = time.time() - started
     mode = "quick" if args.quick else "full"
     print(f"Quality suite ({mode} run, `bench/quality.py{' --quick' if args.quick else ''}`): "
-          f"{len(cases)} models, {wall / 60:.1f} min wall time with {args.jobs} worker(s).\n")
+          f"{len(cases) * args.training_seeds} models, {wall / 60:.1f} min wall time with {args.jobs} worker(s).\n")
     print(render(results, detectable_counts))
+    if args.training_seeds > 1:
+        print("\nThe same suite with the training seeds " + ", ".join(str(s) for s, _ in by_seed)
+              + " (anomalyd defaults; mean, and min–max over the seeds):\n")
+        print(seed_spread_table(by_seed))
     if args.json:
         out = {"meta": {"mode": mode, "wall_seconds": round(wall, 1), "jobs": args.jobs,
                         "config": {k: v for k, v in vars(config).items()},
@@ -182,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                                     "score_seconds": o.score_seconds, "pca_components": o.pca_components,
                                     "scoring": o.scoring}
                                    for o in outcomes]},
-               "results": {ds: {k: f.to_dict() for k, f in by.items()} for ds, by in results.items()}}
+               "results": {ds: {k: f.to_dict() for k, f in by.items()} for ds, by in results.items()},
+               "by_training_seed": {str(seed): {ds: by[OURS].to_dict() for ds, by in seeded.items()}
+                                    for seed, seeded in by_seed}}
         args.json.write_text(json.dumps(out, indent=2, default=float) + "\n")
         log.info("wrote %s", args.json)
     return 0

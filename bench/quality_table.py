@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from quality_metrics import DETECTORS, OURS, PCA, PCA_AT_OUR_FAR, PLAIN, Figures, by_name
 
 DETECTOR_LABELS = {
@@ -88,6 +90,28 @@ def names_table(dataset: str, figures: Figures, shown: int = 3) -> str:
         total = sum(counts.values())
         top = ", ".join(f"`{what}` {count / total:.0%}" for what, count in list(counts.items())[:shown])
         lines.append(f"| {name} | {total} | {top or '–'} |")
+    return "\n".join(lines)
+
+
+SPREAD_COLUMNS = (("F1", lambda f: f.f1, 3), ("FAR %", lambda f: f.far, 2),
+                  ("false alarms / day", lambda f: f.false_alarms_per_day, 2), ("event recall", lambda f: f.event_recall, 2),
+                  ("mean FDR", lambda f: f.mean_fdr, 3))
+
+
+def seed_spread_table(by_seed: list[tuple[int, dict[str, dict[str, Figures]]]]) -> str:
+    """Per data set, anomalyd's figures over training seeds: mean (min–max). The data and
+    every setting stay the same; only the model's initial weights and batch order change."""
+    head = " | ".join(name for name, _, _ in SPREAD_COLUMNS)
+    lines = [f"| data set | seeds | {head} |", "|---" * (len(SPREAD_COLUMNS) + 2) + "|"]
+    for dataset in by_seed[0][1]:
+        runs = [results[dataset][OURS] for _, results in by_seed]
+        cells = []
+        for _, value, digits in SPREAD_COLUMNS:
+            values = np.array([value(f) for f in runs], dtype=float)
+            cells.append("" if np.isnan(values).all() else
+                         f"{number(float(values.mean()), digits)} ({number(float(values.min()), digits)}–"
+                         f"{number(float(values.max()), digits)})")
+        lines.append(f"| {dataset} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ from quality_metrics import (DETECTORS, OURS, PCA, PCA_AT_OUR_FAR, alarm_names, 
                              summarise, threshold_at_far)
 from quality_package import Frame, TrainConfig, cli_train_defaults, synthetic  # noqa: E402
 from quality_run import RunOutcome  # noqa: E402
-from quality_table import render  # noqa: E402
+from quality_table import render, seed_spread_table  # noqa: E402
 
 CLI_NAMES = {"lr": "learning_rate"}
 
@@ -163,3 +163,12 @@ def test_the_table_says_what_the_alarms_name_during_each_fault_kind(generated_re
     assert set(results[OURS].alarm_names) <= set(synthetic.FAULTS)
     text = render({"generated": results}, {"generated": 0})
     assert "| generated fault | rows in alert | what they name (share of those rows) |" in text
+
+
+def test_the_training_seed_table_gives_each_figure_as_mean_and_range_over_the_seeds(generated_results):
+    _, results = generated_results
+    worse = {key: dataclasses.replace(f, f1=f.f1 - 0.1) for key, f in results.items()}
+    table = seed_spread_table([(0, {"generated": results}), (1, {"generated": worse})])
+    f1 = results[OURS].f1
+    row = next(line for line in table.splitlines() if line.startswith("| generated |"))
+    assert row.startswith(f"| generated | 2 | {f1 - 0.05:.3f} ({f1 - 0.1:.3f}–{f1:.3f}) |")
