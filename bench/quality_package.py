@@ -20,7 +20,7 @@ from daemon.cli import build_parser, main as cli_main
 from daemon.commands.train import resolve_threshold_options
 from daemon.core.postprocess import AlertSpec
 from daemon.core.runtime import torch_backend
-from daemon.core.scoring import Scorer, leading_features
+from daemon.core.scoring import Scorer
 from daemon.core.thresholds import FalseAlarmBudget, calibrate
 from daemon.offline import synthetic
 from daemon.offline.budget import expected_per_day
@@ -71,14 +71,7 @@ class TrainedModel:
         sensor-health flag, an unscorable reading), else `model:<sensor>`, the sensor whose
         error weighs most in the window's score; "" elsewhere."""
         result = detect(self.scorer, frame, self.scorer.threshold)
-        scores, bundle = result.scores, self.scorer.bundle
-        leading = leading_features(scores.feature_errors, bundle.score, bundle.features)
-        names = [""] * len(frame)
-        for k, end in enumerate(scores.ends):
-            if result.predicted[end]:
-                reason = scores.reasons[k] if scores.reasons is not None else ""
-                names[end] = reason or f"model:{bundle.features[leading[k]]}"
-        return result.predicted, names
+        return result.predicted, result.alarm_names(self.scorer.bundle)
 
     def plain_flags(self, frame: Frame, quantile: float = 0.999) -> np.ndarray:
         """Per-row flags of the same model with a plain threshold: the `quantile` of every normal

@@ -54,6 +54,18 @@ def test_score_writes_one_row_per_window_end_with_per_sensor_errors(workdir, tmp
     assert rows[0]["timestamp"].endswith("Z")
 
 
+def test_evaluate_lists_every_labelled_event_with_the_sensor_its_alarms_name(workdir, capsys):
+    events = _evaluate(workdir["model"], workdir["faults"], capsys)["labelled_events"]
+    assert [e["rows"] for e in events] == [120] * len(synthetic.FAULTS)  # one event per fault kind, in order
+    stuck = events[synthetic.FAULTS.index("stuck")]
+    assert stuck["delay_seconds"] is not None and next(iter(stuck["named"])).endswith(":flow")  # the stuck sensor
+    assert main(["evaluate", "--model", str(workdir["model"]), "--data", str(workdir["faults"])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if "alarms named" in line)
+    assert len(lines[header + 1:]) == len(synthetic.FAULTS)
+    assert ":flow" in lines[header + 1 + synthetic.FAULTS.index("stuck")]
+
+
 def test_evaluate_plot_and_inspect(workdir, tmp_path, capsys):
     png = tmp_path / "eval.png"
     assert main(["evaluate", "--model", str(workdir["model"]), "--data", str(workdir["faults"]), "--plot", str(png)]) == 0

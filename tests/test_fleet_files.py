@@ -82,7 +82,11 @@ def test_evaluating_a_fleet_file_counts_as_evaluating_each_devices_file(fleet, c
                      "--json"]) == 0
         return json.loads(capsys.readouterr().out)
 
-    assert figures(fleet["faults_fleet"]) == figures(*fleet["faults"].values())
+    by_fleet, by_files = figures(fleet["faults_fleet"]), figures(*fleet["faults"].values())
+    fleet_runs = [event.pop("run") for event in by_fleet["labelled_events"]]
+    file_runs = [event.pop("run") for event in by_files["labelled_events"]]
+    assert by_fleet == by_files
+    assert sorted(set(fleet_runs)) == ["pump-1", "pump-2"] and len(set(file_runs)) == 2  # each event names its device
 
 
 def test_calibrate_per_device_reads_the_devices_from_the_column(fleet, capsys):
@@ -134,4 +138,5 @@ def test_generate_writes_a_fleet_that_evaluate_reports_pump_by_pump(tmp_path, ca
     assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "faults.csv")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "in 3 run(s)" in lines[0]
-    assert [line.split()[0] for line in lines[-3:]] == ["pump-1", "pump-2", "pump-3"]
+    header = next(i for i, line in enumerate(lines) if "events caught" in line)
+    assert [line.split()[0] for line in lines[header + 1:header + 4]] == ["pump-1", "pump-2", "pump-3"]

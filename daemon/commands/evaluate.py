@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from datetime import datetime, timezone
 from pathlib import Path
 
 from daemon.offline.budget import expected_per_day
 from daemon.offline import plots
 from daemon.commands.common import add_data_options, formatter, read_frames
-from daemon.offline.detection import FileResult, evaluate_frames
+from daemon.offline.detection import EventOutcome, FileResult, evaluate_frames
 from daemon.offline.evaluation import report
 from daemon.core.scoring import Scorer
 
@@ -25,7 +26,10 @@ normal ones), the same state machine the daemon runs per device. Counts are summ
   false alarms/day = alert episodes touching no labelled row, per day of normal rows (per
   device-day: every file is one device's run, or one run per device when a device column names
   several), printed beside the bundle's false-alarm budget
-With several runs, one line per run (file or device) follows the pooled figures.
+With several runs, one line per run (file or device) follows the pooled figures. Then one line
+per labelled event: the share of its rows in alert, the delay to its first alert, and what its
+alarms named: a sensor-health reason (stuck:flow, relation:pressure, ...) or model:<sensor>, the
+sensor whose error weighs most in the model's score: the sensor an operator would check.
 A device with a threshold of its own in the bundle (anomalyd calibrate --per-device) is judged
 at it, as the service judges it.
 
@@ -67,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
             _plot(result, pooled.threshold, path, scorer.features)
     budget = scorer.bundle.false_alarm_budget
     expected = expected_per_day(scorer.bundle)
+    events = [event for result in results for event in result.events(scorer.bundle)]
     figures = pooled.to_dict() | {"false_alarms_per_day": pooled.events.false_alarms_per_hour * 24.0,
                                   "budget_per_day": None if budget is None else budget.per_day,
-                                  "expected_false_alarms_per_day": expected}
+                                  "expected_false_alarms_per_day": expected,
+                                  "labelled_events": [event.to_dict() for event in events]}
     if args.json:
         print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in figures.items()}))
         return 0
@@ -90,7 +96,35 @@ def run(args: argparse.Namespace) -> int:
     print(f"  confusion       TP {figures['tp']}  FP {figures['fp']}  TN {figures['tn']}  FN {figures['fn']}")
     if len(results) > 1:
         _print_runs(results, pooled.threshold)
+    if events:
+        _print_events(events)
     return 0
+
+
+SHOWN_EVENTS = 20  # --json lists every one
+
+
+def _print_events(events: list[EventOutcome]) -> None:
+    """One line per labelled event: caught, how soon, and what its alarms named (the sensor to check)."""
+    width = max(8, *(len(e.run) for e in events))
+    print(f"\n  {'run':{width}s}  {'event start (UTC)':19s}  {'rows':>6s}  {'in alert':>8s}  {'delay':>8s}  alarms named")
+    for event in events[:SHOWN_EVENTS]:
+        start = datetime.fromtimestamp(event.start, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        total = sum(event.named.values())
+        named = ", ".join(f"{what} {count / total:.0%}" for what, count in list(event.named.items())[:2]) or "-"
+        print(f"  {event.run:{width}s}  {start:19s}  {event.rows:6d}  {event.share_in_alert:8.0%}  "
+              f"{_duration(event.delay_seconds):>8s}  {named}")
+    if len(events) > SHOWN_EVENTS:
+        print(f"  ... and {len(events) - SHOWN_EVENTS} more (--json lists every event)")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "missed"
+    for unit, size in (("h", 3600.0), ("min", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def _print_runs(results: list[FileResult], threshold: float | None) -> None:

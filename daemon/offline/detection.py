@@ -6,15 +6,17 @@ call `detect` / `evaluate_frames`."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from daemon.core.errors import DataError
 from daemon.core.postprocess import alert_flags
-from daemon.core.scoring import Scorer
+from daemon.core.bundle import Bundle
+from daemon.core.scoring import Scorer, leading_features
 from daemon.core.thresholds import threshold_in_force
-from daemon.offline.evaluation import Report, report
+from daemon.offline.evaluation import Report, report, segments
 from daemon.offline.frame_scoring import FrameScores, row_flags, score_frame
 from daemon.offline.frames import Frame
 
@@ -31,6 +33,51 @@ class FileResult:
         out = np.full(len(self.frame), np.nan, dtype=np.float32)
         out[self.scores.ends] = self.scores.scores
         return out
+
+    def alarm_names(self, bundle: Bundle) -> list[str]:
+        """Per row in alert, what the alarm names: the reason of the last window scored by then
+        (a sensor-health flag such as `stuck:flow`, or why it could not be scored), else
+        `model:<sensor>`, the sensor whose error weighs most in that window's score (what the
+        service's per-sensor errors show); "" for rows not in alert."""
+        scores = self.scores
+        leading = leading_features(scores.feature_errors, bundle.score, bundle.features)
+        reasons = scores.reasons or [""] * len(scores.ends)
+        names = [""] * len(self.frame)
+        rows = np.flatnonzero(self.predicted)
+        for row, k in zip(rows.tolist(), (np.searchsorted(scores.ends, rows, side="right") - 1).tolist()):
+            if k >= 0:
+                names[row] = reasons[k] or f"model:{bundle.features[leading[k]]}"
+        return names
+
+    def events(self, bundle: Bundle) -> list[EventOutcome]:
+        """Every labelled segment of the run: caught or not, how soon, and what its alarms named."""
+        labels, stamps = self.frame.labels, self.frame.timestamps
+        if labels is None:
+            return []
+        names = self.alarm_names(bundle)
+        out = []
+        for start, end in segments(labels):
+            hits = np.flatnonzero(self.predicted[start:end])
+            named = Counter(n for n in names[start:end] if n)
+            out.append(EventOutcome(self.frame.device or self.frame.name, float(stamps[start]), end - start,
+                                    float(stamps[start + hits[0]] - stamps[start]) if len(hits) else None,
+                                    float(len(hits) / (end - start)), dict(named.most_common())))
+        return out
+
+
+@dataclass
+class EventOutcome:
+    """One labelled segment as `evaluate` reports it."""
+
+    run: str  # the file, or the device of a fleet's file
+    start: float  # epoch seconds of its first row
+    rows: int
+    delay_seconds: float | None  # from its first row to its first row in alert; None: missed
+    share_in_alert: float  # of its rows
+    named: dict[str, int]  # what its rows in alert name (FileResult.alarm_names), most first
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
 
 
 def detect(scorer: Scorer, frame: Frame, threshold: float, stride: int | None = None) -> FileResult:
