@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         scored = _wait_scored(service, expected, timeout=120)
         service.shutdown()
     runs = [DeviceRun(device, run, recorder.events_of(device)) for device, run in data.items()]
-    table = summary_table(runs, service.scorer.bundle.name)
+    table = summary_table(runs, service.scorer.bundle.name, service.scorer.bundle.score)
     (args.out / "summary.txt").write_text(table + "\n")
     png = plot_devices(runs, args.out / "scores.png")
     print(table)

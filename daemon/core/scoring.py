@@ -122,6 +122,15 @@ def leading_features(errors: np.ndarray, spec: ScoreSpec, features: list[str] | 
     return np.asarray(voting)[np.argmax(errors[:, voting], axis=1)]
 
 
+def alarm_names(reasons: list[str] | None, errors: np.ndarray, spec: ScoreSpec, features: list[str]) -> list[str]:
+    """What each window's alarm names, the sensor to check: its reason (a sensor-health flag such
+    as `stuck:flow`, or why it could not be scored), else `model:<sensor>`, the sensor whose error
+    weighs most in its score (`leading_features`)."""
+    leading = leading_features(errors, spec, features)
+    reasons = reasons or [""] * len(errors)
+    return [reason or f"model:{features[k]}" for reason, k in zip(reasons, leading.tolist())]
+
+
 class Scorer:
     def __init__(self, bundle: Bundle, backend: Backend) -> None:
         self.bundle = bundle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from daemon.core.bundle import ScoreSpec  # noqa: E402
+from daemon.core.scoring import alarm_names  # noqa: E402
 from daemon.offline.evaluation import segments  # noqa: E402
 from daemon.live.events import ScoreEvent  # noqa: E402
 from daemon.offline.synthetic import Synthetic  # noqa: E402
@@ -36,19 +39,22 @@ class DeviceRun:
         alerts, ts = self._alert_times(), self.data.timestamps
         return sum(bool(((alerts >= ts[s]) & (alerts <= ts[e - 1])).any()) for s, e in segments(self.data.labels))
 
-    def top_sensor(self) -> str:
-        """The sensor with the largest mean error while in alert: what an operator checks first."""
-        alerted = [e.feature_errors for e in self.events if e.alert]
+    def alarms_named(self, score: ScoreSpec) -> str:
+        """What this device's windows in alert name most often, at most two names
+        (`scoring.alarm_names`, as `evaluate` names a fault's alarms), each with its share of
+        them: what an operator checks first."""
+        alerted = [e for e in self.events if e.alert]
         if not alerted:
             return "-"
-        names = list(alerted[0])
-        means = np.mean([[errors[n] for n in names] for errors in alerted], axis=0)
-        return names[int(np.argmax(means))]
+        features = list(alerted[0].feature_errors)
+        errors = np.array([[e.feature_errors[f] for f in features] for e in alerted], dtype=np.float32)
+        named = Counter(alarm_names([e.reason for e in alerted], errors, score, features))
+        return ", ".join(f"{name} {count / len(alerted):.0%}" for name, count in named.most_common(2))
 
 
-def summary_table(runs: list[DeviceRun], model: str) -> str:
+def summary_table(runs: list[DeviceRun], model: str, score: ScoreSpec) -> str:
     header = f"{'device':10s} {'windows':>8s} {'anomalous':>10s} {'in alert':>9s} {'faults':>7s} " \
-             f"{'detected':>9s} {'max score':>10s} {'threshold':>10s}  top sensor in alert"
+             f"{'detected':>9s} {'max score':>10s} {'threshold':>10s}  alarms named (share of alert)"
     lines = [f"model {model}", header, "-" * len(header)]
     for r in runs:
         scores = [e.score for e in r.events]
@@ -56,7 +62,7 @@ def summary_table(runs: list[DeviceRun], model: str) -> str:
             f"{r.device:10s} {len(r.events):8d} {sum(e.anomaly for e in r.events):10d} {r.alert_windows:9d} "
             f"{len(segments(r.data.labels)):7d} {r.faults_detected:9d} "
             f"{max(scores, default=float('nan')):10.4g} {r.events[0].threshold if r.events else float('nan'):10.4g}"
-            f"  {r.top_sensor()}")
+            f"  {r.alarms_named(score)}")
     return "\n".join(lines)
 
 

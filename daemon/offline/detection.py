@@ -14,7 +14,7 @@ import numpy as np
 from daemon.core.errors import DataError
 from daemon.core.postprocess import alert_flags
 from daemon.core.bundle import Bundle
-from daemon.core.scoring import Scorer, leading_features
+from daemon.core.scoring import Scorer, alarm_names
 from daemon.core.thresholds import threshold_in_force
 from daemon.offline.evaluation import Report, report, segments
 from daemon.offline.frame_scoring import FrameScores, row_flags, score_frame
@@ -40,13 +40,12 @@ class FileResult:
         `model:<sensor>`, the sensor whose error weighs most in that window's score (what the
         service's per-sensor errors show); "" for rows not in alert."""
         scores = self.scores
-        leading = leading_features(scores.feature_errors, bundle.score, bundle.features)
-        reasons = scores.reasons or [""] * len(scores.ends)
+        by_window = alarm_names(scores.reasons, scores.feature_errors, bundle.score, bundle.features)
         names = [""] * len(self.frame)
         rows = np.flatnonzero(self.predicted)
         for row, k in zip(rows.tolist(), (np.searchsorted(scores.ends, rows, side="right") - 1).tolist()):
             if k >= 0:
-                names[row] = reasons[k] or f"model:{bundle.features[leading[k]]}"
+                names[row] = by_window[k]
         return names
 
     def events(self, bundle: Bundle) -> list[EventOutcome]:
