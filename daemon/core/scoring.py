@@ -98,7 +98,8 @@ def _voting_errors(errors: np.ndarray, spec: ScoreSpec, features: list[str] | No
     """Per-feature errors as they vote (divided by `spec.feature_scale`), and the indices of the
     features that vote (all but `spec.exclude`, which needs `features`)."""
     if spec.feature_scale is not None:
-        errors = errors / np.asarray(spec.feature_scale, dtype=np.float32)
+        with np.errstate(over="ignore"):  # an unscorable window's MAX_SCORE errors become inf: still the largest
+            errors = errors / np.asarray(spec.feature_scale, dtype=np.float32)
     if not spec.exclude:
         return errors, list(range(errors.shape[1]))
     if features is None:
