@@ -22,9 +22,14 @@ Limits, every one a statistic of the training windows times a constant fixed a p
 The degree falls to 1 when the fitted data are too few for every square and product
 (SAMPLES_PER_TERM), and the check is off when they are too few for a linear fit. The data are
 counted in independent windows, the fitted rows over the window length: consecutive windows
-share all but one row, so their levels are not independent samples, and 400 rows of eight
-sensors at a window of 20 are 20 samples, which fit no relation worth trusting. Sensors that cannot take part: constant ones and
-those whose level moved within training alone (`sensor_health`'s trend exemption).
+share all but one row, so their levels are not independent samples, and a 400-row run at a
+window of 20 is 20 samples, which fit no relation of eight sensors worth trusting. Sensors that
+cannot take part: constant ones and those whose level moved within training alone
+(`sensor_health`'s trend exemption).
+
+A failing window names the sensor whose level, replaced by what the others predict for it,
+makes every relation hold again (`RelationSpec.culprits`), not the one furthest from its own
+prediction: a level that moved also moves every prediction it feeds.
 """
 
 from __future__ import annotations
