@@ -2,8 +2,10 @@
 
 An autoencoder scores how well a window fits the relations it learnt between sensors; it is
 weak on faults of one sensor that keep those relations roughly intact: a sensor stuck on its
-last value, a reading far outside anything seen in training, a quiet channel drifting slowly.
-Three checks per sensor catch them, each fitted on the training data and stored in bundle.json
+last value, a reading far outside anything seen in training, a quiet channel drifting slowly,
+a transmitter gone noisy; and on slow changes of how one sensor relates to the others, which
+its reconstruction (from a window holding that sensor) passes through. The checks below catch
+them, each fitted on the training data and stored in bundle.json
 under `health`; a window failing one is anomalous with a reason naming the check and the
 sensor, `<check>:<feature>` (e.g. `stuck:flow`), so the operator reads "flow sensor stuck"
 apart from "process anomaly". The window's score and errors stay the model's own: health is
@@ -33,6 +35,9 @@ beside the score, never mixed into it.
   level, where a slow drift is a sensor fault and not the process moving.
 - A sensor whose level moved within training alone (TREND_LIMIT) is exempt from the envelope
   and drift checks: its training range and level are no reference.
+- `relation` (daemon.core.relations; `TrainConfig.relation_check`, on by default where the
+  training data allow the fit): the sensor's window level against what the other sensors'
+  levels predict for it.
 
 The drift sums are memory across windows, held per device in a `HealthState`: the live worker
 keeps one per device next to its alert state, offline scoring builds one per file and runs it
