@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quality_package import pooled_report, segments
+from quality_package import event_outcomes, pooled_report
 from quality_run import CaseOutcome, RunOutcome
 
 OURS, PLAIN, PCA, PCA_AT_OUR_FAR = "anomalyd", "plain", "pca", "pca_at_our_far"
@@ -84,11 +84,11 @@ class Figures:
 def events_of(predicted: np.ndarray, run: RunOutcome) -> list[EventFigures]:
     """FDR and delay of every labelled event of one run (named by the run's event names)."""
     out = []
-    for index, (start, end) in enumerate(segments(run.labels)):
-        hits = np.flatnonzero(predicted[start:end])
+    for index, event in enumerate(event_outcomes(run.source, predicted, run.labels, run.timestamps)):
         name = run.event_names[index] if index < len(run.event_names) else f"{run.source}#{index + 1}"
-        delay = float(run.timestamps[start + hits[0]] - run.timestamps[start]) if len(hits) else math.nan
-        out.append(EventFigures(name, float(len(hits) / (end - start)), delay, end - start, 1, int(len(hits) > 0)))
+        delay = math.nan if event.delay_seconds is None else event.delay_seconds
+        caught = int(event.delay_seconds is not None)
+        out.append(EventFigures(name, event.share_in_alert, delay, event.rows, 1, caught))
     return out
 
 
@@ -96,10 +96,9 @@ def alarm_names(runs: list[RunOutcome]) -> dict[str, dict[str, int]]:
     """Per named event (pooled over runs), how many of its rows in alert name each thing."""
     counts: dict[str, Counter] = {}
     for run in runs:
-        for index, (start, end) in enumerate(segments(run.labels)):
-            if index < len(run.event_names):
-                named = (n for n in run.named[start:end] if n)
-                counts.setdefault(run.event_names[index], Counter()).update(named)
+        events = event_outcomes(run.source, run.ours, run.labels, run.timestamps, run.named)
+        for name, event in zip(run.event_names, events):
+            counts.setdefault(name, Counter()).update(event.named)
     return {name: dict(c.most_common()) for name, c in counts.items()}
 
 

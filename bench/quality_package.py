@@ -24,13 +24,14 @@ from daemon.core.scoring import Scorer
 from daemon.core.thresholds import FalseAlarmBudget, calibrate
 from daemon.offline import synthetic
 from daemon.offline.budget import expected_per_day
-from daemon.offline.detection import detect
-from daemon.offline.evaluation import Report, report, segments
+from daemon.offline.detection import detect, event_outcomes
+from daemon.offline.evaluation import Report, duration_text, report, segments
 from daemon.offline.frames import Frame, load_csv
 from daemon.offline.training import TrainConfig, train
 
-__all__ = ["AlertSpec", "FalseAlarmBudget", "Frame", "Report", "TrainConfig", "TrainedModel", "cli_train_defaults", "generate",
-           "load_csv", "pooled_report", "segments", "synthetic", "train_model"]
+__all__ = ["AlertSpec", "FalseAlarmBudget", "Frame", "Report", "TrainConfig", "TrainedModel", "cli_train_defaults",
+           "duration_text", "event_outcomes", "generate", "load_csv", "pooled_report", "segments", "synthetic",
+           "train_model"]
 
 
 @dataclass

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from quality_package import duration_text
 from quality_metrics import DETECTORS, OURS, PCA, PCA_AT_OUR_FAR, PLAIN, Figures, by_name
 
 DETECTOR_LABELS = {
@@ -40,13 +41,7 @@ def number(value: float, digits: int = 3) -> str:
 
 
 def duration(seconds: float) -> str:
-    if seconds is None or math.isnan(seconds):
-        return "–"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    return "–" if seconds is None or math.isnan(seconds) else duration_text(seconds)
 
 
 def main_table(results: dict[str, dict[str, Figures]], detectable_counts: dict[str, int]) -> str:

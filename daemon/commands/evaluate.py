@@ -12,7 +12,7 @@ from daemon.offline.budget import expected_per_day
 from daemon.offline import plots
 from daemon.commands.common import add_data_options, formatter, read_frames
 from daemon.offline.detection import EventOutcome, FileResult, evaluate_frames
-from daemon.offline.evaluation import report
+from daemon.offline.evaluation import duration_text, report
 from daemon.core.scoring import Scorer
 
 EPILOG = """\
@@ -113,18 +113,9 @@ def _print_events(events: list[EventOutcome]) -> None:
         total = sum(event.named.values())
         named = ", ".join(f"{what} {count / total:.0%}" for what, count in list(event.named.items())[:2]) or "-"
         print(f"  {event.run:{width}s}  {start:19s}  {event.rows:6d}  {event.share_in_alert:8.0%}  "
-              f"{_duration(event.delay_seconds):>8s}  {named}")
+              f"{'missed' if event.delay_seconds is None else duration_text(event.delay_seconds):>8s}  {named}")
     if len(events) > SHOWN_EVENTS:
         print(f"  ... and {len(events) - SHOWN_EVENTS} more (--json lists every event)")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "missed"
-    for unit, size in (("h", 3600.0), ("min", 60.0)):
-        if seconds >= 2 * size:
-            return f"{seconds / size:.1f} {unit}"
-    return f"{seconds:.0f} s"
 
 
 def _print_runs(results: list[FileResult], threshold: float | None) -> None:

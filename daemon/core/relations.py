@@ -230,15 +230,17 @@ def fit_relations(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], 
         coef[use, s] = np.linalg.lstsq(block, gram[use, 1 + s], rcond=None)[0]
     spec = RelationSpec(degree, sensors, coef, np.ones(len(sensors)), low, high)
     with np.errstate(invalid="ignore", divide="ignore"):
-        residuals = np.concatenate([spec.residuals(chunk) for chunk in _chunks(held_out or fitted)])
+        fitted_residuals = [spec.residuals(chunk) for chunk in _chunks(fitted)]
+        held_out_residuals = [spec.residuals(chunk) for chunk in _chunks(held_out)]
+        residuals = np.concatenate(held_out_residuals or fitted_residuals)
         explained = 1.0 - np.nanvar(residuals, axis=0) / np.nanvar(every, axis=0)
         watched = np.nan_to_num(explained) >= MIN_EXPLAINED
         if not watched.any():
             return None
         scale = np.nanquantile(np.abs(residuals), RESIDUAL_QUANTILE, axis=0)
         scale = np.maximum(np.nan_to_num(scale, nan=MIN_RESIDUAL_SCALE), MIN_RESIDUAL_SCALE)
-        largest = np.concatenate([np.nanmax(np.abs(spec.residuals(chunk)[:, watched]) / scale[watched], axis=1)
-                                  for chunk in _chunks(fitted + held_out)])
+        every_residual = np.concatenate(fitted_residuals + held_out_residuals)
+        largest = np.nanmax(np.abs(every_residual[:, watched]) / scale[watched], axis=1)
     # Never below the scale itself: a relation exact in training is not held to rounding noise.
     limit = LIMIT_MARGIN * max(float(np.nanquantile(largest, LIMIT_QUANTILE)), 1.0) * scale
     spec.limit = np.where(watched, limit, 0.0)

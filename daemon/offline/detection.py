@@ -50,18 +50,10 @@ class FileResult:
 
     def events(self, bundle: Bundle) -> list[EventOutcome]:
         """Every labelled segment of the run: caught or not, how soon, and what its alarms named."""
-        labels, stamps = self.frame.labels, self.frame.timestamps
-        if labels is None:
+        if self.frame.labels is None:
             return []
-        names = self.alarm_names(bundle)
-        out = []
-        for start, end in segments(labels):
-            hits = np.flatnonzero(self.predicted[start:end])
-            named = Counter(n for n in names[start:end] if n)
-            out.append(EventOutcome(self.frame.device or self.frame.name, float(stamps[start]), end - start,
-                                    float(stamps[start + hits[0]] - stamps[start]) if len(hits) else None,
-                                    float(len(hits) / (end - start)), dict(named.most_common())))
-        return out
+        return event_outcomes(self.frame.device or self.frame.name, self.predicted, self.frame.labels,
+                              self.frame.timestamps, self.alarm_names(bundle))
 
 
 @dataclass
@@ -77,6 +69,20 @@ class EventOutcome:
 
     def to_dict(self) -> dict:
         return dict(vars(self))
+
+
+def event_outcomes(run: str, predicted: np.ndarray, labels: np.ndarray, timestamps: np.ndarray,
+                   names: list[str] | None = None) -> list[EventOutcome]:
+    """Every labelled segment of one run, in order: how much of it was in alert (`predicted`, per
+    row), how soon, and what `names` (per row, "" when not in alert) its alarms gave."""
+    out = []
+    for start, end in segments(labels):
+        hits = np.flatnonzero(predicted[start:end])
+        named = Counter(n for n in names[start:end] if n) if names is not None else Counter()
+        out.append(EventOutcome(run, float(timestamps[start]), end - start,
+                                float(timestamps[start + hits[0]] - timestamps[start]) if len(hits) else None,
+                                float(len(hits) / (end - start)), dict(named.most_common())))
+    return out
 
 
 def detect(scorer: Scorer, frame: Frame, threshold: float, stride: int | None = None) -> FileResult:

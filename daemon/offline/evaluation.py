@@ -103,6 +103,14 @@ def segments(labels: np.ndarray) -> list[tuple[int, int]]:
     return [(int(s), int(e)) for s, e in zip(starts, ends)]
 
 
+def duration_text(seconds: float) -> str:
+    """A delay for people: seconds under two minutes, minutes under two hours, else hours."""
+    for unit, size in (("h", 3600.0), ("min", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 def _timestamps(timestamps: np.ndarray, n: int) -> np.ndarray:
     """Epoch seconds, checked: NAB windows and sample spacing assume time only moves forward."""
     t = np.asarray(timestamps, dtype=float)
