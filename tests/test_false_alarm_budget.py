@@ -85,6 +85,18 @@ def test_held_out_data_without_a_tail_is_refused_by_name():
         calibrate_budget(HeldOut.from_scores([np.zeros(50)], 1, MINUTE, "validation"), 1.0, HYSTERESIS)
 
 
+def test_where_the_validation_tail_is_too_short_the_budget_is_set_on_cross_fitted_windows(tmp_path):
+    """A 2 % tail of 3,000 rows (41 windows) shows no tail of episodes; every normal row,
+    scored by fold models that never trained on it, does."""
+    model = train_bundle(tmp_path, normal_csv(tmp_path, rows=3000), "--false-alarms-per-day", "2",
+                         "--validation-fraction", "0.02")
+    budget = load_bundle(model).false_alarm_budget
+    assert budget.held_out == "cross-fitted"
+    assert budget.held_out_windows == 12 * (250 - 20 + 1)  # twelve blocks of 250 rows, three per fold
+    assert budget.held_out_days == pytest.approx(budget.held_out_windows / 86_400)
+    assert budget.expected_per_day == 2.0
+
+
 @pytest.fixture(scope="module")
 def budget_bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("budget")

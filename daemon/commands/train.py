@@ -28,7 +28,10 @@ threshold methods (--threshold-method), each then multiplied by --threshold-scal
                which the bundle's hysteresis raises N alert episodes per device per day on the
                held-out validation tail (never the windows the model was fitted on); counted
                where the tail holds at least 10 budgeted episodes, else extrapolated with a
-               generalised Pareto tail of the episode peaks (peaks over threshold). bundle.json
+               generalised Pareto tail of the episode peaks (peaks over threshold). A tail too
+               short for that (a few hundred rows) gives way to cross-fitted scores: every
+               normal window scored by one of 4 fold models that never trained on it (4 more
+               models to train), and only then to the training windows themselves. bundle.json
                "false_alarm_budget" and `anomalyd inspect` say which, on how many days; check
                the realised rate with `evaluate` on fresh normal data (docs/quality.md)
 the others are computed on the scores of the normal training windows (--calibrate-on all, the

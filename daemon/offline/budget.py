@@ -68,7 +68,7 @@ class HeldOut:
 
     runs: list[np.ndarray]
     days: float
-    name: str  # which windows these are, for the bundle: "validation", "train+validation", ...
+    name: str  # which windows these are, for the bundle: "validation", "cross-fitted", "train+validation"
 
     @property
     def windows(self) -> int:

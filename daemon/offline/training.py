@@ -9,6 +9,8 @@ the number compared against it live is computed by exactly the same code.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import logging
 import math
 import random
@@ -27,7 +29,7 @@ from daemon.core.errors import DataError, UserError
 from daemon.core.models import AutoEncoder, build_model, default_params
 from daemon.core.postprocess import AlertSpec
 from daemon.core.preprocess import Preprocess, resolve_features
-from daemon.core.runtime import torch_backend
+from daemon.core.runtime import Backend, torch_backend
 from daemon.core.scaling import Scaler
 from daemon.core.scoring import Scorer
 from daemon.core.sensor_health import HealthSpec, fit_health
@@ -36,6 +38,7 @@ from daemon.core.windowing import windows
 from daemon.offline.budget import (EXPECTED_FALSE_ALARMS_KEY, HeldOut, RateEstimate, TooLittleTail,
                                    calibrate_budget, expected_rate)
 from daemon.core.score_reference import REFERENCE_KEY, ScoreReference
+from daemon.offline.cross_fit import Fold, cross_fitted_scores, fit_folds
 from daemon.offline.evaluation import segments
 from daemon.offline.frame_scoring import score_frames
 from daemon.offline.frames import Frame, median_sample_period
@@ -118,6 +121,7 @@ class Split:
 
     train: list[Frame]
     validation: list[Frame]
+    runs: list[Frame]  # the whole normal runs the two were cut from
 
 
 @dataclass
@@ -142,9 +146,10 @@ def normal_runs(frame: Frame, min_rows: int) -> list[Frame]:
 
 
 def split_runs(frames: list[Frame], window: int, validation_fraction: float) -> Split:
-    train, validation = [], []
+    train, validation, runs = [], [], []
     for frame in frames:
         for run in normal_runs(frame, window):
+            runs.append(run)
             cut = int(round(len(run) * (1.0 - validation_fraction)))
             if len(run) - cut >= window and cut >= window:
                 train.append(run.head(cut))
@@ -154,7 +159,7 @@ def split_runs(frames: list[Frame], window: int, validation_fraction: float) -> 
     if not train:
         raise DataError(f"no run of normal rows is at least one window ({window} rows) long "
                         f"(files: {', '.join(f.source for f in frames)})")
-    return Split(train, validation)
+    return Split(train, validation, runs)
 
 
 def floor_scale(scaler: Scaler, rows: np.ndarray, floor: float) -> Scaler:
@@ -273,8 +278,14 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
     feature_scale = typical_feature_errors(Scorer(bundle, backend), split.validation or split.train)
     sigma = np.maximum(train_rows.std(axis=0), 1e-12)
 
+    best_epoch = int(np.argmin([v for _, v in history])) + 1
+    # Trained on first use only (most budgets are met on the validation tail), and once for
+    # every scoring setting self-tuning tries.
+    folds = functools.cache(lambda: fit_folds(split.runs, config.window, fold_trainer(
+        config, best_epoch, scaler, preprocess, len(features))))
+
     def calibrate_threshold(scorer: Scorer) -> Calibration:
-        return _calibration(scorer, config, split, validation_data, per_alert=config.self_tune)
+        return _calibration(scorer, config, split, validation_data, per_alert=config.self_tune, folds=folds)
 
     configured = Candidate(config.score_reduction, config.normalise_features, config.enter_after)
     tuning_args = (bundle, backend, feature_scale, calibrate_threshold, config.threshold, split.validation,
@@ -300,7 +311,7 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         "windows_validation": int(len(val_windows)),
         "calibrated_on": calibrated_on,
         "epochs_run": len(history),
-        "best_epoch": int(np.argmin([v for _, v in history])) + 1,
+        "best_epoch": best_epoch,
         "loss_train": [round(t, 6) for t, _ in history],
         "loss_validation": [round(v, 6) for _, v in history],
         "validation_score_mean": float(calib_scores.mean()),
@@ -325,14 +336,14 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
 
 
 def _calibration(scorer: Scorer, config: TrainConfig, split: Split, validation_data: list[Frame] | None,
-                 per_alert: bool) -> Calibration:
+                 per_alert: bool, folds: Callable[[], list[Fold]]) -> Calibration:
     """The threshold for `scorer`'s bundle by the configured rule, and the scores it was set on.
     `per_alert` applies a score rule (quantile, sigma, pot) to the scores that open an alert
     under the bundle's hysteresis (`alert_opening_scores`) instead of to single windows, so that
     settings with different hysteresis are calibrated alike; the budget counts alert episodes
     already."""
     if parse_method(config.threshold)[0] == "budget":
-        threshold, budget, scores = _calibrate_budget(scorer, config, split)
+        threshold, budget, scores = _calibrate_budget(scorer, config, split, folds)
         return Calibration(threshold, budget, scores, budget.held_out)
     # The threshold's sample: every normal window by default (a 400-row run leaves too few
     # validation windows for a 99.9th percentile), or only the unseen validation tail.
@@ -395,42 +406,64 @@ DEFAULT_BUDGET_CHOSEN_ON = ("no data set: one alert per device-day keeps an oper
                             "inside ISA-18.2's 150 alarms per operator-day")
 
 
-def _calibrate_budget(scorer: Scorer, config: TrainConfig, split: Split) -> tuple[Threshold, FalseAlarmBudget, np.ndarray]:
-    """The threshold meeting the false-alarm budget on the held-out validation tail, scored at
-    the serving stride so the hysteresis steps as the service's does. Where the tail shows too
-    few episodes to fit even an exponential tail (a few hundred training rows leave a tail of
-    seconds), the training windows join it, named so in the bundle and logged: their errors are
-    optimistic, so the realised rate runs above the budget."""
+def _calibrate_budget(scorer: Scorer, config: TrainConfig, split: Split,
+                      folds: Callable[[], list[Fold]]) -> tuple[Threshold, FalseAlarmBudget, np.ndarray]:
+    """The threshold meeting the false-alarm budget on held-out normal windows, scored at the
+    serving stride so the hysteresis steps as the service's does: the validation tail; where it
+    shows too few episodes to fit even an exponential tail (a few hundred training rows leave a
+    tail of minutes), every normal window cross-fitted (daemon.offline.cross_fit: held out too,
+    but `FOLDS` more models to train); where even those are too few, the training windows join
+    the tail, named so in the bundle and logged: their errors are optimistic, so the realised
+    rate runs above the budget."""
     period = scorer.bundle.sample_period_seconds
     if period is None:
         raise UserError("--threshold-method budget needs the data's sample period, and the training data has "
                         "no two distinct timestamps; use --threshold-method quantile:0.999")
     per_day = config.false_alarms_per_day
     chosen_on = DEFAULT_BUDGET_CHOSEN_ON if per_day == TrainConfig.false_alarms_per_day else "the operator"
-    samples = [("validation", split.validation), ("train+validation", split.train + split.validation)]
-    if not split.validation:
-        samples = [("train (no validation tail long enough)", split.train)]
-    for name, frames in samples:
-        held_out = _held_out(scorer, frames, config.stride, period, name)
+    tail = ("validation", lambda: _scores(scorer, split.validation, config.stride))
+    cross_fitted = ("cross-fitted", lambda: cross_fitted_scores(folds(), scorer, config.stride))
+    in_sample = ("train+validation", lambda: _scores(scorer, split.train + split.validation, config.stride))
+    samples = [tail, cross_fitted, in_sample] if split.validation else [
+        cross_fitted, ("train (no validation tail long enough)", in_sample[1])]
+    for name, runs in samples:
+        held_out = HeldOut.from_scores(runs(), config.stride, period, name)
         try:
             value, record = calibrate_budget(held_out, per_day, scorer.bundle.alert, chosen_on)
         except TooLittleTail as exc:
             log.warning("false-alarm budget on the %s windows: %s", name, exc)
             continue
-        if name != "validation":
+        if name not in ("validation", "cross-fitted"):
             log.warning("false-alarm budget set on the %s windows: the training windows' errors are "
                         "optimistic, expect more false alarms than %g per day", name, per_day)
         threshold = Threshold(value * config.threshold_scale, "budget", {"per_day": per_day}, config.threshold_scale)
         return threshold, record, np.concatenate(held_out.runs)
-    raise UserError(f"too little normal data for a false-alarm budget ({sum(len(f) for f in split.train + split.validation)} "
+    raise UserError(f"too little normal data for a false-alarm budget ({sum(len(f) for f in split.runs)} "
                     f"rows show too few alert episodes to fit a tail); give more data or use "
                     f"--threshold-method quantile:0.999")
 
 
-def _held_out(scorer: Scorer, frames: list[Frame], stride: int, period: float, name: str) -> HeldOut:
+def fold_trainer(config: TrainConfig, epochs: int, scaler: Scaler, preprocess: Preprocess,
+                 n_features: int) -> Callable[[list[Frame], int], Backend]:
+    """How a cross-fitting fold's model is fitted (daemon.offline.cross_fit): the bundle's
+    architecture on the bundle's scaling, for the `epochs` the bundle's model took to its best
+    validation loss (a fold has no validation tail of its own to stop on), seeded per fold."""
+
+    def fit(rows: list[Frame], fold: int) -> Backend:
+        data = _window_tensor(rows, scaler, config.window, preprocess)
+        fold_config = dataclasses.replace(config, epochs=epochs, patience=epochs + 1, seed=config.seed + 1 + fold)
+        with torch.random.fork_rng():  # the folds leave the training's random state as they found it
+            torch.manual_seed(fold_config.seed)
+            model = build_model(config.arch, config.window, n_features, config.arch_params)
+            fit_model(model, data, data[:0], fold_config, lambda *_: None)
+        return torch_backend(model, config.threads)
+
+    return fit
+
+
+def _scores(scorer: Scorer, frames: list[Frame], stride: int) -> list[np.ndarray]:
     """`frames`' window scores at the serving stride, so the hysteresis steps as the service's does."""
-    scored = score_frames(scorer, frames, stride)
-    return HeldOut.from_scores([s.scores for s in scored], stride, period, name)
+    return [s.scores for s in score_frames(scorer, frames, stride)]
 
 
 def _expected_false_alarms(scorer: Scorer, config: TrainConfig, split: Split) -> RateEstimate | None:
@@ -441,7 +474,8 @@ def _expected_false_alarms(scorer: Scorer, config: TrainConfig, split: Split) ->
     period = scorer.bundle.sample_period_seconds
     if period is None or not split.validation:
         return None
-    held_out = _held_out(scorer, split.validation, config.stride, period, "validation")
+    held_out = HeldOut.from_scores(_scores(scorer, split.validation, config.stride), config.stride, period,
+                                   "validation")
     try:
         return expected_rate(held_out, scorer.bundle.threshold.value, scorer.bundle.alert)
     except TooLittleTail as exc:
