@@ -7,8 +7,9 @@ share of the model's. On the simulated pump fleet (bench/fleet_sim.py, seed 0: 8
 window 20), fitted as `anomalyd train` fits them, this times in one process, in interleaved
 rounds so that load on the box touches every variant alike:
 - the model alone: the bundle's LSTM on a batch of 64 scaled windows (`Scorer.backend`);
-- `check_windows` on the same 64 raw windows with every check but `relation`, and with it
-  (degree 2 over the sensors the others explain).
+- `check_windows` on the same 64 raw windows with every check but `relation`, with it (degree 2
+  over the sensors the others explain), and with it and the noise check's look-back of 3
+  windows (`train --noisy-lookback 3`).
 It prints microseconds a window (the median over rounds) and each as a share of the model's.
 The model is trained for one epoch: its cost does not depend on its weights.
 """
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     if bundle.health is None or bundle.health.relation is None:
         raise SystemExit("health_cost: the bundle has no relation check to time")
     without = dataclasses.replace(bundle.health, relation=None)
+    # `train --noisy-lookback 3`: the median over 41 windows' step noise, per device (the limits
+    # do not change the cost)
+    looked_back = dataclasses.replace(bundle.health, noisy_windows=1 + 2 * bundle.window)
     test = fleet.timelines[0].values[fleet.split.test_counted:]
     raw = np.ascontiguousarray(windows(test[:BATCH + bundle.window - 1], bundle.window, 1))
     states = [HealthState() for _ in range(BATCH)]
@@ -73,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         "model alone (LSTM, batch 64)": lambda: scorer.backend(scaled),
         "health checks without relation": lambda: check_windows(without, bundle.features, raw, states),
         "health checks with relation": lambda: check_windows(bundle.health, bundle.features, raw, states),
+        "health checks with relation, noisy look-back 3": lambda: check_windows(looked_back, bundle.features, raw,
+                                                                              states),
     }
     calls = {name: max(1, int(0.2 / timed(call, 3))) for name, call in variants.items()}  # ~0.2 s a round
     rounds: dict[str, list[float]] = {name: [] for name in variants}

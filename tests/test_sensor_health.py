@@ -32,11 +32,11 @@ WINDOW = 20
 QUIET = "bearing_temperature"
 
 
-def fitted(values: np.ndarray) -> HealthSpec:
-    """Every check, the opt-in relation check too, as training fits them: the first 80 % of
-    the rows, the tail held out."""
+def fitted(values: np.ndarray, noisy_lookback: int = 1) -> HealthSpec:
+    """Every check, the relation check too, as training fits them: the first 80 % of the rows,
+    the tail held out."""
     cut = int(len(values) * 0.8)
-    return fit_health([values[:cut]], [values[cut:]], WINDOW, 1, with_relation=True)
+    return fit_health([values[:cut]], [values[cut:]], WINDOW, 1, with_relation=True, noisy_lookback=noisy_lookback)
 
 
 def with_quiet_channel(data: synthetic.Synthetic, seed: int) -> np.ndarray:
@@ -59,10 +59,10 @@ def quiet_vibration(values: np.ndarray, seed: int) -> np.ndarray:
     return values
 
 
-def demo_with_health() -> Scorer:
+def demo_with_health(noisy_lookback: int = 1) -> Scorer:
     """The shipped demo model with checks fitted on generated normal data."""
     scorer = Scorer.load(DEMO)
-    health = fitted(quiet_vibration(synthetic.normal(6000, seed=0).values, seed=0))
+    health = fitted(quiet_vibration(synthetic.normal(6000, seed=0).values, seed=0), noisy_lookback)
     return Scorer(dataclasses.replace(scorer.bundle, health=health), scorer.backend)
 
 
@@ -162,6 +162,33 @@ def test_a_sensor_whose_own_noise_grows_is_flagged_noisy_with_its_name():
     assert set(reasons[:1000 - WINDOW]) == {""}
 
 
+def test_a_longer_noise_lookback_sets_a_lower_limit_and_flags_more_of_a_noise_rise():
+    """Three windows' worth of readings: the median of 41 windows' step noise scatters less than
+    one window's, so training's largest, and the limit, sit nearer the typical noise."""
+    normal = synthetic.normal(6000, seed=0).values
+    alone, looked_back = fitted(normal), fitted(normal, noisy_lookback=3)
+    assert looked_back.noisy_windows == 1 + 2 * WINDOW and alone.noisy_windows == 1
+    assert looked_back.noisy_above[2] < 0.9 * alone.noisy_above[2]
+    values = synthetic.normal(2000, seed=3).values.copy()
+    values[1000:1300, 2] += np.random.default_rng(4).normal(0, 0.03 * np.sqrt(5 ** 2 - 1), size=300)  # fivefold
+    ends = window_ends(len(values), WINDOW, 1)
+    caught = {}
+    for name, spec in (("alone", alone), ("looked back", looked_back)):
+        reasons = reasons_of(spec, synthetic.FEATURES, values)
+        assert set(reasons[:1000 - WINDOW]) == {""}
+        caught[name] = sum(r == "noisy:pressure" for end, r in zip(ends, reasons) if 1000 <= end < 1300)
+    assert caught["looked back"] >= 0.85 * 300 and caught["looked back"] > 1.2 * caught["alone"]
+
+
+def test_the_noise_lookback_speaks_only_once_it_is_full():
+    spec = fitted(synthetic.normal(6000, seed=0).values, noisy_lookback=3)
+    values = synthetic.normal(500, seed=3).values.copy()
+    values[:, 2] += np.random.default_rng(4).normal(0, 0.3, size=500)  # noisy from the first reading
+    reasons = reasons_of(spec, synthetic.FEATURES, values)
+    first = next(i for i, r in enumerate(reasons) if r == "noisy:pressure")
+    assert first == spec.noisy_windows - 1
+
+
 def test_a_process_move_or_a_single_step_is_no_noise():
     values = synthetic.normal(6000, seed=0).values.copy()
     spec = fitted(values)
@@ -208,15 +235,17 @@ def test_health_flags_leave_the_autoencoder_score_untouched():
     assert with_health.flags(np.inf).tolist() == [True]
 
 
-def test_offline_scoring_and_the_live_worker_give_the_same_flags_and_reasons():
-    scorer = demo_with_health()
+@pytest.mark.parametrize("noisy_lookback", [1, 3])
+def test_offline_scoring_and_the_live_worker_give_the_same_flags_and_reasons(noisy_lookback):
+    scorer = demo_with_health(noisy_lookback)
     data = synthetic.inject(synthetic.normal(1500, seed=4), "stuck", 300, 150)
     values = quiet_vibration(data.values, seed=4)
+    values[520:650, 2] += np.random.default_rng(5).normal(0, 0.3, size=130).astype(np.float32)  # pressure noisy
     values[700:, 0] += 0.0002 * np.arange(800)  # vibration drifting away, then out of the envelope
     frame = frame_of(values, synthetic.FEATURES)
     offline = score_frame(scorer, frame)
     offline_alerts = alert_flags(offline.flags(scorer.threshold).astype(np.int8), scorer.bundle.alert)
-    assert {check_of(r) for r in offline.reasons} == {None, STUCK, DRIFT, OUT_OF_ENVELOPE, RELATION}
+    assert {check_of(r) for r in offline.reasons} == {None, STUCK, NOISY, DRIFT, OUT_OF_ENVELOPE, RELATION}
 
     sink = FakeSink()
     spec = scorer.bundle.alert
@@ -288,9 +317,10 @@ def test_a_bundle_fitted_before_the_noise_check_loads_with_that_check_off(tmp_pa
     bundle = demo_copy_with_fitted_health(directory)
     data = json.loads((directory / "bundle.json").read_text())
     del data["health"]["noisy_above"]
+    del data["health"]["noisy_windows"]
     (directory / "bundle.json").write_text(json.dumps(data))
     loaded = load_bundle(directory).health
-    assert loaded.noisy_above.tolist() == [0.0] * 5
+    assert loaded.noisy_above.tolist() == [0.0] * 5 and loaded.noisy_windows == 1
     np.testing.assert_array_equal(loaded.stuck_below, bundle.health.stuck_below)
 
 
@@ -301,6 +331,7 @@ def test_health_is_written_to_and_read_back_from_bundle_json(tmp_path):
     for name in HealthSpec.FIELDS:
         np.testing.assert_array_equal(getattr(loaded, name), getattr(bundle.health, name))
     assert loaded.relation.to_dict() == bundle.health.relation.to_dict()
+    assert loaded.noisy_windows == bundle.health.noisy_windows
 
 
 def test_a_bundle_fitted_before_the_relation_check_loads_with_that_check_off(tmp_path):
@@ -316,6 +347,7 @@ def test_a_bundle_fitted_before_the_relation_check_loads_with_that_check_off(tmp
     (lambda h: h.update(stuck_below=[1.0]), "'stuck_below' must be 5 finite numbers"),
     (lambda h: h.update(level_std=[0.0] * 5), "'level_std' must be > 0"),
     (lambda h: h.update(noisy_above=[-1.0] * 5), "'noisy_above' must be >= 0"),
+    (lambda h: h.update(noisy_windows=0), "'noisy_windows' must be a whole number >= 1"),
     (lambda h: h.update(envelope_low=[1e9] * 5), "'envelope_low' must not exceed 'envelope_high'"),
     (lambda h: h.update(surprise=1), "unknown key(s) surprise"),
     (lambda h: h["relation"].update(coef=[[0.0]]), "'relation': 'coef' must be 6 rows of 5 finite numbers"),

@@ -118,6 +118,11 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
                         "head falling at the same flow) that the model passes through. Fitted only when the "
                         "training rows hold at least 10 windows' worth of data per regression term (degree 2, "
                         "else 1, else off) (default: %(default)s)")
+    p.add_argument("--noisy-lookback", type=int, default=TrainConfig.noisy_lookback, metavar="N",
+                   help="windows' worth of readings the sensor-health check 'noisy' judges a sensor's step "
+                        "noise over (the median of each window's, per device): a longer look-back scatters "
+                        "less, so its limit sits closer to the typical noise and catches a smaller rise, "
+                        "one look-back later (default: %(default)s, the window alone)")
     p.add_argument("--validation-data", action="append", metavar="CSV",
                    help="labelled CSV for --threshold-method f1")
     p.add_argument("--validation-fraction", type=float, default=0.2,
@@ -219,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
     if args.arch not in ARCHITECTURES:
         raise UserError(f"--arch {args.arch!r} unknown (use one of: {', '.join(ARCHITECTURES)})")
     _check_positive(window=args.window, stride=args.stride, epochs=args.epochs, batch_size=args.batch_size,
+                    noisy_lookback=args.noisy_lookback,
                     lr=args.lr, threshold_scale=args.threshold_scale, threads=args.threads,
                     false_alarms_per_day=args.false_alarms_per_day,
                     enter_after=args.enter_after, leave_after=args.leave_after)
@@ -237,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
                          score_error=args.score_error, score_reduction=args.score_reduction,
                          scale_floor=args.scale_floor, score_exclude=_selection(args.score_exclude),
                          normalise_features=args.normalise_features, self_tune=args.self_tune,
-                         relation_check=args.relation_check,
+                         relation_check=args.relation_check, noisy_lookback=args.noisy_lookback,
                          demean=_selection(args.demean), epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience,
                          validation_fraction=args.validation_fraction, threshold=args.threshold,

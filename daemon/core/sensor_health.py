@@ -22,6 +22,11 @@ beside the score, never mixed into it.
   NOISY_MARGIN times the largest any training window shows: the transmitter itself got noisy (a
   broken cable shield, a loose contact). A sensor whose typical training window shows no step
   noise at all (quantised or sampled-and-held) is exempt: its noise is below its resolution.
+  With a look-back of more than one window (`HealthSpec.noisy_windows`) the step noise is the
+  median over the last that many windows of each window's step noise, held per device like
+  the drift sums: a median of a few dozen steps scatters less than one of a window's, so the
+  largest that training shows, and the limit with it, sits closer to the typical noise. The
+  check then speaks only once the look-back is full.
 - `drift`: a two-sided CUSUM, one step per scored window, on the gap between the sensor's
   window level (its mean, in training standard deviations) and a baseline that follows that
   level slowly (DRIFT_FOLLOW): a level that keeps moving away from where it just was, and away
@@ -53,6 +58,7 @@ never a figure fitted on labelled test rows.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -149,6 +155,7 @@ class HealthSpec:
     drift_limit: np.ndarray  # float64 [F]: the CUSUM alarm limit; 0 = exempt
     noisy_above: np.ndarray  # float64 [F]: a window step noise above it is noisy; 0 = exempt
     relation: RelationSpec | None = None  # the relation check (daemon.core.relations); None = off
+    noisy_windows: int = 1  # the noisy check's look-back in windows (1: the window alone)
 
     FIELDS = ("envelope_low", "envelope_high", "stuck_below", "level_mean", "level_std", "drift_k", "drift_limit",
               "noisy_above")
@@ -157,7 +164,8 @@ class HealthSpec:
 
     def to_dict(self) -> dict[str, Any]:
         arrays: dict[str, Any] = {name: [float(v) for v in getattr(self, name)] for name in self.FIELDS}
-        return {**arrays, "relation": None if self.relation is None else self.relation.to_dict()}
+        return {**arrays, "relation": None if self.relation is None else self.relation.to_dict(),
+                "noisy_windows": self.noisy_windows}
 
     def describe(self, features: list[str]) -> str:
         """One line for `inspect`: which sensors each check watches (the others are exempt)."""
@@ -178,7 +186,7 @@ class HealthSpec:
         """Validate on load (bundle.json is edited by hand); errors name the key."""
         if not isinstance(data, dict):
             raise ValueError(f"expected an object, got {type(data).__name__}")
-        known = (*cls.FIELDS, "relation")
+        known = (*cls.FIELDS, "relation", "noisy_windows")
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
@@ -204,16 +212,19 @@ class HealthSpec:
             relation = None if relation is None else RelationSpec.from_dict(relation, n_features)
         except ValueError as exc:
             raise ValueError(f"'relation': {exc}") from None
-        return cls(**arrays, relation=relation)
+        noisy_windows = data.get("noisy_windows", 1)  # absent in a bundle fitted before the look-back
+        if not isinstance(noisy_windows, int) or isinstance(noisy_windows, bool) or noisy_windows < 1:
+            raise ValueError("'noisy_windows' must be a whole number >= 1")
+        return cls(**arrays, relation=relation, noisy_windows=noisy_windows)
 
 
 class HealthState:
-    """One device's (or one offline file's) memory for the drift check: the upward and downward
-    CUSUM sums per sensor. Bound to the spec it was built for: a state met with another spec
+    """One device's (or one offline file's) memory for the drift check, the upward and downward
+    CUSUM sums per sensor, and for the noisy check's look-back, the last windows' step noise. Bound to the spec it was built for: a state met with another spec
     (a reloaded bundle) starts again from zero. Plain Python floats: for a handful of sensors a
     scalar loop costs less than numpy's per-call overhead, and this runs once per window."""
 
-    __slots__ = ("spec", "base", "up", "down")
+    __slots__ = ("spec", "base", "up", "down", "noise")
 
     def __init__(self, spec: HealthSpec | None = None) -> None:
         self._reset(spec)
@@ -224,6 +235,17 @@ class HealthState:
         self.base: list[float] | None = None  # the slow baseline of each level; None before the first window
         self.up = [0.0] * n
         self.down = [0.0] * n
+        self.noise: deque[np.ndarray] = deque(maxlen=1 if spec is None else spec.noisy_windows)
+
+    def step_noise(self, spec: HealthSpec, window_noise: np.ndarray) -> np.ndarray | None:
+        """Add one window's step noise (of the sensors the noisy check watches); the median over
+        the look-back, or None while it is not yet full."""
+        if spec is not self.spec:
+            self._reset(spec)
+        self.noise.append(window_noise)
+        if len(self.noise) < spec.noisy_windows:
+            return None
+        return np.median(np.stack(self.noise), axis=0)
 
     def step(self, spec: HealthSpec, z: list[float], limits: list[float], allowances: list[float]) -> int:
         """Advance by one window's standardised levels `z`; `limits` and `allowances` are
@@ -270,7 +292,11 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
         noisy = np.zeros(level.shape, dtype=bool)
         watched = spec.noisy_above > 0
         if watched.any():
-            noisy[:, watched] = window_step_noise(raw[:, :, watched]) > spec.noisy_above[watched]
+            noise = window_step_noise(raw[:, :, watched])
+            if spec.noisy_windows > 1:
+                noise = np.stack([np.full(noise.shape[1], np.nan) if median is None else median
+                                  for median in (state.step_noise(spec, n) for state, n in zip(states, noise))])
+            noisy[:, watched] = noise > spec.noisy_above[watched]
         z = (level - spec.level_mean) / spec.level_std
         excess = None if spec.relation is None else spec.relation.excess(z)
         related = np.zeros(len(raw), dtype=bool) if excess is None else (excess > 1.0).any(axis=1)
@@ -298,7 +324,7 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
 
 
 def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], window: int, stride: int,
-               scale_floor: float = 0.0, with_relation: bool = False) -> HealthSpec:
+               scale_floor: float = 0.0, with_relation: bool = False, noisy_lookback: int = 1) -> HealthSpec:
     """Fit the checks on normal runs `[n, F]`: `fitted`, the runs the model was fitted on, and
     `held_out`, the validation tails it was not. Envelope and stuck limits come from every row;
     the level statistics from the fitted runs; the drift allowance and limit from what the
@@ -307,7 +333,9 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     daemon.offline.training.floor_scale): a sensor's standard deviation counts as at least
     that fraction of its mean level, so a sensor that barely moved in training is not held to
     a change of a few hundredths of a degree. `with_relation` also fits the relation check
-    (daemon.core.relations; `TrainConfig.relation_check`)."""
+    (daemon.core.relations; `TrainConfig.relation_check`). `noisy_lookback` is the noisy
+    check's look-back in windows' worth of rows (`TrainConfig.noisy_lookback`): at a stride
+    below the window, the windows ending in that span."""
     runs = [*fitted, *held_out]
     rows = np.concatenate(runs).astype(np.float64)
     low, high = rows.min(axis=0), rows.max(axis=0)
@@ -319,8 +347,12 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     spreads = np.concatenate([run_spreads for _, run_spreads in per_run])
     typical = STUCK_FRACTION * np.median(spreads, axis=0)
     stuck_below = np.where(spreads.min(axis=0) > typical, typical, 0.0)
-    step_noise = np.concatenate([_step_noise(run, window, stride) for run in runs if len(run) >= window])
-    noisy_above = np.where(np.median(step_noise, axis=0) > 0, NOISY_MARGIN * step_noise.max(axis=0), 0.0)
+    noisy_windows = 1 + (noisy_lookback - 1) * window // stride
+    per_window = [_step_noise(run, window, stride) for run in runs if len(run) >= window]
+    step_noise = np.concatenate(per_window)
+    looked_back = [rolling_median(noise, noisy_windows) for noise in per_window if len(noise) >= noisy_windows]
+    largest = np.concatenate(looked_back).max(axis=0) if looked_back else np.zeros(step_noise.shape[1])
+    noisy_above = np.where((np.median(step_noise, axis=0) > 0) & (largest > 0), NOISY_MARGIN * largest, 0.0)
     fitted_rows = np.concatenate(fitted).astype(np.float64)
     level_mean = fitted_rows.mean(axis=0)
     level_std = np.maximum(fitted_rows.std(axis=0), scale_floor * np.abs(level_mean))
@@ -342,7 +374,7 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
         relation = fit_relations(standardised[:len(fitted)], standardised[len(fitted):],
                                  np.flatnonzero(steady).tolist(), sum(len(run) // window for run in fitted))
     spec = HealthSpec(low - margin, high + margin, stuck_below, level_mean, level_std, np.zeros(len(low)), exempt,
-                      noisy_above, relation)
+                      noisy_above, relation, noisy_windows)
     gaps = _largest_drift_terms(spec, runs, window, stride, gaps=True)
     spec.drift_k = np.maximum(DRIFT_K, DRIFT_MARGIN * gaps)
     sums = _largest_drift_terms(spec, runs, window, stride, gaps=False)
@@ -380,6 +412,14 @@ def _window_chunks(run: np.ndarray, window: int, stride: int):
 def _step_noise(run: np.ndarray, window: int, stride: int) -> np.ndarray:
     """`window_step_noise` of a run's windows `[n_windows, F]`."""
     return np.concatenate([window_step_noise(chunk) for chunk in _window_chunks(run, window, stride)])
+
+
+def rolling_median(values: np.ndarray, count: int) -> np.ndarray:
+    """Per position from `count` - 1 on, the median of the last `count` rows of `values` `[n, F]`:
+    what `HealthState.step_noise` returns window by window, for a whole run at once."""
+    if count == 1:
+        return values
+    return np.median(np.lib.stride_tricks.sliding_window_view(values, count, axis=0), axis=-1)
 
 
 def _levels(run: np.ndarray, window: int, stride: int, chunks: bool = False):

@@ -83,7 +83,10 @@ class TrainConfig:
     sensor predicted from the others), which catches slow changes of how sensors relate that
     the model passes through (a pump's head falling at the same flow). It is on by default, and
     fitted only where the training data hold enough independent windows for it: a fresh pump
-    fleet decided it by a rule fixed before its run (docs/quality.md)."""
+    fleet decided it by a rule fixed before its run (docs/quality.md).
+
+    `noisy_lookback` is how many windows' worth of readings the `noisy` health check judges a
+    sensor's step noise over (daemon.core.sensor_health); 1 is the window alone."""
 
     arch: str = "lstm"
     window: int = 20
@@ -97,6 +100,7 @@ class TrainConfig:
     normalise_features: bool = True
     self_tune: bool = False
     relation_check: bool = True
+    noisy_lookback: int = 1
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -361,7 +365,7 @@ def _fit_sensor_health(split: Split, config: TrainConfig) -> HealthSpec:
     same normal runs: the rows fitted on and the held-out validation tails."""
     return fit_health([f.values for f in split.train], [f.values for f in split.validation],
                       config.window, config.stride, config.scale_floor,
-                      with_relation=config.relation_check)
+                      with_relation=config.relation_check, noisy_lookback=config.noisy_lookback)
 
 
 CALIBRATE_ON = ("all", "validation")
@@ -373,6 +377,8 @@ def _check_config(config: TrainConfig) -> None:
                         f"(use one of: {', '.join(SCORE_REDUCTIONS)})")
     if config.calibrate_on not in CALIBRATE_ON:
         raise UserError(f"calibrate-on {config.calibrate_on!r} unknown (use one of: {', '.join(CALIBRATE_ON)})")
+    if not (isinstance(config.noisy_lookback, int) and config.noisy_lookback >= 1):
+        raise UserError(f"noisy look-back must be a whole number of windows >= 1 (got {config.noisy_lookback})")
     if config.scale_floor < 0:
         raise UserError(f"scale floor must be >= 0 (got {config.scale_floor})")
     try:
