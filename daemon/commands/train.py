@@ -119,10 +119,11 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
                         "training rows hold at least 10 windows' worth of data per regression term (degree 2, "
                         "else 1, else off) (default: %(default)s)")
     p.add_argument("--noisy-lookback", type=int, default=TrainConfig.noisy_lookback, metavar="N",
-                   help="windows' worth of readings the sensor-health check 'noisy' judges a sensor's step "
-                        "noise over (the median of each window's, per device): a longer look-back scatters "
-                        "less, so its limit sits closer to the typical noise and catches a smaller rise, "
-                        "one look-back later (default: %(default)s, the window alone)")
+                   help="windows' worth of readings the sensor-health check 'noisy' also judges a sensor's "
+                        "step noise over (the median of each window's, per device): a longer look-back "
+                        "scatters less, so its limit sits closer to the typical noise; a window is noisy when "
+                        "both that median and its own step noise pass it (default: %(default)s, the window "
+                        "alone)")
     p.add_argument("--validation-data", action="append", metavar="CSV",
                    help="labelled CSV for --threshold-method f1")
     p.add_argument("--validation-fraction", type=float, default=0.2,

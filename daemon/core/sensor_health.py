@@ -22,11 +22,13 @@ beside the score, never mixed into it.
   NOISY_MARGIN times the largest any training window shows: the transmitter itself got noisy (a
   broken cable shield, a loose contact). A sensor whose typical training window shows no step
   noise at all (quantised or sampled-and-held) is exempt: its noise is below its resolution.
-  With a look-back of more than one window (`HealthSpec.noisy_windows`) the step noise is the
-  median over the last that many windows of each window's step noise, held per device like
-  the drift sums: a median of a few dozen steps scatters less than one of a window's, so the
-  largest that training shows, and the limit with it, sits closer to the typical noise. The
-  check then speaks only once the look-back is full.
+  With a look-back of more than one window (`HealthSpec.noisy_windows`) the limit is twice the
+  largest median, over the last that many windows, of each window's step noise (held per
+  device like the drift sums): a median of a few dozen steps scatters less than one of a
+  window's, so that largest sits closer to the typical noise, and so does the limit. A window
+  is then noisy when both its look-back median and its own step noise exceed that limit: the
+  noise persists and is still there, so the flag clears within about a window of the noise
+  ending instead of half a look-back later. The check speaks only once the look-back is full.
 - `drift`: a two-sided CUSUM, one step per scored window, on the gap between the sensor's
   window level (its mean, in training standard deviations) and a baseline that follows that
   level slowly (DRIFT_FOLLOW): a level that keeps moving away from where it just was, and away
@@ -293,10 +295,12 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
         watched = spec.noisy_above > 0
         if watched.any():
             noise = window_step_noise(raw[:, :, watched])
-            if spec.noisy_windows > 1:
-                noise = np.stack([np.full(noise.shape[1], np.nan) if median is None else median
-                                  for median in (state.step_noise(spec, n) for state, n in zip(states, noise))])
-            noisy[:, watched] = noise > spec.noisy_above[watched]
+            above = spec.noisy_above[watched]
+            noisy[:, watched] = noise > above
+            if spec.noisy_windows > 1:  # and over the look-back: persistent, and present in this window
+                looked_back = np.stack([np.full(noise.shape[1], np.nan) if median is None else median
+                                        for median in (state.step_noise(spec, n) for state, n in zip(states, noise))])
+                noisy[:, watched] &= looked_back > above
         z = (level - spec.level_mean) / spec.level_std
         excess = None if spec.relation is None else spec.relation.excess(z)
         related = np.zeros(len(raw), dtype=bool) if excess is None else (excess > 1.0).any(axis=1)
