@@ -15,7 +15,7 @@ from daemon.core.postprocess import alert_flags
 from daemon.core.relations import RelationSpec, degree_for
 from daemon.core.scoring import OUT_OF_RANGE, Scorer
 from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, OUT_OF_ENVELOPE, RELATION, STUCK, HealthSpec, HealthState,
-                                       check_of, check_windows, fit_health)
+                                       check_of, check_windows, fit_health, lookback_noise)
 from daemon.cli import main
 from daemon.core.windowing import window_ends, windows
 from daemon.live.alerting import AlertTracker
@@ -191,6 +191,21 @@ def test_the_noise_lookback_speaks_only_once_it_is_full():
     reasons = reasons_of(spec, synthetic.FEATURES, values)
     first = next(i for i, r in enumerate(reasons) if r == "noisy:pressure")
     assert first == spec.noisy_windows - 1
+
+
+def test_the_noise_lookback_gives_the_same_medians_window_by_window_as_for_a_whole_batch():
+    """The live service meets a device one window a batch, offline scoring a file's windows in
+    one batch: both must give the same medians, bit for bit."""
+    spec = fitted(synthetic.normal(3000, seed=0).values, noisy_lookback=3)
+    noise = np.abs(np.random.default_rng(7).normal(size=(150, int((spec.noisy_above > 0).sum()))))
+    one_by_one, state = [], HealthState()
+    for row in noise:
+        one_by_one.append(lookback_noise(spec, [state], row[None, :])[0])
+    state = HealthState()
+    in_batches = np.concatenate([lookback_noise(spec, [state] * 60, noise[:60]),
+                                 lookback_noise(spec, [state] * 90, noise[60:])])
+    np.testing.assert_array_equal(np.array(one_by_one), in_batches)
+    assert np.isnan(in_batches[:spec.noisy_windows - 1]).all() and not np.isnan(in_batches[spec.noisy_windows - 1:]).any()
 
 
 def test_a_process_move_or_a_single_step_is_no_noise():

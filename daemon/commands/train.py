@@ -122,8 +122,8 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
                    help="windows' worth of readings the sensor-health check 'noisy' also judges a sensor's "
                         "step noise over (the median of each window's, per device): a longer look-back "
                         "scatters less, so its limit sits closer to the typical noise; a window is noisy when "
-                        "both that median and its own step noise pass it (default: %(default)s, the window "
-                        "alone)")
+                        "both that median and its own step noise pass it; 1 judges the window alone "
+                        "(default: %(default)s)")
     p.add_argument("--validation-data", action="append", metavar="CSV",
                    help="labelled CSV for --threshold-method f1")
     p.add_argument("--validation-fraction", type=float, default=0.2,

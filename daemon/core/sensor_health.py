@@ -60,7 +60,6 @@ never a figure fitted on labelled test rows.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -226,7 +225,7 @@ class HealthState:
     (a reloaded bundle) starts again from zero. Plain Python floats: for a handful of sensors a
     scalar loop costs less than numpy's per-call overhead, and this runs once per window."""
 
-    __slots__ = ("spec", "base", "up", "down", "noise")
+    __slots__ = ("spec", "base", "up", "down", "noise", "noise_seen")
 
     def __init__(self, spec: HealthSpec | None = None) -> None:
         self._reset(spec)
@@ -237,17 +236,26 @@ class HealthState:
         self.base: list[float] | None = None  # the slow baseline of each level; None before the first window
         self.up = [0.0] * n
         self.down = [0.0] * n
-        self.noise: deque[np.ndarray] = deque(maxlen=1 if spec is None else spec.noisy_windows)
+        # The last `noisy_windows` windows' step noise of the watched sensors, a ring in arrival
+        # order from `noise_seen` % its length (a median does not care about the order).
+        watched = 0 if spec is None else int((spec.noisy_above > 0).sum())
+        self.noise = np.zeros((1 if spec is None else spec.noisy_windows, watched))
+        self.noise_seen = 0
 
-    def step_noise(self, spec: HealthSpec, window_noise: np.ndarray) -> np.ndarray | None:
-        """Add one window's step noise (of the sensors the noisy check watches); the median over
-        the look-back, or None while it is not yet full."""
+    def push_noise(self, spec: HealthSpec, window_noise: np.ndarray) -> None:
+        """Add one window's step noise (of the sensors the noisy check watches)."""
         if spec is not self.spec:
             self._reset(spec)
-        self.noise.append(window_noise)
-        if len(self.noise) < spec.noisy_windows:
-            return None
-        return np.median(np.stack(self.noise), axis=0)
+        self.noise[self.noise_seen % len(self.noise)] = window_noise
+        self.noise_seen += 1
+
+    def recent_noise(self, spec: HealthSpec, count: int) -> np.ndarray:
+        """The last `count` (or fewer, as many as seen) windows' step noise, oldest first."""
+        if spec is not self.spec:
+            self._reset(spec)
+        ring, seen = self.noise, self.noise_seen
+        ordered = ring[:seen] if seen < len(ring) else np.roll(ring, -(seen % len(ring)), axis=0)
+        return ordered[max(0, len(ordered) - count):]
 
     def step(self, spec: HealthSpec, z: list[float], limits: list[float], allowances: list[float]) -> int:
         """Advance by one window's standardised levels `z`; `limits` and `allowances` are
@@ -298,9 +306,7 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
             above = spec.noisy_above[watched]
             noisy[:, watched] = noise > above
             if spec.noisy_windows > 1:  # and over the look-back: persistent, and present in this window
-                looked_back = np.stack([np.full(noise.shape[1], np.nan) if median is None else median
-                                        for median in (state.step_noise(spec, n) for state, n in zip(states, noise))])
-                noisy[:, watched] &= looked_back > above
+                noisy[:, watched] &= lookback_noise(spec, states, noise) > above
         z = (level - spec.level_mean) / spec.level_std
         excess = None if spec.relation is None else spec.relation.excess(z)
         related = np.zeros(len(raw), dtype=bool) if excess is None else (excess > 1.0).any(axis=1)
@@ -325,6 +331,40 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
         for i, culprit in zip(blamed, spec.relation.culprits(z[blamed])):
             reasons[i] = reason(RELATION, features[spec.relation.sensors[int(culprit)]])
     return reasons
+
+
+def lookback_noise(spec: HealthSpec, states: Sequence[HealthState], noise: np.ndarray) -> np.ndarray:
+    """Per window, the median step noise over the device's last `spec.noisy_windows` windows,
+    this one included `[B, watched]`; NaN while a device's look-back is not yet full. Devices
+    with one window in the batch (the live service's usual batch) share one median call over
+    their rings; a device with several (a file scored offline) gets rolling medians over its
+    recent windows and the new ones in time order. Both take the median of the same values,
+    so live and offline agree bit for bit."""
+    count = spec.noisy_windows
+    out = np.full(noise.shape, np.nan)
+    by_state: dict[int, list[int]] = {}
+    for i, state in enumerate(states):
+        by_state.setdefault(id(state), []).append(i)
+    single = []
+    for rows in by_state.values():
+        state = states[rows[0]]
+        if len(rows) == 1:
+            state.push_noise(spec, noise[rows[0]])
+            if state.noise_seen >= count:
+                single.append(rows[0])
+            continue
+        sequence = np.concatenate([state.recent_noise(spec, count - 1), noise[rows]])
+        first = len(sequence) - len(rows)  # where this batch's windows start in the sequence
+        if len(sequence) >= count:
+            medians = rolling_median(sequence, count)  # medians[k] ends at sequence[k + count - 1]
+            for j, i in enumerate(rows):
+                if first + j >= count - 1:
+                    out[i] = medians[first + j - count + 1]
+        for i in rows:
+            state.push_noise(spec, noise[i])
+    if single:
+        out[single] = np.median(np.stack([states[i].noise for i in single]), axis=1)
+    return out
 
 
 def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], window: int, stride: int,

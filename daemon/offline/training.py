@@ -85,8 +85,10 @@ class TrainConfig:
     fitted only where the training data hold enough independent windows for it: a fresh pump
     fleet decided it by a rule fixed before its run (docs/quality.md).
 
-    `noisy_lookback` is how many windows' worth of readings the `noisy` health check judges a
-    sensor's step noise over (daemon.core.sensor_health); 1 is the window alone."""
+    `noisy_lookback` is how many windows' worth of readings the `noisy` health check also
+    judges a sensor's step noise over (daemon.core.sensor_health; 1: the window alone). Three
+    is the default: a fresh pump fleet decided it by a rule fixed before its run
+    (docs/quality.md, "The noise look-back")."""
 
     arch: str = "lstm"
     window: int = 20
@@ -100,7 +102,7 @@ class TrainConfig:
     normalise_features: bool = True
     self_tune: bool = False
     relation_check: bool = True
-    noisy_lookback: int = 1
+    noisy_lookback: int = 3
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-3
