@@ -184,6 +184,12 @@ def test_a_longer_noise_lookback_sets_a_lower_limit_and_flags_more_of_a_noise_ri
     assert last["looked back"] < 1300 + WINDOW // 2 + 1
 
 
+def test_inspect_names_the_noise_lookback():
+    values = synthetic.normal(3000, seed=0).values
+    assert "noisy (look-back 41 windows): " in fitted(values, noisy_lookback=3).describe(synthetic.FEATURES)
+    assert "; noisy: " in fitted(values).describe(synthetic.FEATURES)
+
+
 def test_the_noise_lookback_speaks_only_once_it_is_full():
     spec = fitted(synthetic.normal(6000, seed=0).values, noisy_lookback=3)
     values = synthetic.normal(500, seed=3).values.copy()

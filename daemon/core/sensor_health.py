@@ -170,10 +170,11 @@ class HealthSpec:
 
     def describe(self, features: list[str]) -> str:
         """One line for `inspect`: which sensors each check watches (the others are exempt)."""
+        lookback = f" (look-back {self.noisy_windows} windows)" if self.noisy_windows > 1 else ""
         watched = {
             "envelope": [f for f, hi in zip(features, self.envelope_high) if hi < np.finfo(np.float64).max],
             "stuck": [f for f, below in zip(features, self.stuck_below) if below > 0],
-            "noisy": [f for f, above in zip(features, self.noisy_above) if above > 0],
+            f"noisy{lookback}": [f for f, above in zip(features, self.noisy_above) if above > 0],
             "drift": [f for f, limit in zip(features, self.drift_limit) if limit > 0],
         }
         line = "; ".join(f"{check}: {', '.join(names) or 'none'}" for check, names in watched.items())
