@@ -34,6 +34,7 @@ from daemon.core.runtime import torch_backend  # noqa: E402
 from daemon.core.scoring import Scorer  # noqa: E402
 from daemon.offline.budget import HeldOut, TooLittleTail, calibrate_budget, episodes  # noqa: E402
 from daemon.offline.cross_fit import cross_fitted_scores, fit_folds  # noqa: E402
+from daemon.offline.evaluation import segments  # noqa: E402
 from daemon.offline.frame_scoring import score_frame, score_frames  # noqa: E402
 from daemon.offline.training import TrainConfig, fold_trainer, split_runs, train  # noqa: E402
 
@@ -49,8 +50,7 @@ def fault_free_stretches(scorer: Scorer, case: Case) -> list[np.ndarray]:
         labelled = np.concatenate(([0], np.cumsum(test.frame.labels)))
         ends = scored.ends
         clean = (labelled[ends + 1] == labelled[np.maximum(ends + 1 - scorer.window, 0)]) & (ends >= test.counted_from)
-        index = np.flatnonzero(clean)
-        out += [scored.scores[part] for part in np.split(index, np.flatnonzero(np.diff(index) > 1) + 1) if len(part)]
+        out += [scored.scores[start:end] for start, end in segments(clean.astype(np.int8))]
     return out
 
 

@@ -222,9 +222,10 @@ class HealthSpec:
 
 class HealthState:
     """One device's (or one offline file's) memory for the drift check, the upward and downward
-    CUSUM sums per sensor, and for the noisy check's look-back, the last windows' step noise. Bound to the spec it was built for: a state met with another spec
-    (a reloaded bundle) starts again from zero. Plain Python floats: for a handful of sensors a
-    scalar loop costs less than numpy's per-call overhead, and this runs once per window."""
+    CUSUM sums per sensor, and for the noisy check's look-back, the last windows' step noise.
+    Bound to the spec it was built for: a state met with another spec (a reloaded bundle)
+    starts again from zero. The sums are plain Python floats: for a handful of sensors a scalar
+    loop costs less than numpy's per-call overhead, and it runs once per window."""
 
     __slots__ = ("spec", "base", "up", "down", "noise", "noise_seen")
 
@@ -243,17 +244,19 @@ class HealthState:
         self.noise = np.zeros((1 if spec is None else spec.noisy_windows, watched))
         self.noise_seen = 0
 
-    def push_noise(self, spec: HealthSpec, window_noise: np.ndarray) -> None:
-        """Add one window's step noise (of the sensors the noisy check watches)."""
+    def _bind(self, spec: HealthSpec) -> None:
         if spec is not self.spec:
             self._reset(spec)
+
+    def push_noise(self, spec: HealthSpec, window_noise: np.ndarray) -> None:
+        """Add one window's step noise (of the sensors the noisy check watches)."""
+        self._bind(spec)
         self.noise[self.noise_seen % len(self.noise)] = window_noise
         self.noise_seen += 1
 
     def recent_noise(self, spec: HealthSpec, count: int) -> np.ndarray:
         """The last `count` (or fewer, as many as seen) windows' step noise, oldest first."""
-        if spec is not self.spec:
-            self._reset(spec)
+        self._bind(spec)
         ring, seen = self.noise, self.noise_seen
         ordered = ring[:seen] if seen < len(ring) else np.roll(ring, -(seen % len(ring)), axis=0)
         return ordered[max(0, len(ordered) - count):]
@@ -263,8 +266,7 @@ class HealthState:
         `spec.drift_limit` and `spec.drift_k` as lists. Returns the first drifting sensor's index, -1 for none. A non-finite level (an
         unscorable reading) leaves that sensor's memory as it is; an exempt sensor (limit 0)
         keeps zero sums."""
-        if spec is not self.spec:
-            self._reset(spec)
+        self._bind(spec)
         if self.base is None:
             self.base = [level if math.isfinite(level) else 0.0 for level in z]
         base, up, down, first = self.base, self.up, self.down, -1
@@ -461,7 +463,7 @@ def _step_noise(run: np.ndarray, window: int, stride: int) -> np.ndarray:
 
 def rolling_median(values: np.ndarray, count: int) -> np.ndarray:
     """Per position from `count` - 1 on, the median of the last `count` rows of `values` `[n, F]`:
-    what `HealthState.step_noise` returns window by window, for a whole run at once."""
+    what `lookback_noise` gives a device's windows, for a whole run at once."""
     if count == 1:
         return values
     return np.median(np.lib.stride_tricks.sliding_window_view(values, count, axis=0), axis=-1)
