@@ -3,6 +3,7 @@ set on each, and the rate it realises on a data set's fault-free test stretches.
 
     .venv/bin/python bench/budget_heldout.py --dataset fleet --fleet-seed 0
     .venv/bin/python bench/budget_heldout.py --dataset tep
+    .venv/bin/python bench/budget_heldout.py --dataset fleet --train-days 4   # a longer history
 
 One model, trained as `anomalyd train --false-alarms-per-day N` trains it. Its budget threshold
 is then set on three samples of normal window scores in turn, each with the package's own
@@ -59,12 +60,14 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("fleet", "tep"), default="fleet")
     parser.add_argument("--fleet-seed", type=int, default=0, metavar="N")
+    parser.add_argument("--train-days", type=float, default=None, metavar="D",
+                        help="fleet: days of normal history per pump to train on (default: the simulator's 1.25)")
     parser.add_argument("--tep", type=Path, default=SHARED / "tep", help="TEP folder (default: %(default)s)")
     parser.add_argument("--false-alarms-per-day", type=float, default=1.0, metavar="N")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
     args = parser.parse_args()
 
-    case = fleet(seed=args.fleet_seed) if args.dataset == "fleet" else tep(args.tep)
+    case = fleet(seed=args.fleet_seed, train_days=args.train_days) if args.dataset == "fleet" else tep(args.tep)
     config = dataclasses.replace(TrainConfig(), threshold="budget", false_alarms_per_day=args.false_alarms_per_day,
                                  threshold_scale=1.0, seed=args.seed)
     result = train(case.train, config)

@@ -113,12 +113,13 @@ FLEET_QUICK_TRAIN_DAYS = 0.5  # every 12 h of the simulator's schedule holds all
 FLEET_QUICK_PUMPS = 2  # every fault kind occurs on every pump
 
 
-def fleet(quick: bool = False, seed: int = 0) -> Case:
+def fleet(quick: bool = False, seed: int = 0, train_days: float | None = None) -> Case:
     """The simulated pump fleet (bench/fleet_sim.py), held out from every default: one model on
-    every pump's fault-free training days, tested on each pump's later days (an hour of history,
-    a fault-free day, then one fault of every kind). Quick: half a day of training per pump and
-    the first two pumps' test days."""
-    simulated = simulate_fleet(seed, train_days=FLEET_QUICK_TRAIN_DAYS) if quick else simulate_fleet(seed)
+    every pump's fault-free training days (`train_days`, default the simulator's 1.25), tested
+    on each pump's later days (an hour of history, a fault-free day, then one fault of every
+    kind). Quick: half a day of training per pump and the first two pumps' test days."""
+    days = FLEET_QUICK_TRAIN_DAYS if quick else train_days
+    simulated = simulate_fleet(seed) if days is None else simulate_fleet(seed, train_days=days)
     split = simulated.split
     train, tests = [], []
     for timeline in simulated.timelines:

@@ -8,7 +8,6 @@ through this module alone, so when the package's offline API moves only this fil
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -18,14 +17,15 @@ import numpy as np
 
 from daemon.cli import build_parser, main as cli_main
 from daemon.commands.train import resolve_threshold_options
-from daemon.core.postprocess import AlertSpec
+from daemon.core.postprocess import AlertSpec, alert_flags
 from daemon.core.runtime import torch_backend
 from daemon.core.scoring import Scorer
 from daemon.core.thresholds import FalseAlarmBudget, calibrate
 from daemon.offline import synthetic
 from daemon.offline.budget import expected_per_day
-from daemon.offline.detection import detect, event_outcomes
+from daemon.offline.detection import FileResult, detect, event_outcomes
 from daemon.offline.evaluation import Report, duration_text, report, segments
+from daemon.offline.frame_scoring import row_flags
 from daemon.offline.frames import Frame, load_csv
 from daemon.offline.training import TrainConfig, train
 
@@ -66,20 +66,25 @@ class TrainedModel:
         return (f"{bundle.score.reduction}{' normalised' if bundle.score.feature_scale else ''}, "
                 f"enter {bundle.alert.enter_after}{' (self-tuned)' if tuned else ''}")
 
-    def alerts(self, frame: Frame) -> tuple[np.ndarray, list[str]]:
+    def detect(self, frame: Frame) -> FileResult:
+        """Score `frame` once, as `anomalyd evaluate` does: the bundle's threshold and hysteresis."""
+        return detect(self.scorer, frame, self.scorer.threshold)
+
+    def alerts(self, result: FileResult) -> tuple[np.ndarray, list[str]]:
         """Per-row alert state with the bundle's threshold and hysteresis (what `evaluate`
         counts), and what each row in alert names: the reason of the window ending there (a
         sensor-health flag, an unscorable reading), else `model:<sensor>`, the sensor whose
         error weighs most in the window's score; "" elsewhere."""
-        result = detect(self.scorer, frame, self.scorer.threshold)
         return result.predicted, result.alarm_names(self.scorer.bundle)
 
-    def plain_flags(self, frame: Frame, quantile: float = 0.999) -> np.ndarray:
-        """Per-row flags of the same model with a plain threshold: the `quantile` of every normal
-        training window's score, no safety scale, no hysteresis (every window over it is an alert)."""
+    def plain_flags(self, result: FileResult, quantile: float = 0.999) -> np.ndarray:
+        """Per-row flags of the same model and the same window scores with a plain threshold:
+        the `quantile` of every normal training window's score, no safety scale, no hysteresis
+        (every window over it is an alert)."""
         value = calibrate(f"quantile:{quantile}", self.normal_scores, None, 1.0).value
-        plain = Scorer(dataclasses.replace(self.scorer.bundle, alert=AlertSpec()), self.scorer.backend)
-        return detect(plain, frame, value).predicted
+        scores = result.scores
+        plain = alert_flags(scores.flags(value).astype(np.int8), AlertSpec())
+        return row_flags(len(result.frame), scores.ends, plain)
 
 
 def train_model(frames: list[Frame], config: TrainConfig) -> TrainedModel:

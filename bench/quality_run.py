@@ -54,10 +54,11 @@ def run_case(case: Case, config: TrainConfig) -> CaseOutcome:
     for test in case.tests:
         counted = slice(test.counted_from, None)
         frame = test.frame
-        ours, named = model.alerts(frame)
+        result = model.detect(frame)  # scored once; both thresholds read the same window scores
+        ours, named = model.alerts(result)
         runs.append(RunOutcome(
             source=frame.source, labels=frame.labels[counted], timestamps=frame.timestamps[counted],
-            ours=ours[counted], plain=model.plain_flags(frame)[counted],
+            ours=ours[counted], plain=model.plain_flags(result)[counted],
             pca=pca.combined(frame.values[counted]), event_names=test.event_names, named=named[counted]))
     return CaseOutcome(case.dataset, case.name, model.epochs, round(trained - started, 2),
                        round(time.time() - trained, 2), pca.components, runs, model.budget, model.scoring,

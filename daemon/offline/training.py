@@ -215,18 +215,22 @@ def _epoch_loss(model: AutoEncoder, data: torch.Tensor, batch_size: int,
 
 def fit_model(model: AutoEncoder, train: torch.Tensor, validation: torch.Tensor, config: TrainConfig,
               progress: Callable[[int, float, float], None]) -> list[tuple[float, float]]:
-    """Adam + early stopping on validation loss; the best epoch's weights are kept."""
+    """Adam + early stopping on validation loss; the best epoch's weights are kept. Without a
+    validation set (a cross-fitting fold, a run too short for a tail) the epoch's own training
+    loss is the monitor: scoring the training windows again would cost a forward pass per epoch
+    and say nothing the training pass did not."""
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
-    monitor = validation if len(validation) else train
     best, best_state, since_best, history = math.inf, copy.deepcopy(model.state_dict()), 0, []
     for epoch in range(config.epochs):
         model.train()
         train_loss = _epoch_loss(model, train, config.batch_size, optimiser,
                                  torch.randperm(len(train), generator=generator))
         model.eval()
-        with torch.no_grad():
-            val_loss = _epoch_loss(model, monitor, 1024, None, None)
+        val_loss = train_loss
+        if len(validation):
+            with torch.no_grad():
+                val_loss = _epoch_loss(model, validation, 1024, None, None)
         history.append((train_loss, val_loss))
         progress(epoch + 1, train_loss, val_loss)
         if val_loss < best - 1e-9:
