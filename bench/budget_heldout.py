@@ -3,7 +3,7 @@ set on each, and the rate it realises on a data set's fault-free test stretches.
 
     .venv/bin/python bench/budget_heldout.py --dataset fleet --fleet-seed 0
     .venv/bin/python bench/budget_heldout.py --dataset tep
-    .venv/bin/python bench/budget_heldout.py --dataset fleet --train-days 4   # a longer history
+    .venv/bin/python bench/budget_heldout.py --dataset fleet --train-days 3   # a longer history
 
 One model, trained as `anomalyd train --false-alarms-per-day N` trains it. Its budget threshold
 is then set on three samples of normal window scores in turn, each with the package's own
@@ -16,6 +16,16 @@ Each threshold is run through the bundle's hysteresis over the test runs' stretc
 window touches a labelled row (counted rows only), and the episodes per day are printed beside
 the budget, with the threshold that realises the budget on those stretches themselves (set on
 test rows: a yardstick, not a detector).
+
+On the fleet, whose test spans several days, it also plays a nightly recalibration (deploy/
+README.md: `anomalyd calibrate` on the store's last day, every pump pooled): from the second
+test day on, each day runs at the budget's threshold set on the day before's windows, and its
+episodes on the fault-free stretches are counted, beside the share of the fault windows in
+alert. The day before's windows leave out what `calibrate` would: the periods anomalyd was in
+alert (its default); with `--incidents`, every labelled fault (an operator who learns of every
+incident, from maintenance too) or the labelled faults that alarmed at least once (an operator
+who confirms what anomalyd showed them; the faults it missed stay in); or nothing
+(`--keep-alert-periods`).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from quality_cases import Case, fleet, tep  # noqa: E402  (bench/ is this script's directory)
 
+from daemon.core.postprocess import AlertSpec, alert_flags  # noqa: E402
 from daemon.core.runtime import torch_backend  # noqa: E402
 from daemon.core.scoring import Scorer  # noqa: E402
-from daemon.offline.budget import HeldOut, TooLittleTail, calibrate_budget, episodes  # noqa: E402
+from daemon.offline.budget import SECONDS_PER_DAY, HeldOut, TooLittleTail, calibrate_budget, episodes  # noqa: E402
 from daemon.offline.cross_fit import cross_fitted_scores, fit_folds  # noqa: E402
 from daemon.offline.evaluation import segments  # noqa: E402
 from daemon.offline.frame_scoring import score_frame, score_frames  # noqa: E402
@@ -42,17 +54,81 @@ from daemon.offline.training import TrainConfig, fold_trainer, split_runs, train
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
-def fault_free_stretches(scorer: Scorer, case: Case) -> list[np.ndarray]:
-    """Window scores of every counted stretch of the test runs where no window covers a
-    labelled row, one array per stretch (each starts out of alert)."""
+@dataclass
+class ScoredRun:
+    """One test run's window scores from its first counted window on, and which windows cover no
+    labelled row."""
+
+    scores: np.ndarray
+    timestamps: np.ndarray  # data time of each window's last row
+    clean: np.ndarray  # bool: no labelled row in the window
+
+
+def scored_runs(scorer: Scorer, case: Case) -> list[ScoredRun]:
     out = []
     for test in case.tests:
         scored = score_frame(scorer, test.frame, 1)
         labelled = np.concatenate(([0], np.cumsum(test.frame.labels)))
         ends = scored.ends
-        clean = (labelled[ends + 1] == labelled[np.maximum(ends + 1 - scorer.window, 0)]) & (ends >= test.counted_from)
-        out += [scored.scores[start:end] for start, end in segments(clean.astype(np.int8))]
+        counted = ends >= test.counted_from
+        clean = labelled[ends + 1] == labelled[np.maximum(ends + 1 - scorer.window, 0)]
+        out.append(ScoredRun(scored.scores[counted], scored.timestamps[counted], clean[counted]))
     return out
+
+
+def stretches(scores: np.ndarray, keep: np.ndarray) -> list[np.ndarray]:
+    """The runs of consecutive kept windows' scores (each starts out of alert)."""
+    return [scores[start:end] for start, end in segments(keep.astype(np.int8))]
+
+
+def fault_free_stretches(runs: list[ScoredRun]) -> list[np.ndarray]:
+    return [part for run in runs for part in stretches(run.scores, run.clean)]
+
+
+def alerted_faults(clean: np.ndarray, in_alert: np.ndarray) -> np.ndarray:
+    """Per window, whether it belongs to a labelled stretch that was in alert at least once:
+    the incidents an alarm review confirms. A fault that never alarmed is not among them."""
+    out = np.zeros(len(clean), dtype=bool)
+    for start, end in segments((~clean).astype(np.int8)):
+        out[start:end] = in_alert[start:end].any()
+    return out
+
+
+def nightly_calibration(runs: list[ScoredRun], first: float, per_day: float | None, alert: AlertSpec, period: float,
+                        cut: str = "alerts") -> tuple[int, float, float]:
+    """Episodes on the fault-free windows, and their days, from the second test day on, each day
+    at the budget's threshold set on the day before's windows of every device pooled (the first
+    day runs at `first`): a nightly `anomalyd calibrate` over the last day. `cut` says which of
+    the day's windows are left out: "alerts", those in alert at the threshold then in force (as
+    the nightly unit leaves anomalyd's alert periods out of the store's data); "labels", the
+    labelled ones (an operator who knows every incident); "reviewed", the labelled stretches
+    that were in alert at least once (the incidents an alarm review confirms; a fault that never
+    alarmed stays in); "nothing". `per_day` None: every day
+    at `first`. Also returns the share of the labelled windows of those days in alert (score
+    alone, the bundle's hysteresis), the price of a threshold raised by faults left in."""
+    start = min(run.timestamps[0] for run in runs)
+    days = [((run.timestamps - start) // SECONDS_PER_DAY).astype(int) for run in runs]
+    threshold, seen, span, faulty, caught = first, 0, 0.0, 0, 0
+    for d in range(int(max(day.max() for day in days)) + 1):
+        sample, false_alarm_windows = [], []
+        for run, day in zip(runs, days):
+            today = day == d
+            scores, clean = run.scores[today], run.clean[today]
+            if d > 0:
+                false_alarm_windows += stretches(scores, clean)
+            in_alert = alert_flags((scores > threshold).astype(np.int8), alert).astype(bool)
+            if d > 0:
+                faulty += int((~clean).sum())
+                caught += int(in_alert[~clean].sum())
+            keep = {"labels": clean, "alerts": ~in_alert, "nothing": np.ones(len(scores), dtype=bool),
+                    "reviewed": clean | ~alerted_faults(clean, in_alert)}[cut]
+            sample += stretches(scores, keep)
+        if d > 0:
+            seen += episodes(false_alarm_windows, threshold, alert)
+            span += HeldOut.from_scores(false_alarm_windows, 1, period, f"day {d}").days
+        if per_day is not None:
+            threshold = calibrate_budget(HeldOut.from_scores(sample, 1, period, f"day {d}"), per_day, alert)[0]
+    return seen, span, caught / max(faulty, 1)
 
 
 def main() -> None:
@@ -65,6 +141,8 @@ def main() -> None:
     parser.add_argument("--tep", type=Path, default=SHARED / "tep", help="TEP folder (default: %(default)s)")
     parser.add_argument("--false-alarms-per-day", type=float, default=1.0, metavar="N")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    parser.add_argument("--no-cross-fit", action="store_true",
+                        help="leave out the cross-fitted sample (its fold models take most of the run's time)")
     args = parser.parse_args()
 
     case = fleet(seed=args.fleet_seed, train_days=args.train_days) if args.dataset == "fleet" else tep(args.tep)
@@ -74,15 +152,16 @@ def main() -> None:
     bundle = result.bundle
     scorer = Scorer(bundle, torch_backend(result.model, config.threads))
     split = split_runs(case.train, config.window, config.validation_fraction)
-    folds = fit_folds(split.runs, config.window, fold_trainer(config, int(bundle.training["best_epoch"]),
-                                                              bundle.scaler, bundle.preprocess, len(bundle.features)))
-    samples = {
-        "validation tail": [s.scores for s in score_frames(scorer, split.validation)],
-        "cross-fitted": cross_fitted_scores(folds, scorer, 1),
-        "train+validation": [s.scores for s in score_frames(scorer, split.train + split.validation)],
-    }
+    samples = {"validation tail": [s.scores for s in score_frames(scorer, split.validation)]}
+    if not args.no_cross_fit:
+        folds = fit_folds(split.runs, config.window, fold_trainer(config, int(bundle.training["best_epoch"]),
+                                                                  bundle.scaler, bundle.preprocess,
+                                                                  len(bundle.features)))
+        samples["cross-fitted"] = cross_fitted_scores(folds, scorer, 1)
+    samples["train+validation"] = [s.scores for s in score_frames(scorer, split.train + split.validation)]
     period = bundle.sample_period_seconds
-    test = HeldOut.from_scores(fault_free_stretches(scorer, case), 1, period, "fault-free test stretches")
+    tested = scored_runs(scorer, case)
+    test = HeldOut.from_scores(fault_free_stretches(tested), 1, period, "fault-free test stretches")
     per_day = args.false_alarms_per_day
     print(f"{case.name}, training seed {args.seed}, budget {per_day:g} / device-day; "
           f"{test.days:.2f} fault-free test days\n")
@@ -100,6 +179,23 @@ def main() -> None:
               f"{seen / test.days:.2f} | {seen / test.days / per_day:.2f} |")
     yardstick, record = calibrate_budget(test, per_day, bundle.alert)
     print(f"\nThreshold that realises the budget on the test stretches themselves: {yardstick:.3f} ({record.rule}).")
+    if args.dataset == "fleet":
+        tail = calibrate_budget(HeldOut.from_scores(samples["validation tail"], 1, period, "tail"), per_day,
+                                bundle.alert)[0]
+        print("\nFrom the second test day on, the validation tail's threshold against a nightly recalibration "
+              "on the day before (every pump pooled; the first day at the tail's threshold):\n")
+        print("| threshold | fault-free days | episodes | realised / day | × budget | fault windows in alert |")
+        print("|---|---|---|---|---|---|")
+        seen, span, share = nightly_calibration(tested, tail, None, bundle.alert, period)
+        print(f"| the validation tail's | {span:.2f} | {seen} | {seen / span:.2f} | {seen / span / per_day:.2f} | "
+              f"{share:.3f} |")
+        for cut, what in (("alerts", "its alert periods left out (`calibrate`)"),
+                          ("labels", "every incident left out (`calibrate --incidents`)"),
+                          ("reviewed", "the alarmed incidents left out (`calibrate --incidents`)"),
+                          ("nothing", "nothing left out (`calibrate --keep-alert-periods`)")):
+            seen, span, share = nightly_calibration(tested, tail, per_day, bundle.alert, period, cut)
+            print(f"| the day before's, {what} | {span:.2f} | {seen} | {seen / span:.2f} | {seen / span / per_day:.2f} "
+                  f"| {share:.3f} |")
 
 
 if __name__ == "__main__":

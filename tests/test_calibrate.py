@@ -189,7 +189,8 @@ def test_inspect_shows_the_per_device_thresholds_and_the_calibration(work, capsy
     assert "per device    pump-a " in out and ", pump-b " in out
     assert "calibrated    2962 windows from 2023-11-14T22:13:20Z" in out
     previous = load_bundle(work["per_device"]).calibration["previous_threshold"]["value"]
-    assert f"(was {previous:.6g})" in out, "the replaced threshold is printed like the threshold line"
+    assert f"(was {previous:.6g}); left out labelled rows: 0 rows" in out, \
+        "the replaced threshold is printed like the threshold line, then what was not calibrated on"
 
 
 def test_a_budget_threshold_is_set_again_as_a_budget_on_the_new_data(tmp_path):
@@ -209,3 +210,40 @@ def test_a_budget_threshold_is_set_again_as_a_budget_on_the_new_data(tmp_path):
     expected, _ = calibrate_budget(HeldOut.from_scores(runs, old.stride, old.sample_period_seconds, "x"), 2.0,
                                    old.alert)
     assert new.threshold.value == pytest.approx(expected * old.threshold.scale)
+
+
+def test_confirmed_incidents_are_left_out_as_labelled_rows_are(work, tmp_path):
+    """`--incidents` marks its rows as a label column would: calibrating the unlabelled file with
+    the incident gives the threshold that the labelled file gives, and a lower one than the
+    unlabelled file alone, whose fault rows would count as normal."""
+    faulty = synthetic.inject(synthetic.normal(1500, seed=7), "level_shift", 600, 200, seed=3)
+    labelled = faulty.write_csv(tmp_path / "labelled.csv")
+    unlabelled = synthetic.Synthetic(faulty.timestamps, faulty.values,
+                                     np.zeros(len(faulty.labels), dtype=np.int8)).write_csv(tmp_path / "unlabelled.csv")
+    incidents = tmp_path / "incidents.csv"
+    incidents.write_text(f"device,start,end\npump-x,{faulty.timestamps[600]},{faulty.timestamps[799]}\n"
+                         f"pump-elsewhere,0,1\n")
+
+    def calibrated(data, *extra: str):
+        out = tmp_path / f"cal-{len(list(tmp_path.iterdir()))}"
+        assert main(["calibrate", "--model", str(work["model"]), "--out", str(out), "--per-device",
+                     "--data", f"pump-x={data}", *extra]) == 0
+        return load_bundle(out)
+
+    from_labels = calibrated(labelled)
+    from_incidents = calibrated(unlabelled, "--incidents", str(incidents))
+    assert from_incidents.threshold == from_labels.threshold
+    assert calibrated(unlabelled).threshold.value > from_labels.threshold.value
+    assert from_labels.calibration["left_out"] == "labelled rows: 200 rows"
+    assert from_incidents.calibration["left_out"] == f"the confirmed incidents in {incidents} and labelled rows: 200 rows"
+
+
+@pytest.mark.parametrize("row", ["pump-x,soon,5", "pump-x,9,5", ",1"])
+def test_a_bad_incidents_row_is_one_line_naming_the_file_and_line(work, tmp_path, capsys, row):
+    incidents = tmp_path / "incidents.csv"
+    incidents.write_text(f"device,start,end\n{row}\n")
+    assert main(["calibrate", "--model", str(work["model"]), "--out", str(tmp_path / "out"),
+                 "--data", str(work["quiet"]), "--incidents", str(incidents)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{incidents}:2: expected columns device,start,end" in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -206,6 +206,41 @@ def test_calibrate_from_the_store_per_device(plant, influxdb_session, tmp_path, 
     normal_pump1 = int((~plant.in_alert["pump-1"]).sum())
     assert record["windows_per_device"]["pump-1"] <= normal_pump1 - 19
     assert record["windows_per_device"]["pump-1"] > normal_pump1 - 19 * 4
+    assert record["left_out"] == f"anomalyd's alert periods: {int(plant.in_alert['pump-1'].sum())} rows"
+
+
+def test_train_with_incidents_learns_from_the_alert_periods_no_incident_confirms(plant, influxdb_session, tmp_path):
+    first, end = ALERTS_PUMP1[1]  # confirmed: the level shift; the other two alert periods were false alarms
+    incidents = tmp_path / "incidents.csv"
+    incidents.write_text(f"device,start,end\npump-1,{ts(first)},{ts(end - 1)}\n")
+
+    def rows(*extra: str) -> int:
+        out = tmp_path / f"model-{len(extra)}"
+        assert main(["train", *_store_args(influxdb_session), "--out", str(out), *FAST_TRAIN, *extra]) == 0
+        training = json.loads((out / "bundle.json").read_text())["training"]
+        return training["rows_train"] + training["rows_validation"]
+
+    false_alarm_rows = int(plant.in_alert["pump-1"].sum()) - (end - first)  # in alert, in no incident
+    assert rows("--incidents", str(incidents)) - rows() == false_alarm_rows
+
+
+def test_calibrate_with_incidents_keeps_the_alert_periods_no_incident_confirms(plant, influxdb_session, tmp_path):
+    """An alert period that no confirmed incident overlaps was a false alarm: its rows are
+    calibrated on; only the incident's rows are left out."""
+    export = _export_runs(plant, tmp_path / "export")
+    model = tmp_path / "model"
+    assert main(["train", "--data", str(export[1]), "--out", str(model), *FAST_TRAIN]) == 0
+    first, end = ALERTS_PUMP1[1]  # the level shift, confirmed; the other two alert periods were not
+    incidents = tmp_path / "incidents.csv"
+    incidents.write_text(f"device,start,end\npump-1,{ts(first)},{ts(end - 1)}\n")
+    out = tmp_path / "model-cal"
+    assert main(["calibrate", "--model", str(model), "--out", str(out), "--per-device",
+                 "--incidents", str(incidents), *_store_args(influxdb_session)]) == 0
+    record = json.loads((out / "bundle.json").read_text())["calibration"]
+    window = load_bundle(model).window
+    assert record["windows_per_device"]["pump-1"] == (first - window + 1) + (ROWS - end - window + 1)
+    assert record["left_out"] == f"the confirmed incidents in {incidents} (anomalyd's other alert periods kept): " \
+                                f"{end - first} rows"
 
 
 @pytest.mark.parametrize("args, message", [

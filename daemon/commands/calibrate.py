@@ -6,12 +6,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from daemon.commands.common import (add_data_options, add_influx_options, check_one_source, describe_history,
-                                    formatter, read_frames, read_influx, split_list)
+from daemon.commands.common import (add_data_options, add_incidents_option, add_influx_options, check_one_source,
+                                    describe_history, formatter, incidents_of, read_frames, read_influx, split_list)
 from daemon.core.errors import DataError, UserError
 from daemon.core.scoring import Scorer
 from daemon.offline import plots
 from daemon.offline.frames import Frame
+from daemon.offline.incidents import label_incidents
 from daemon.offline.recalibration import next_version, recalibrate, write_recalibrated
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,12 @@ model.onnx copied unchanged (same sha256), bundle.json with the new threshold an
 'calibration' record (previous threshold, new one, the data and its time range). Promote it as
 any new bundle: symlink + reload (deploy/README.md, "Upgrade and roll back a model").
 
+--incidents names the incidents an alarm review confirmed (device,start,end in epoch seconds, the
+file `compare --labels` reads): their rows are left out and anomalyd's other alert periods are
+kept. Without it every alert period is left out, so a threshold that alarms too often is
+calibrated on the scores below it and cannot rise: unconfirmed alerts are the false alarms it
+must learn to let pass (docs/quality.md, "Keeping to the budget").
+
 --per-device also stores a threshold for each device in the data (bundle.json threshold.devices),
 used by the service and by `score --device D`; devices not listed use the bundle's threshold,
 recomputed over every device's windows. A CSV file names its devices in a device column
@@ -35,6 +42,8 @@ examples:
   anomalyd calibrate --model models/pump-v3 --out models/pump-v4 --per-device \\
       --from-influx http://127.0.0.1:8086 --database telegraf --measurement pump \\
       --start 7d --influx-token-file /etc/anomalyd/influx.token
+  anomalyd calibrate --model models/pump-v3 --out models/pump-v4 --incidents incidents.csv \
+      --from-influx http://127.0.0.1:8086 --database telegraf --measurement pump --start 1d
 """
 
 
@@ -51,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--name", default="", help="model name of the new bundle (default: --out's directory name)")
     p.add_argument("--model-version", metavar="V", help="version of the new bundle (default: the old one + 1)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="(default: %(default)s)")
+    add_incidents_option(p)
     add_data_options(p)
     add_influx_options(p, fields_help="the store's fields (default: the bundle's features)")
     p.set_defaults(run=run)
@@ -76,8 +86,25 @@ def _csv_runs(args: argparse.Namespace, features: list[str]) -> dict[str, list[F
     return runs
 
 
+def _left_out(args: argparse.Namespace, frames: list[Frame]) -> str:
+    """What the calibration left out, for the bundle's record: an operator reading why a
+    threshold moved needs to know whether false alarms were calibrated on."""
+    if args.incidents:
+        what = f"the confirmed incidents in {args.incidents}" + (
+            " and labelled rows" if args.data else " (anomalyd's other alert periods kept)")
+    elif args.data:
+        what = "labelled rows"
+    elif args.keep_alert_periods:
+        what = "nothing (--keep-alert-periods: anomalyd's alert periods kept)"
+    else:
+        what = "anomalyd's alert periods"
+    rows = sum(int(f.labels.sum()) for f in frames if f.labels is not None)
+    return f"{what}: {rows} rows"
+
+
 def run(args: argparse.Namespace) -> int:
     check_one_source(args)
+    incidents = incidents_of(args)
     scorer = Scorer.load(args.model, args.runtime)
     bundle = scorer.bundle
     if args.data:
@@ -89,13 +116,15 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"fields {history.features} are not the bundle's features {bundle.features} "
                             f"(in this order)")
         runs = history.runs
+    if incidents is not None:
+        runs = label_incidents(runs, incidents, args.incidents)
     frames = [f for device_runs in runs.values() for f in device_runs]
     result = recalibrate(scorer, runs, args.per_device)
     out = args.out
     new = write_recalibrated(bundle, result, out, args.name or out.resolve().name,
                              args.model_version or next_version(bundle.version), [f.source for f in frames],
                              min(float(f.timestamps[0]) for f in frames if len(f)),
-                             max(float(f.timestamps[-1]) for f in frames if len(f)))
+                             max(float(f.timestamps[-1]) for f in frames if len(f)), _left_out(args, frames))
     plots.score_histogram(result.scores, new.threshold.value, new.threshold.method, out / "score_histogram.png")
     old_t, new_t = bundle.threshold, new.threshold
     per_device = "".join(f", {d} {v:.6g}" for d, v in new_t.devices.items())

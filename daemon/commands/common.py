@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.core.errors import UserError
+from daemon.offline.incidents import Incidents, read_incidents
 from daemon.offline.frames import (DEFAULT_DEVICE_COLUMN, DEFAULT_LABEL_COLUMN, LABEL_AUTO, LABEL_COLUMN_NAMES,
                                    NAN_POLICIES, Frame, load_device_runs)
 
@@ -87,6 +89,22 @@ def add_influx_options(parser: argparse.ArgumentParser, *, fields_help: str) -> 
     group.add_argument("--influx-password-file", metavar="FILE", help="file holding --influx-user's password")
     group.add_argument("--influx-timeout", type=float, default=30.0, metavar="S",
                        help="seconds to wait for each answer (default: %(default)s)")
+
+
+def add_incidents_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--incidents", type=Path, metavar="CSV",
+                        help="confirmed incidents, columns device,start,end (epoch seconds, the file `compare "
+                             "--labels` reads): their rows are left out; with --from-influx anomalyd's other "
+                             "alert periods are then kept, as the false alarms they were")
+
+
+def incidents_of(args: argparse.Namespace) -> Incidents | None:
+    """The --incidents file, read. Given one, anomalyd's alert periods are read as any rows:
+    the incidents say which of them were faults."""
+    if not args.incidents:
+        return None
+    args.keep_alert_periods = True
+    return read_incidents(args.incidents)
 
 
 def check_one_source(args: argparse.Namespace) -> None:

@@ -9,7 +9,6 @@ episode that overlaps no labelled interval of its device is a false alarm.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from daemon.commands.common import formatter
 from daemon.core.errors import UserError
 from daemon.live.sinks.file import read_points
 from daemon.live.sinks.line_protocol import SCHEMA
+from daemon.offline.incidents import read_incidents
 
 SERVED, CANDIDATE = "served", "candidate"
 
@@ -116,22 +116,6 @@ def read_influx_points(args: argparse.Namespace) -> list[dict[str, object]]:
             for series in client.query(statement) for ms, alert in series.values if alert is not None]
 
 
-def read_labels(path: Path) -> dict[str, list[tuple[float, float]]]:
-    """device -> labelled (start, end) intervals, epoch seconds."""
-    intervals: dict[str, list[tuple[float, float]]] = {}
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            for number, row in enumerate(csv.DictReader(f), start=2):
-                try:
-                    intervals.setdefault(row["device"], []).append((float(row["start"]), float(row["end"])))
-                except (KeyError, TypeError, ValueError):
-                    raise UserError(f"{path}:{number}: expected columns device,start,end (epoch seconds), "
-                                    f"got {row}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read labels {path}: {exc.strerror}") from None
-    return intervals
-
-
 def false_alarms(episodes: list[Episode], labelled: list[tuple[float, float]]) -> int:
     return sum(not any(e.start <= end and start <= e.end for start, end in labelled) for e in episodes)
 
@@ -181,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     models = {role: sorted(set().union(*(d.models[role] for d in devices.values()))) for role in (SERVED, CANDIDATE)}
     print(f"served model {', '.join(models[SERVED]) or '-'}; candidate {', '.join(models[CANDIDATE])}")
     print("alert episodes per model; agree = share of windows scored by both whose alert states are equal")
-    labels = read_labels(args.labels) if args.labels else None
+    labels = read_incidents(args.labels) if args.labels else None
     for line in report(devices, labels):
         print(line)
     if args.check:

@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         *(["per device    " + ", ".join(f"{d} {v:.6g}" for d, v in b.threshold.devices.items())]
           if b.threshold.devices else []),
         *([f"calibrated    {b.calibration.get('windows')} windows from {b.calibration.get('data_start')} to "
-           f"{b.calibration.get('data_stop')} (was {_previous_threshold(b.calibration)})"]
+           f"{b.calibration.get('data_stop')} (was {_previous_threshold(b.calibration)})"
+           + (f"; left out {b.calibration['left_out']}" if b.calibration.get("left_out") else "")]
           if b.calibration else []),
         "false alarms  " + (b.false_alarm_budget.describe() + f"; budget chosen on: {b.false_alarm_budget.chosen_on}"
                             if b.false_alarm_budget else _no_budget(b.training)),

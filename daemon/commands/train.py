@@ -12,8 +12,9 @@ from tqdm import tqdm
 
 from daemon.offline.budget import stored_estimate
 from daemon.offline import plots
-from daemon.commands.common import (add_data_options, add_influx_options, check_one_source, describe_history,
-                                    formatter, read_frames, read_influx, split_list)
+from daemon.offline.incidents import label_incidents
+from daemon.commands.common import (add_data_options, add_incidents_option, add_influx_options, check_one_source,
+                                    describe_history, formatter, incidents_of, read_frames, read_influx, split_list)
 from daemon.core.errors import DataError, UserError
 from daemon.core.models import ARCHITECTURES, default_params
 from daemon.core.scaling import SCALER_KINDS
@@ -157,6 +158,7 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     add_data_options(p)
     add_influx_options(p, fields_help="fields to train on, in order (default: every numeric field)")
+    add_incidents_option(p)
     p.set_defaults(run=run)
 
 
@@ -198,15 +200,22 @@ def _export_onnx(directory: Path) -> None:
 
 def _training_frames(args: argparse.Namespace) -> list:
     """The runs to train on: one per --data file, or the store's runs (gaps cut them; rows in
-    anomalyd's alert periods are labelled, so training leaves them out as it does labelled rows)."""
+    anomalyd's alert periods are labelled, so training leaves them out as it does labelled rows;
+    with --incidents the incidents' rows instead)."""
     check_one_source(args)
+    incidents = incidents_of(args)
     if args.data:
-        return read_frames(args.data, args, split_list(args.features), tuple(split_list(args.ignore_columns) or ()))
-    if args.features or args.ignore_columns:
-        raise UserError("--features and --ignore-columns name CSV columns; with --from-influx use --fields")
-    history = read_influx(args, split_list(args.fields))
-    log.info("read %s", describe_history(history))
-    return history.frames()
+        runs = {"": read_frames(args.data, args, split_list(args.features),
+                                tuple(split_list(args.ignore_columns) or ()))}
+    else:
+        if args.features or args.ignore_columns:
+            raise UserError("--features and --ignore-columns name CSV columns; with --from-influx use --fields")
+        history = read_influx(args, split_list(args.fields))
+        log.info("read %s", describe_history(history))
+        runs = history.runs
+    if incidents is not None:
+        runs = label_incidents(runs, incidents, args.incidents)
+    return [run for device in sorted(runs) for run in runs[device]]
 
 
 def resolve_threshold_options(args: argparse.Namespace) -> None:

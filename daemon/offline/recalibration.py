@@ -137,9 +137,10 @@ def _calibrate(old: Threshold, scored: tuple[np.ndarray, np.ndarray | None], wha
 
 
 def write_recalibrated(source: Bundle, result: Recalibration, out: Path, name: str, version: str,
-                       data: list[str], first: float, last: float) -> Bundle:
+                       data: list[str], first: float, last: float, left_out: str = "") -> Bundle:
     """A new bundle directory `out`: the model files of `source` copied, bundle.json with the new
-    threshold and the `calibration` record. Refuses an existing non-empty `out` (never
+    threshold and the `calibration` record (`left_out`: which rows of the data were not
+    calibrated on, and how many). Refuses an existing non-empty `out` (never
     overwrite a bundle, least of all the one being served)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: already exists; calibrate writes a new bundle directory (promote it "
@@ -162,6 +163,7 @@ def write_recalibrated(source: Bundle, result: Recalibration, out: Path, name: s
             "data": sorted(data),
             "data_start": _iso(first),
             "data_stop": _iso(last),
+            "left_out": left_out,
             "anomalyd_version": __version__,
         })
     bundle.write_json(out)
