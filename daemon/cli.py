@@ -27,6 +27,7 @@ COMMANDS = {
     "demo": "run broker + service + replayed devices end to end",
     "generate": "write synthetic sensor data with labelled faults",
     "compare": "compare the served model's alerts with its shadow candidate's",
+    "alerts": "list the alert episodes raised, as CSV for an alarm review (the incidents file)",
 }
 
 DESCRIPTION = """\

@@ -29,17 +29,24 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
                        epilog="examples:\n  anomalyd compare --points demo-out/scores.lp --labels incidents.csv\n"
                               "  anomalyd compare --from-influx http://127.0.0.1:8086 --database anomalyd --since 7d\n"
                               "  anomalyd compare --points scores.lp --labels incidents.csv --check   # promotion gate\n")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--points", type=Path, metavar="FILE",
-                        help="line-protocol file written by the file sink (local_store.path)")
-    source.add_argument("--from-influx", metavar="URL",
-                        help="read the points from this InfluxQL server (/query), e.g. http://127.0.0.1:8086")
+    add_points_source(p)
     p.add_argument("--labels", type=Path, metavar="CSV",
                    help="known incidents: columns device,start,end (epoch seconds); alert episodes "
                         "overlapping none of their device's are counted as false alarms")
     p.add_argument("--check", action="store_true",
                    help="the promotion gate: exit 1 when the candidate alarms more than the served model "
                         "(more false alarms with --labels, else more alert episodes), 0 otherwise")
+    p.set_defaults(run=run)
+
+
+def add_points_source(p: argparse.ArgumentParser) -> None:
+    """Where anomalyd's points are read from: the file sink's file or the store (shared with
+    `anomalyd alerts`)."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--points", type=Path, metavar="FILE",
+                        help="line-protocol file written by the file sink (local_store.path)")
+    source.add_argument("--from-influx", metavar="URL",
+                        help="read the points from this InfluxQL server (/query), e.g. http://127.0.0.1:8086")
     group = p.add_argument_group("reading from InfluxDB (with --from-influx)")
     group.add_argument("--database", metavar="DB", help="database the service writes to")
     group.add_argument("--since", default="7d", metavar="TIME",
@@ -51,7 +58,18 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     group.add_argument("--influx-password-file", metavar="FILE", help="file holding --influx-user's password")
     group.add_argument("--influx-timeout", type=float, default=30.0, metavar="S",
                        help="seconds to wait for the server (default: %(default)s)")
-    p.set_defaults(run=run)
+
+
+def read_alert_points(args: argparse.Namespace) -> tuple[list[dict[str, object]], str]:
+    """The points that `add_points_source`'s options name, and a name for where they came from."""
+    if args.from_influx:
+        return read_influx_points(args), f"{args.from_influx} database {args.database}"
+    try:
+        return read_points(args.points), str(args.points)
+    except OSError as exc:
+        raise UserError(f"cannot read points {args.points}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 @dataclass
@@ -149,15 +167,7 @@ def _row(name: str, values: list[int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.from_influx:
-        points, source = read_influx_points(args), f"{args.from_influx} database {args.database}"
-    else:
-        try:
-            points, source = read_points(args.points), str(args.points)
-        except OSError as exc:
-            raise UserError(f"cannot read points {args.points}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+    points, source = read_alert_points(args)
     devices = comparisons(points)
     if not any(d.alerts[CANDIDATE] for d in devices.values()):
         raise UserError(f"{source}: no candidate points (tagged {SCHEMA.shadow_tag}=1): "
