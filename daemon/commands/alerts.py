@@ -42,14 +42,14 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is not None and args.out.exists():
+        raise UserError(f"--out {args.out}: already exists (a review file is not overwritten)")
     points, source = read_alert_points(args)
     rows = []
     for device, comparison in comparisons(points).items():
         model = ",".join(sorted(comparison.models[SERVED]))
         rows += [(episode.start, device, episode.end, model) for episode in comparison.episodes(SERVED)]
     rows.sort()
-    if args.out is not None and args.out.exists():
-        raise UserError(f"--out {args.out}: already exists (a review file is not overwritten)")
     with (open(args.out, "w", newline="", encoding="utf-8") if args.out else nullcontext(sys.stdout)) as handle:
         writer = csv.writer(handle)
         writer.writerow(["device", "start", "end", "model"])
