@@ -349,6 +349,8 @@ def test_a_candidate_scores_the_same_windows_in_shadow_and_moves_no_alert_metric
     assert main(["compare", "--points", str(points_file)]) == 0
     total = capsys.readouterr().out.splitlines()[-1].split()
     assert total[:3] == ["total", "0", "1"]  # episodes: the served model none, the candidate one
+    assert main(["alerts", "--points", str(points_file)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["device,start,end,model"], "a candidate's episodes are no alarms"
 
 
 def test_a_candidate_that_takes_other_windows_is_refused_naming_the_field(bundle, tmp_path):
