@@ -177,7 +177,9 @@ def test_the_bundle_stores_the_training_datas_median_sample_period(tmp_path, cap
     model = train_bundle(tmp_path, data, "--epochs", "1")
     assert load_bundle(model).sample_period_seconds == 2.5
     assert main(["inspect", "--model", str(model)]) == 0
-    assert "sample period 2.5 s" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "sample period 2.5 s" in out
+    assert "normal.csv; left out labelled rows: 0 rows" in out, "inspect says which rows training left out"
 
 
 def test_the_sample_period_is_the_median_step_within_runs_never_across_them():

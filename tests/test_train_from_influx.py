@@ -222,6 +222,9 @@ def test_train_with_incidents_learns_from_the_alert_periods_no_incident_confirms
 
     false_alarm_rows = int(plant.in_alert["pump-1"].sum()) - (end - first)  # in alert, in no incident
     assert rows("--incidents", str(incidents)) - rows() == false_alarm_rows
+    training = json.loads((tmp_path / "model-2" / "bundle.json").read_text())["training"]
+    assert training["left_out"] == f"the confirmed incidents in {incidents} (anomalyd's other alert periods kept): " \
+                                  f"{end - first} rows"
 
 
 def test_calibrate_with_incidents_keeps_the_alert_periods_no_incident_confirms(plant, influxdb_session, tmp_path):

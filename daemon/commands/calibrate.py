@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from daemon.commands.common import (add_data_options, add_incidents_option, add_influx_options, check_one_source,
-                                    describe_history, formatter, incidents_of, read_frames, read_influx, split_list)
+                                    describe_history, formatter, incidents_of, left_out, read_frames, read_influx,
+                                    split_list)
 from daemon.core.errors import DataError, UserError
 from daemon.core.scoring import Scorer
 from daemon.offline import plots
@@ -86,22 +87,6 @@ def _csv_runs(args: argparse.Namespace, features: list[str]) -> dict[str, list[F
     return runs
 
 
-def _left_out(args: argparse.Namespace, frames: list[Frame]) -> str:
-    """What the calibration left out, for the bundle's record: an operator reading why a
-    threshold moved needs to know whether false alarms were calibrated on."""
-    if args.incidents:
-        what = f"the confirmed incidents in {args.incidents}" + (
-            " and labelled rows" if args.data else " (anomalyd's other alert periods kept)")
-    elif args.data:
-        what = "labelled rows"
-    elif args.keep_alert_periods:
-        what = "nothing (--keep-alert-periods: anomalyd's alert periods kept)"
-    else:
-        what = "anomalyd's alert periods"
-    rows = sum(int(f.labels.sum()) for f in frames if f.labels is not None)
-    return f"{what}: {rows} rows"
-
-
 def run(args: argparse.Namespace) -> int:
     check_one_source(args)
     incidents = incidents_of(args)
@@ -124,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     new = write_recalibrated(bundle, result, out, args.name or out.resolve().name,
                              args.model_version or next_version(bundle.version), [f.source for f in frames],
                              min(float(f.timestamps[0]) for f in frames if len(f)),
-                             max(float(f.timestamps[-1]) for f in frames if len(f)), _left_out(args, frames))
+                             max(float(f.timestamps[-1]) for f in frames if len(f)), left_out(args, frames))
     plots.score_histogram(result.scores, new.threshold.value, new.threshold.method, out / "score_histogram.png")
     old_t, new_t = bundle.threshold, new.threshold
     per_device = "".join(f", {d} {v:.6g}" for d, v in new_t.devices.items())

@@ -107,6 +107,22 @@ def incidents_of(args: argparse.Namespace) -> Incidents | None:
     return read_incidents(args.incidents)
 
 
+def left_out(args: argparse.Namespace, frames: list[Frame]) -> str:
+    """Which rows of the data `train` or `calibrate` left out, for the bundle's record: an
+    operator reading why a threshold moved needs to know whether false alarms were learnt from."""
+    if args.incidents:
+        what = f"the confirmed incidents in {args.incidents}" + (
+            " and labelled rows" if args.data else " (anomalyd's other alert periods kept)")
+    elif args.data:
+        what = "labelled rows"
+    elif args.keep_alert_periods:
+        what = "nothing (--keep-alert-periods: anomalyd's alert periods kept)"
+    else:
+        what = "anomalyd's alert periods"
+    rows = sum(int(f.labels.sum()) for f in frames if f.labels is not None)
+    return f"{what}: {rows} rows"
+
+
 def check_one_source(args: argparse.Namespace) -> None:
     """Exactly one of --data and --from-influx."""
     if bool(args.data) == bool(args.from_influx):

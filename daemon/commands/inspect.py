@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"demeaned      {', '.join(b.preprocess.demean)}")
     if t:
         lines += [
-            f"trained on    {', '.join(t.get('data', []))}",
+            f"trained on    {', '.join(t.get('data', []))}"
+            + (f"; left out {t['left_out']}" if t.get("left_out") else ""),
             f"rows          {t.get('rows_train')} train, {t.get('rows_validation')} validation",
             f"epochs        {t.get('epochs_run')} (best {t.get('best_epoch')}), {t.get('seconds')} s",
             f"val scores    mean {t.get('validation_score_mean', float('nan')):.4g}, "

@@ -14,7 +14,8 @@ from daemon.offline.budget import stored_estimate
 from daemon.offline import plots
 from daemon.offline.incidents import label_incidents
 from daemon.commands.common import (add_data_options, add_incidents_option, add_influx_options, check_one_source,
-                                    describe_history, formatter, incidents_of, read_frames, read_influx, split_list)
+                                    describe_history, formatter, incidents_of, left_out, read_frames, read_influx,
+                                    split_list)
 from daemon.core.errors import DataError, UserError
 from daemon.core.models import ARCHITECTURES, default_params
 from daemon.core.scaling import SCALER_KINDS
@@ -271,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
             if bar.disable:
                 log.info("epoch %d: train loss %.4g, validation loss %.4g", epoch, train_loss, val_loss)
         result = train(frames, config, validation, progress)
+    result.bundle.training["left_out"] = left_out(args, frames)
     bundle = save(result, args.out)
     if args.onnx:
         _export_onnx(args.out)
