@@ -25,7 +25,8 @@ alert. The day before's windows leave out what `calibrate` would: the periods an
 alert (its default); with `--incidents`, every labelled fault (an operator who learns of every
 incident, from maintenance too) or the labelled faults that alarmed at least once (an operator
 who confirms what anomalyd showed them; the faults it missed stay in); or nothing
-(`--keep-alert-periods`).
+(`--keep-alert-periods`). A last row sets each pump's threshold on its own day before
+(`--per-device --incidents`).
 """
 
 from __future__ import annotations
@@ -95,39 +96,49 @@ def alerted_faults(clean: np.ndarray, in_alert: np.ndarray) -> np.ndarray:
 
 
 def nightly_calibration(runs: list[ScoredRun], first: float, per_day: float | None, alert: AlertSpec, period: float,
-                        cut: str = "alerts") -> tuple[int, float, float]:
+                        cut: str = "alerts", per_device: bool = False) -> tuple[int, float, float]:
     """Episodes on the fault-free windows, and their days, from the second test day on, each day
     at the budget's threshold set on the day before's windows of every device pooled (the first
-    day runs at `first`): a nightly `anomalyd calibrate` over the last day. `cut` says which of
-    the day's windows are left out: "alerts", those in alert at the threshold then in force (as
-    the nightly unit leaves anomalyd's alert periods out of the store's data); "labels", the
-    labelled ones (an operator who knows every incident); "reviewed", the labelled stretches
-    that were in alert at least once (the incidents an alarm review confirms; a fault that never
-    alarmed stays in); "nothing". `per_day` None: every day
+    day runs at `first`): a nightly `anomalyd calibrate` over the last day; with `per_device`,
+    each device at its own threshold set on its own windows (`calibrate --per-device`; a device
+    whose day shows too few episodes for a tail keeps its threshold, where `calibrate` would
+    refuse). `cut` says which of the day's windows are left out: "alerts", those in alert at the
+    threshold then in force (as the nightly unit leaves anomalyd's alert periods out of the
+    store's data); "labels", the labelled ones (an operator who knows every incident);
+    "reviewed", the labelled stretches that were in alert at least once (the incidents an alarm
+    review confirms; a fault that never alarmed stays in); "nothing". `per_day` None: every day
     at `first`. Also returns the share of the labelled windows of those days in alert (score
     alone, the bundle's hysteresis), the price of a threshold raised by faults left in."""
     start = min(run.timestamps[0] for run in runs)
     days = [((run.timestamps - start) // SECONDS_PER_DAY).astype(int) for run in runs]
-    threshold, seen, span, faulty, caught = first, 0, 0.0, 0, 0
+    thresholds, seen, span, faulty, caught = [first] * len(runs), 0, 0.0, 0, 0
     for d in range(int(max(day.max() for day in days)) + 1):
-        sample, false_alarm_windows = [], []
-        for run, day in zip(runs, days):
+        samples, false_alarm_windows = [], []
+        for run, day, threshold in zip(runs, days, thresholds):
             today = day == d
             scores, clean = run.scores[today], run.clean[today]
-            if d > 0:
-                false_alarm_windows += stretches(scores, clean)
             in_alert = alert_flags((scores > threshold).astype(np.int8), alert).astype(bool)
             if d > 0:
+                false_alarm_windows.append(stretches(scores, clean))
                 faulty += int((~clean).sum())
                 caught += int(in_alert[~clean].sum())
             keep = {"labels": clean, "alerts": ~in_alert, "nothing": np.ones(len(scores), dtype=bool),
                     "reviewed": clean | ~alerted_faults(clean, in_alert)}[cut]
-            sample += stretches(scores, keep)
+            samples.append(stretches(scores, keep))
         if d > 0:
-            seen += episodes(false_alarm_windows, threshold, alert)
-            span += HeldOut.from_scores(false_alarm_windows, 1, period, f"day {d}").days
-        if per_day is not None:
-            threshold = calibrate_budget(HeldOut.from_scores(sample, 1, period, f"day {d}"), per_day, alert)[0]
+            seen += sum(episodes(parts, threshold, alert) for parts, threshold in zip(false_alarm_windows, thresholds))
+            span += HeldOut.from_scores([p for parts in false_alarm_windows for p in parts], 1, period, "day").days
+        if per_day is None:
+            continue
+        if not per_device:
+            pooled = HeldOut.from_scores([p for parts in samples for p in parts], 1, period, f"day {d}")
+            thresholds = [calibrate_budget(pooled, per_day, alert)[0]] * len(runs)
+            continue
+        for i, parts in enumerate(samples):
+            try:
+                thresholds[i] = calibrate_budget(HeldOut.from_scores(parts, 1, period, f"day {d}"), per_day, alert)[0]
+            except TooLittleTail:
+                pass
     return seen, span, caught / max(faulty, 1)
 
 
@@ -196,6 +207,9 @@ def main() -> None:
             seen, span, share = nightly_calibration(tested, tail, per_day, bundle.alert, period, cut)
             print(f"| the day before's, {what} | {span:.2f} | {seen} | {seen / span:.2f} | {seen / span / per_day:.2f} "
                   f"| {share:.3f} |")
+        seen, span, share = nightly_calibration(tested, tail, per_day, bundle.alert, period, "labels", per_device=True)
+        print(f"| each pump's own day before, every incident left out (`calibrate --per-device --incidents`) | "
+              f"{span:.2f} | {seen} | {seen / span:.2f} | {seen / span / per_day:.2f} | {share:.3f} |")
 
 
 if __name__ == "__main__":
