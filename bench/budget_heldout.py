@@ -178,6 +178,7 @@ def main() -> None:
           f"{test.days:.2f} fault-free test days\n")
     print("| held-out sample | days | threshold | rule | test episodes | realised / day | × budget |")
     print("|---|---|---|---|---|---|---|")
+    thresholds = {}
     for name, runs in samples.items():
         held_out = HeldOut.from_scores(runs, 1, period, name)
         try:
@@ -185,32 +186,29 @@ def main() -> None:
         except TooLittleTail as exc:
             print(f"| {name} | {held_out.days:.2f} | – | {exc} | | | |")
             continue
+        thresholds[name] = threshold
         seen = episodes(test.runs, threshold, bundle.alert)
         print(f"| {name} | {held_out.days:.2f} | {threshold:.3f} | {record.rule} | {seen} | "
               f"{seen / test.days:.2f} | {seen / test.days / per_day:.2f} |")
     yardstick, record = calibrate_budget(test, per_day, bundle.alert)
     print(f"\nThreshold that realises the budget on the test stretches themselves: {yardstick:.3f} ({record.rule}).")
     if args.dataset == "fleet":
-        tail = calibrate_budget(HeldOut.from_scores(samples["validation tail"], 1, period, "tail"), per_day,
-                                bundle.alert)[0]
+        tail = thresholds["validation tail"]
         print("\nFrom the second test day on, the validation tail's threshold against a nightly recalibration "
               "on the day before (every pump pooled; the first day at the tail's threshold):\n")
         print("| threshold | fault-free days | episodes | realised / day | × budget | fault windows in alert |")
         print("|---|---|---|---|---|---|")
-        seen, span, share = nightly_calibration(tested, tail, None, bundle.alert, period)
-        print(f"| the validation tail's | {span:.2f} | {seen} | {seen / span:.2f} | {seen / span / per_day:.2f} | "
-              f"{share:.3f} |")
-        for cut, what in (("alerts", "its alert periods left out (`calibrate`)"),
-                          ("labels", "every incident left out (`calibrate --incidents`)"),
-                          ("reviewed", "the alarmed incidents left out (`calibrate --incidents`)"),
-                          ("nothing", "nothing left out (`calibrate --keep-alert-periods`)")):
-            seen, span, share = nightly_calibration(tested, tail, per_day, bundle.alert, period, cut)
-            print(f"| the day before's, {what} | {span:.2f} | {seen} | {seen / span:.2f} | {seen / span / per_day:.2f} "
-                  f"| {share:.3f} |")
-        seen, span, share = nightly_calibration(tested, tail, per_day, bundle.alert, period, "labels", per_device=True)
-        print(f"| each pump's own day before, every incident left out (`calibrate --per-device --incidents`) | "
-              f"{span:.2f} | {seen} | {seen / span:.2f} | {seen / span / per_day:.2f} | {share:.3f} |")
-
+        nights = [("the validation tail's", dict(per_day=None)),
+                  ("the day before's, its alert periods left out (`calibrate`)", dict(cut="alerts")),
+                  ("the day before's, every incident left out (`calibrate --incidents`)", dict(cut="labels")),
+                  ("the day before's, the alarmed incidents left out (`calibrate --incidents`)", dict(cut="reviewed")),
+                  ("the day before's, nothing left out (`calibrate --keep-alert-periods`)", dict(cut="nothing")),
+                  ("each pump's own day before, every incident left out (`calibrate --per-device --incidents`)",
+                   dict(cut="labels", per_device=True))]
+        for what, how in nights:
+            seen, span, share = nightly_calibration(tested, tail, how.pop("per_day", per_day), bundle.alert, period,
+                                                    **how)
+            print(f"| {what} | {span:.2f} | {seen} | {seen / span:.2f} | {seen / span / per_day:.2f} | {share:.3f} |")
 
 if __name__ == "__main__":
     main()

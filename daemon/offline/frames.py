@@ -67,6 +67,16 @@ class Frame:
         return self.select(np.arange(len(self)) >= n)
 
 
+def in_intervals(timestamps: np.ndarray, intervals: list[tuple[float, float]], *, end_included: bool) -> np.ndarray:
+    """Per timestamp, whether it falls in one of the (start, end) intervals: anomalyd's alert
+    periods end where the next point says the alert is off (`end_included` False), an incident
+    at the last time it was seen (True)."""
+    inside = np.zeros(len(timestamps), dtype=bool)
+    for start, end in intervals:
+        inside |= (timestamps >= start) & ((timestamps <= end) if end_included else (timestamps < end))
+    return inside
+
+
 def median_sample_period(frames: list[Frame]) -> float | None:
     """The median step between consecutive timestamps within each frame (never across two: they
     are separate runs), in seconds; None when no frame has two timestamps a positive step apart."""

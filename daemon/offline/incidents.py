@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.core.errors import UserError
-from daemon.offline.frames import Frame
+from daemon.offline.frames import Frame, in_intervals
 
 log = logging.getLogger(__name__)
 
@@ -44,35 +44,25 @@ def read_incidents(path: Path) -> Incidents:
     return intervals
 
 
-def in_incidents(timestamps: np.ndarray, intervals: list[tuple[float, float]]) -> np.ndarray:
-    """Per timestamp, whether it falls in one of the intervals (both ends included)."""
-    inside = np.zeros(len(timestamps), dtype=bool)
-    for start, end in intervals:
-        inside |= (timestamps >= start) & (timestamps <= end)
-    return inside
-
-
-def mark_incidents(frame: Frame, intervals: list[tuple[float, float]]) -> Frame:
-    """The frame with its rows inside the intervals labelled anomalous (as well as any row its
-    own labels mark), so training's and calibration's normal runs leave them out."""
-    inside = in_incidents(frame.timestamps, intervals)
-    if not inside.any():
-        return frame
-    labels = inside if frame.labels is None else (frame.labels.astype(bool) | inside)
-    return dataclasses.replace(frame, labels=labels.astype(np.int8))
-
-
 def label_incidents(runs: dict[str, list[Frame]], incidents: Incidents, path: Path) -> dict[str, list[Frame]]:
-    """Runs (device -> its frames) with the incidents' rows labelled, so training and calibration
-    leave them out. A frame's device is the one its rows name (a device column, the store's
+    """Runs (device -> its frames) with the incidents' rows labelled anomalous (as well as any
+    row their own labels mark), so training and calibration leave them out as they leave out
+    labelled rows. A frame's device is the one its rows name (a device column, the store's
     device tag), else its key (`calibrate --data DEVICE=PATH`)."""
-    out = {device: [mark_incidents(f, incidents.get(f.device or device, [])) for f in frames]
-           for device, frames in runs.items()}
+    out: dict[str, list[Frame]] = {}
+    left_out = 0
+    for device, frames in runs.items():
+        out[device] = []
+        for frame in frames:
+            inside = in_intervals(frame.timestamps, incidents.get(frame.device or device, []), end_included=True)
+            left_out += int(inside.sum())
+            if inside.any():
+                labels = inside if frame.labels is None else (frame.labels.astype(bool) | inside)
+                frame = dataclasses.replace(frame, labels=labels.astype(np.int8))
+            out[device].append(frame)
     seen = {f.device or device for device, frames in runs.items() for f in frames}
     unknown = sorted(set(incidents) - seen)
     if unknown:
         log.warning("%s: incidents of %s, which the data does not hold", path, ", ".join(unknown))
-    left_out = sum(int(in_incidents(f.timestamps, incidents.get(f.device or device, [])).sum())
-                   for device, frames in runs.items() for f in frames)
     log.info("%s: %d rows in confirmed incidents left out; anomalyd's other alert periods kept", path, left_out)
     return out

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from daemon.core.errors import DataError, UserError
 from daemon.live.config import ENV_INFLUXDB_TOKEN
 from daemon.live.sinks.line_protocol import SCHEMA
-from daemon.offline.frames import Frame, median_sample_period, parse_timestamp, split_at_gaps
+from daemon.offline.frames import Frame, in_intervals, median_sample_period, parse_timestamp, split_at_gaps
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def read_history(client: InfluxQL, query: HistoryQuery, *, exclude_alert_periods
                                 f"cannot be matched to them: GROUP BY {quote_identifier(query.device_tag)}, pass "
                                 f"--device-tag TAG, or --keep-alert-periods")
             periods[device] = alert_periods(client, device, float(frame.timestamps[0]), float(frame.timestamps[-1]))
-            frame.labels = _in_periods(frame.timestamps, periods[device]).astype(np.int8)
+            frame.labels = in_intervals(frame.timestamps, periods[device], end_included=False).astype(np.int8)
         period = median_sample_period([frame])
         runs[device] = split_at_gaps(frame, gap_factor * period) if period else [frame]
     if not runs:
@@ -457,9 +457,3 @@ def alert_periods(client: InfluxQL, device: str, first: float, last: float) -> l
             periods.append((opened, math.inf))
     return periods
 
-
-def _in_periods(timestamps: np.ndarray, periods: list[tuple[float, float]]) -> np.ndarray:
-    inside = np.zeros(len(timestamps), dtype=bool)
-    for start, end in periods:
-        inside |= (timestamps >= start) & (timestamps < end)
-    return inside
