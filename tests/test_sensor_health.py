@@ -14,8 +14,8 @@ from daemon.core.errors import BundleError
 from daemon.core.postprocess import alert_flags
 from daemon.core.relations import RelationSpec, degree_for
 from daemon.core.scoring import OUT_OF_RANGE, Scorer
-from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, OUT_OF_ENVELOPE, RELATION, STUCK, HealthSpec, HealthState,
-                                       check_of, check_windows, fit_health, lookback_noise)
+from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, OUT_OF_ENVELOPE, RELATION, SPIKE, STUCK, HealthSpec,
+                                       HealthState, check_of, check_windows, fit_health, lookback_noise)
 from daemon.cli import main
 from daemon.core.windowing import window_ends, windows
 from daemon.live.alerting import AlertTracker
@@ -33,10 +33,11 @@ QUIET = "bearing_temperature"
 
 
 def fitted(values: np.ndarray, noisy_lookback: int = 1) -> HealthSpec:
-    """Every check, the relation check too, as training fits them: the first 80 % of the rows,
-    the tail held out."""
+    """Every check, the relation and spike checks too, as training fits them: the first 80 % of
+    the rows, the tail held out."""
     cut = int(len(values) * 0.8)
-    return fit_health([values[:cut]], [values[cut:]], WINDOW, 1, with_relation=True, noisy_lookback=noisy_lookback)
+    return fit_health([values[:cut]], [values[cut:]], WINDOW, 1, with_relation=True, noisy_lookback=noisy_lookback,
+                      with_spike=True)
 
 
 def with_quiet_channel(data: synthetic.Synthetic, seed: int) -> np.ndarray:
@@ -162,6 +163,31 @@ def test_a_sensor_whose_own_noise_grows_is_flagged_noisy_with_its_name():
     assert set(reasons[:1000 - WINDOW]) == {""}
 
 
+def test_a_reading_that_leaves_both_its_neighbours_is_flagged_spike_with_its_name():
+    spec = fitted(synthetic.normal(6000, seed=0).values)
+    values = synthetic.normal(2000, seed=3).values.copy()
+    low, high = spec.envelope_low[2], spec.envelope_high[2]
+    values[1000, 2] += 0.5 * (high - low) / 3  # a loose connector's spike on pressure ...
+    values[1500, 2] = values[:, 2].min() - 0.1  # ... and a dropout, both inside pressure's envelope
+    assert low < values[[1000, 1500], 2].min() and values[[1000, 1500], 2].max() < high
+    reasons = reasons_of(spec, synthetic.FEATURES, values)
+    ends = window_ends(len(values), WINDOW, 1)
+    for row in (1000, 1500):  # every window holding the reading and both its neighbours, no other
+        holding = [r for end, r in zip(ends, reasons) if row + 1 <= end <= row + WINDOW - 2]
+        assert holding == ["spike:pressure"] * (WINDOW - 2)
+    # (the window with the dropout first or last still reads a low pressure level: the relation's)
+    assert {r for end, r in zip(ends, reasons) if not (1000 <= end <= 1019 or 1500 <= end <= 1519)} == {""}
+
+
+def test_a_step_a_ramp_or_a_held_value_is_no_spike():
+    spec = fitted(synthetic.normal(6000, seed=0).values)
+    values = synthetic.normal(3000, seed=3).values.copy()
+    values[1000:, 2] += 0.3  # a setpoint step on pressure, ten times its noise, in one reading
+    values[2000:2100, 2] += np.linspace(0.0, 0.5, 100)  # and a fast ramp
+    values[2500:2600, 2] = np.repeat(values[2500:2600:10, 2], 10)  # and a sampled-and-held stretch
+    assert not any(check_of(r) == SPIKE for r in reasons_of(spec, synthetic.FEATURES, values))
+
+
 def test_a_longer_noise_lookback_sets_a_lower_limit_and_flags_more_of_a_noise_rise_no_longer():
     """Three windows' worth of readings: the median of 41 windows' step noise scatters less than
     one window's, so training's largest, and the limit, sit nearer the typical noise."""
@@ -234,7 +260,7 @@ def test_a_sensor_constant_or_quantised_in_training_is_exempt_from_the_stuck_che
 
 
 def test_every_health_reason_names_its_check_and_sensor():
-    assert [check_of(f"{c}:flow") for c in CHECKS] == [OUT_OF_ENVELOPE, STUCK, NOISY, DRIFT, RELATION]
+    assert [check_of(f"{c}:flow") for c in CHECKS] == [OUT_OF_ENVELOPE, STUCK, NOISY, SPIKE, DRIFT, RELATION]
     assert check_of(OUT_OF_RANGE) is None and check_of("") is None
 
 
@@ -267,10 +293,11 @@ def test_offline_scoring_and_the_live_worker_give_the_same_flags_and_reasons(noi
     values = quiet_vibration(data.values, seed=4)
     values[520:650, 2] += np.random.default_rng(5).normal(0, 0.3, size=130).astype(np.float32)  # pressure noisy
     values[700:, 0] += 0.0002 * np.arange(800)  # vibration drifting away, then out of the envelope
+    values[200, 3] = 0.0  # one flow reading drops out, well inside the flow's envelope
     frame = frame_of(values, synthetic.FEATURES)
     offline = score_frame(scorer, frame)
     offline_alerts = alert_flags(offline.flags(scorer.threshold).astype(np.int8), scorer.bundle.alert)
-    assert {check_of(r) for r in offline.reasons} == {None, STUCK, NOISY, DRIFT, OUT_OF_ENVELOPE, RELATION}
+    assert {check_of(r) for r in offline.reasons} == {None, STUCK, NOISY, SPIKE, DRIFT, OUT_OF_ENVELOPE, RELATION}
 
     sink = FakeSink()
     spec = scorer.bundle.alert
@@ -337,15 +364,17 @@ def demo_copy_with_fitted_health(directory: Path):
     return bundle
 
 
-def test_a_bundle_fitted_before_the_noise_check_loads_with_that_check_off(tmp_path):
+def test_a_bundle_fitted_before_the_noise_and_spike_checks_loads_with_those_checks_off(tmp_path):
     directory = tmp_path / "before"
     bundle = demo_copy_with_fitted_health(directory)
     data = json.loads((directory / "bundle.json").read_text())
     del data["health"]["noisy_above"]
     del data["health"]["noisy_windows"]
+    del data["health"]["spike_above"]
     (directory / "bundle.json").write_text(json.dumps(data))
     loaded = load_bundle(directory).health
     assert loaded.noisy_above.tolist() == [0.0] * 5 and loaded.noisy_windows == 1
+    assert loaded.spike_above.tolist() == [0.0] * 5
     np.testing.assert_array_equal(loaded.stuck_below, bundle.health.stuck_below)
 
 
@@ -373,6 +402,7 @@ def test_a_bundle_fitted_before_the_relation_check_loads_with_that_check_off(tmp
     (lambda h: h.update(level_std=[0.0] * 5), "'level_std' must be > 0"),
     (lambda h: h.update(noisy_above=[-1.0] * 5), "'noisy_above' must be >= 0"),
     (lambda h: h.update(noisy_windows=0), "'noisy_windows' must be a whole number >= 1"),
+    (lambda h: h.update(spike_above=[-1.0] * 5), "'spike_above' must be >= 0"),
     (lambda h: h.update(envelope_low=[1e9] * 5), "'envelope_low' must not exceed 'envelope_high'"),
     (lambda h: h.update(surprise=1), "unknown key(s) surprise"),
     (lambda h: h["relation"].update(coef=[[0.0]]), "'relation': 'coef' must be 6 rows of 5 finite numbers"),

@@ -19,8 +19,8 @@ output columns: device (when the data names devices: a fleet's file is scored on
 run at a time, each at its own threshold), timestamp (RFC 3339, UTC, time of the window's last row), score, threshold,
 anomaly (0/1: score > threshold, or a reason), reason (empty; or why the window could not be
 scored: out_of_range, non_finite_score, its score then the largest float32; or a sensor-health
-flag: stuck:<feature>, noisy:<feature>, out_of_envelope:<feature>, drift:<feature>,
-relation:<feature>),
+flag: stuck:<feature>, noisy:<feature>, spike:<feature>, out_of_envelope:<feature>,
+drift:<feature>, relation:<feature>),
 err_<feature> (that sensor's reconstruction error).
 
 examples:

@@ -126,6 +126,11 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
                         "scatters less, so its limit sits closer to the typical noise; a window is noisy when "
                         "both that median and its own step noise pass it; 1 judges the window alone "
                         "(default: %(default)s)")
+    p.add_argument("--spike-check", action=argparse.BooleanOptionalAction, default=TrainConfig.spike_check,
+                   help="also fit the sensor-health check 'spike': a reading that leaves both its neighbours "
+                        "(above the higher or below the lower) by more than twice what any training reading "
+                        "did is flagged spike:<sensor>: a loose connector, a dropout to the under-range value. "
+                        "A step or a ramp never leaves both neighbours (default: %(default)s)")
     p.add_argument("--validation-data", action="append", metavar="CSV",
                    help="labelled CSV for --threshold-method f1")
     p.add_argument("--validation-fraction", type=float, default=0.2,
@@ -255,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
                          scale_floor=args.scale_floor, score_exclude=_selection(args.score_exclude),
                          normalise_features=args.normalise_features, self_tune=args.self_tune,
                          relation_check=args.relation_check, noisy_lookback=args.noisy_lookback,
+                         spike_check=args.spike_check,
                          demean=_selection(args.demean), epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience,
                          validation_fraction=args.validation_fraction, threshold=args.threshold,

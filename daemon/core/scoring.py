@@ -26,8 +26,8 @@ Scores and errors leaving this module are therefore always finite (every store a
 and `WindowScores.flags` flags a window with a reason whatever the threshold.
 
 Beside the score, the bundle's sensor-health checks (daemon.core.sensor_health) give a window a
-reason `<check>:<feature>` (`stuck:flow`, `noisy:pressure`, `out_of_envelope:pressure`,
-`drift:temperature`, `relation:pressure`) when one of its sensors looks broken or off its
+reason `<check>:<feature>` (`stuck:flow`, `noisy:pressure`, `spike:flow`,
+`out_of_envelope:pressure`, `drift:temperature`, `relation:pressure`) when one of its sensors looks broken or off its
 relation to the others; they never change the score. They
 run when the caller passes each window's `HealthState` (its device's memory for the drift
 check): the live worker passes the device's, offline scoring one per file. A window that

@@ -29,6 +29,14 @@ beside the score, never mixed into it.
   is then noisy when both its look-back median and its own step noise exceed that limit: the
   noise persists and is still there, so the flag clears within about a window of the noise
   ending instead of half a look-back later. The check speaks only once the look-back is full.
+- `spike`: a reading leaves both its neighbours, above the higher or below the lower, by more
+  than SPIKE_MARGIN times the largest such excursion any training run shows: a loose connector's
+  spike or a dropout to a transmitter's under-range value. A step, a ramp or a
+  sampled-and-held value never leaves both its neighbours, so a process moving fast is not a
+  spike; noise does, by about its own size, which training shows. Readings are judged inside
+  the window (from its second to its last but one), so one spike flags the window-length - 2
+  windows that hold it with both neighbours. A sensor whose training shows no excursion at all
+  (a constant) is exempt. On when the bundle was trained with `TrainConfig.spike_check`.
 - `drift`: a two-sided CUSUM, one step per scored window, on the gap between the sensor's
   window level (its mean, in training standard deviations) and a baseline that follows that
   level slowly (DRIFT_FOLLOW): a level that keeps moving away from where it just was, and away
@@ -73,7 +81,8 @@ STUCK = "stuck"
 DRIFT = "drift"
 NOISY = "noisy"
 RELATION = "relation"
-CHECKS = (OUT_OF_ENVELOPE, STUCK, NOISY, DRIFT, RELATION)  # the order a window's reason is chosen in
+SPIKE = "spike"
+CHECKS = (OUT_OF_ENVELOPE, STUCK, NOISY, SPIKE, DRIFT, RELATION)  # the order a window's reason is chosen in
 
 # A reading beyond the training range by as much again as that range is a fault code, a wrong
 # unit or a broken sensor rather than the process, which the model judges inside the envelope.
@@ -88,6 +97,9 @@ STUCK_FRACTION = 0.1
 # A working transmitter's noise does not double: twice the largest step noise of any training
 # window, the same room for the unseen that the drift limits take.
 NOISY_MARGIN = 2.0
+# A working transmitter's readings do not leave their neighbours by twice what its noise did in
+# training: the same room for the unseen as the noisy and drift limits.
+SPIKE_MARGIN = 2.0
 # The smallest CUSUM allowance: half a standard deviation, the textbook choice for a shift of one.
 DRIFT_K = 0.5
 # Allowance and limit are twice what training shows: room for runs longer than training's.
@@ -143,6 +155,16 @@ def window_step_noise(raw: np.ndarray) -> np.ndarray:
     return np.median(np.abs(np.diff(values, axis=1)), axis=1)
 
 
+def excursions(values: np.ndarray, axis: int = 0) -> np.ndarray:
+    """How far each reading but the first and last along `axis` leaves both its neighbours
+    (above the higher, or below the lower; 0 when it lies between them): the `spike` check's
+    statistic. `values` `[..., n, ...]` in float64; the result has n - 2 readings on `axis`."""
+    values = np.moveaxis(values, axis, 0)
+    before, here, after = values[:-2], values[1:-1], values[2:]
+    out = np.maximum(here - np.maximum(before, after), np.minimum(before, after) - here)
+    return np.moveaxis(np.maximum(out, 0.0), 0, axis)
+
+
 @dataclass
 class HealthSpec:
     """The fitted limits, one entry per feature in the bundle's order (stored in bundle.json)."""
@@ -155,13 +177,14 @@ class HealthSpec:
     drift_k: np.ndarray  # float64 [F]: the CUSUM allowance, in level standard deviations
     drift_limit: np.ndarray  # float64 [F]: the CUSUM alarm limit; 0 = exempt
     noisy_above: np.ndarray  # float64 [F]: a window step noise above it is noisy; 0 = exempt
+    spike_above: np.ndarray  # float64 [F]: a reading leaving both neighbours by more is a spike; 0 = exempt
     relation: RelationSpec | None = None  # the relation check (daemon.core.relations); None = off
     noisy_windows: int = 1  # the noisy check's look-back in windows (1: the window alone)
 
     FIELDS = ("envelope_low", "envelope_high", "stuck_below", "level_mean", "level_std", "drift_k", "drift_limit",
-              "noisy_above")
+              "noisy_above", "spike_above")
     # Keys a bundle written before the check existed lacks: its check is off (every sensor exempt).
-    OPTIONAL = ("noisy_above",)
+    OPTIONAL = ("noisy_above", "spike_above")
 
     def to_dict(self) -> dict[str, Any]:
         arrays: dict[str, Any] = {name: [float(v) for v in getattr(self, name)] for name in self.FIELDS}
@@ -175,6 +198,7 @@ class HealthSpec:
             "envelope": [f for f, hi in zip(features, self.envelope_high) if hi < np.finfo(np.float64).max],
             "stuck": [f for f, below in zip(features, self.stuck_below) if below > 0],
             f"noisy{lookback}": [f for f, above in zip(features, self.noisy_above) if above > 0],
+            "spike": [f for f, above in zip(features, self.spike_above) if above > 0],
             "drift": [f for f, limit in zip(features, self.drift_limit) if limit > 0],
         }
         line = "; ".join(f"{check}: {', '.join(names) or 'none'}" for check, names in watched.items())
@@ -206,7 +230,8 @@ class HealthSpec:
                               ("level_std", arrays["level_std"] > 0, "> 0"),
                               ("drift_k", arrays["drift_k"] >= 0, ">= 0"),
                               ("drift_limit", arrays["drift_limit"] >= 0, ">= 0"),
-                              ("noisy_above", arrays["noisy_above"] >= 0, ">= 0")):
+                              ("noisy_above", arrays["noisy_above"] >= 0, ">= 0"),
+                              ("spike_above", arrays["spike_above"] >= 0, ">= 0")):
             if not ok.all():
                 raise ValueError(f"{name!r} must be {why}")
         relation = data.get("relation")  # absent in a bundle fitted before the check: off
@@ -310,13 +335,19 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
             noisy[:, watched] = noise > above
             if spec.noisy_windows > 1:  # and over the look-back: persistent, and present in this window
                 noisy[:, watched] &= lookback_noise(spec, states, noise) > above
+        spiked = np.zeros(level.shape, dtype=bool)
+        watched = spec.spike_above > 0
+        if watched.any():
+            spiked[:, watched] = (excursions(raw[:, :, watched].astype(np.float64), axis=1)
+                                  > spec.spike_above[watched]).any(axis=1)
         z = (level - spec.level_mean) / spec.level_std
         excess = None if spec.relation is None else spec.relation.excess(z)
         related = np.zeros(len(raw), dtype=bool) if excess is None else (excess > 1.0).any(axis=1)
     limits, allowances = spec.drift_limit.tolist(), spec.drift_k.tolist()
     drifting = [state.step(spec, z_i, limits, allowances) for state, z_i in zip(states, z.tolist())]
-    outside_any, stuck_any, noisy_any = outside.any(axis=1), stuck.any(axis=1), noisy.any(axis=1)
-    if not (outside_any.any() or stuck_any.any() or noisy_any.any() or related.any()
+    outside_any, stuck_any, noisy_any, spiked_any = (outside.any(axis=1), stuck.any(axis=1), noisy.any(axis=1),
+                                                      spiked.any(axis=1))
+    if not (outside_any.any() or stuck_any.any() or noisy_any.any() or spiked_any.any() or related.any()
             or max(drifting, default=-1) >= 0):
         return None
     reasons = [""] * len(raw)
@@ -326,6 +357,8 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
         reasons[i] = reason(STUCK, features[int(np.argmax(stuck[i]))])
     for i in np.flatnonzero(noisy_any & ~stuck_any & ~outside_any):
         reasons[i] = reason(NOISY, features[int(np.argmax(noisy[i]))])
+    for i in np.flatnonzero(spiked_any & ~noisy_any & ~stuck_any & ~outside_any):
+        reasons[i] = reason(SPIKE, features[int(np.argmax(spiked[i]))])
     for i, f in enumerate(drifting):
         if f >= 0 and not reasons[i]:
             reasons[i] = reason(DRIFT, features[f])
@@ -371,7 +404,8 @@ def lookback_noise(spec: HealthSpec, states: Sequence[HealthState], noise: np.nd
 
 
 def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], window: int, stride: int,
-               scale_floor: float = 0.0, with_relation: bool = False, noisy_lookback: int = 1) -> HealthSpec:
+               scale_floor: float = 0.0, with_relation: bool = False, noisy_lookback: int = 1,
+               with_spike: bool = False) -> HealthSpec:
     """Fit the checks on normal runs `[n, F]`: `fitted`, the runs the model was fitted on, and
     `held_out`, the validation tails it was not. Envelope and stuck limits come from every row;
     the level statistics from the fitted runs; the drift allowance and limit from what the
@@ -382,7 +416,8 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     a change of a few hundredths of a degree. `with_relation` also fits the relation check
     (daemon.core.relations; `TrainConfig.relation_check`). `noisy_lookback` is the noisy
     check's look-back in windows' worth of rows (`TrainConfig.noisy_lookback`): at a stride
-    below the window, the windows ending in that span."""
+    below the window, the windows ending in that span. `with_spike` fits the spike check
+    (`TrainConfig.spike_check`); without it every sensor is exempt."""
     runs = [*fitted, *held_out]
     rows = np.concatenate(runs).astype(np.float64)
     low, high = rows.min(axis=0), rows.max(axis=0)
@@ -400,6 +435,10 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     looked_back = [rolling_median(noise, noisy_windows) for noise in per_window if len(noise) >= noisy_windows]
     largest = np.concatenate(looked_back).max(axis=0) if looked_back else np.zeros(step_noise.shape[1])
     noisy_above = np.where((np.median(step_noise, axis=0) > 0) & (largest > 0), NOISY_MARGIN * largest, 0.0)
+    spike_above = np.zeros(rows.shape[1])
+    if with_spike:  # each run on its own: the last reading of one run is no neighbour of the next's first
+        largest_excursion = [excursions(run.astype(np.float64)).max(axis=0) for run in runs if len(run) >= 3]
+        spike_above = SPIKE_MARGIN * np.max(largest_excursion, axis=0) if largest_excursion else spike_above
     fitted_rows = np.concatenate(fitted).astype(np.float64)
     level_mean = fitted_rows.mean(axis=0)
     level_std = np.maximum(fitted_rows.std(axis=0), scale_floor * np.abs(level_mean))
@@ -421,7 +460,7 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
         relation = fit_relations(standardised[:len(fitted)], standardised[len(fitted):],
                                  np.flatnonzero(steady).tolist(), sum(len(run) // window for run in fitted))
     spec = HealthSpec(low - margin, high + margin, stuck_below, level_mean, level_std, np.zeros(len(low)), exempt,
-                      noisy_above, relation, noisy_windows)
+                      noisy_above, spike_above, relation, noisy_windows)
     gaps = _largest_drift_terms(spec, runs, window, stride, gaps=True)
     spec.drift_k = np.maximum(DRIFT_K, DRIFT_MARGIN * gaps)
     sums = _largest_drift_terms(spec, runs, window, stride, gaps=False)

@@ -88,7 +88,12 @@ class TrainConfig:
     `noisy_lookback` is how many windows' worth of readings the `noisy` health check also
     judges a sensor's step noise over (daemon.core.sensor_health; 1: the window alone). Three
     is the default: a fresh pump fleet decided it by a rule fixed before its run
-    (docs/quality.md, "The noise look-back")."""
+    (docs/quality.md, "The noise look-back").
+
+    `spike_check` fits the sensor-health `spike` check: a reading that leaves both its
+    neighbours by more than twice what any training reading did (a loose connector's spike, a
+    dropout to the under-range value). It is off by default until a fresh pump fleet decides it
+    (docs/quality.md, "The spike check")."""
 
     arch: str = "lstm"
     window: int = 20
@@ -103,6 +108,7 @@ class TrainConfig:
     self_tune: bool = False
     relation_check: bool = True
     noisy_lookback: int = 3
+    spike_check: bool = False
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -371,7 +377,8 @@ def _fit_sensor_health(split: Split, config: TrainConfig) -> HealthSpec:
     same normal runs: the rows fitted on and the held-out validation tails."""
     return fit_health([f.values for f in split.train], [f.values for f in split.validation],
                       config.window, config.stride, config.scale_floor,
-                      with_relation=config.relation_check, noisy_lookback=config.noisy_lookback)
+                      with_relation=config.relation_check, noisy_lookback=config.noisy_lookback,
+                      with_spike=config.spike_check)
 
 
 CALIBRATE_ON = ("all", "validation")
