@@ -8,9 +8,10 @@ window 20), fitted as `anomalyd train` fits them, this times in one process, in 
 rounds so that load on the box touches every variant alike:
 - the model alone: the bundle's LSTM on a batch of 64 scaled windows (`Scorer.backend`);
 - `check_windows` on the same 64 raw windows (64 devices, one window each, as the live worker
-  meets them) with every check but `relation`, with every check (the defaults: `relation` of
-  degree 2 over the sensors the others explain, and the noise check's look-back of 3 windows),
-  and with every check but the noise look-back (`train --noisy-lookback 1`).
+  meets them) with every check but `relation`, with every check (`relation` of degree 2 over
+  the sensors the others explain, the noise check's look-back of 3 windows, and `spike`), with
+  every check but the noise look-back (`train --noisy-lookback 1`), and with every check but
+  `spike` (`train --no-spike-check`).
 It prints microseconds a window (the median over rounds) and each as a share of the model's.
 The model is trained for one epoch: its cost does not depend on its weights.
 """
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                     list(fleet.features)) for t in fleet.timelines]
     print("training a one-epoch LSTM bundle on the fleet's training days ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as directory:
-        save(train(frames, TrainConfig(epochs=1, seed=0, name="health-cost")), Path(directory))
+        save(train(frames, TrainConfig(epochs=1, seed=0, name="health-cost", spike_check=True)), Path(directory))
         scorer = Scorer.load(directory)  # the serving path: torch, one thread
     bundle = scorer.bundle
     if bundle.health is None or bundle.health.relation is None:
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     # `train --noisy-lookback 1`: no median over the last windows' step noise (the limits do not
     # change the cost)
     window_alone = dataclasses.replace(bundle.health, noisy_windows=1)
+    no_spike = dataclasses.replace(bundle.health, spike_above=np.zeros_like(bundle.health.spike_above))
     test = fleet.timelines[0].values[fleet.split.test_counted:]
     raw = np.ascontiguousarray(windows(test[:BATCH + bundle.window - 1], bundle.window, 1))
     states = [HealthState() for _ in range(BATCH)]
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "health checks with relation": lambda: check_windows(bundle.health, bundle.features, raw, states),
         "health checks with relation, noise judged on the window alone": lambda: check_windows(
             window_alone, bundle.features, raw, states),
+        "health checks with relation, no spike check": lambda: check_windows(no_spike, bundle.features, raw, states),
     }
     calls = {name: max(1, int(0.2 / timed(call, 3))) for name, call in variants.items()}  # ~0.2 s a round
     rounds: dict[str, list[float]] = {name: [] for name in variants}
@@ -100,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     lookback = (per_window["health checks with relation"]
                 - per_window["health checks with relation, noise judged on the window alone"])
     print(f"| noise look-back alone (the difference) | {lookback:.1f} | {lookback / model:.3f} |")
+    spike = per_window["health checks with relation"] - per_window["health checks with relation, no spike check"]
+    print(f"| spike check alone (the difference) | {spike:.1f} | {spike / model:.3f} |")
     if args.json:
         args.json.write_text(json.dumps({"per_window_us": per_window, "relation_added_us": added,
-                                         "lookback_added_us": lookback,
+                                         "lookback_added_us": lookback, "spike_added_us": spike,
                                          "rounds_us": rounds}, indent=2))
     return 0
 

@@ -92,8 +92,8 @@ class TrainConfig:
 
     `spike_check` fits the sensor-health `spike` check: a reading that leaves both its
     neighbours by more than twice what any training reading did (a loose connector's spike, a
-    dropout to the under-range value). It is off by default until a fresh pump fleet decides it
-    (docs/quality.md, "The spike check")."""
+    dropout to the under-range value). It is on by default: a fresh pump fleet decided it by a
+    rule fixed before its run (docs/quality.md, "The spike check")."""
 
     arch: str = "lstm"
     window: int = 20
@@ -108,7 +108,7 @@ class TrainConfig:
     self_tune: bool = False
     relation_check: bool = True
     noisy_lookback: int = 3
-    spike_check: bool = False
+    spike_check: bool = True
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-3
