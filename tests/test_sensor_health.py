@@ -210,10 +210,13 @@ def test_a_longer_noise_lookback_sets_a_lower_limit_and_flags_more_of_a_noise_ri
     assert last["looked back"] < 1300 + WINDOW // 2 + 1
 
 
-def test_inspect_names_the_noise_lookback():
+def test_inspect_names_the_noise_lookback_and_the_spike_check():
     values = synthetic.normal(3000, seed=0).values
     assert "noisy (look-back 41 windows): " in fitted(values, noisy_lookback=3).describe(synthetic.FEATURES)
     assert "; noisy: " in fitted(values).describe(synthetic.FEATURES)
+    assert f"; spike: {', '.join(synthetic.FEATURES)};" in fitted(values).describe(synthetic.FEATURES)
+    without = fit_health([values[:2400]], [values[2400:]], WINDOW, 1)
+    assert "; spike: none;" in without.describe(synthetic.FEATURES)
 
 
 def test_the_noise_lookback_speaks_only_once_it_is_full():

@@ -155,14 +155,17 @@ def window_step_noise(raw: np.ndarray) -> np.ndarray:
     return np.median(np.abs(np.diff(values, axis=1)), axis=1)
 
 
-def excursions(values: np.ndarray, axis: int = 0) -> np.ndarray:
-    """How far each reading but the first and last along `axis` leaves both its neighbours
-    (above the higher, or below the lower; 0 when it lies between them): the `spike` check's
-    statistic. `values` `[..., n, ...]` in float64; the result has n - 2 readings on `axis`."""
-    values = np.moveaxis(values, axis, 0)
-    before, here, after = values[:-2], values[1:-1], values[2:]
-    out = np.maximum(here - np.maximum(before, after), np.minimum(before, after) - here)
-    return np.moveaxis(np.maximum(out, 0.0), 0, axis)
+def largest_excursion(values: np.ndarray, axis: int) -> np.ndarray:
+    """The `spike` check's statistic: over the readings along `axis` but the first and last, the
+    most any leaves both its neighbours, above the higher or below the lower (negative when
+    every one lies between its neighbours), in the dtype of `values`. Scoring takes it on the
+    raw float32 windows: the check runs on every window, and differences of neighbouring
+    readings lose nothing in float32. The readings are first laid out along the last axis, in
+    one copy: the comparisons then run over contiguous memory, several times faster than over
+    a window's interleaved sensors."""
+    values = np.ascontiguousarray(np.moveaxis(values, axis, -1))
+    before, here, after = values[..., :-2], values[..., 1:-1], values[..., 2:]
+    return np.maximum(here - np.maximum(before, after), np.minimum(before, after) - here).max(axis=-1)
 
 
 @dataclass
@@ -335,11 +338,9 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
             noisy[:, watched] = noise > above
             if spec.noisy_windows > 1:  # and over the look-back: persistent, and present in this window
                 noisy[:, watched] &= lookback_noise(spec, states, noise) > above
-        spiked = np.zeros(level.shape, dtype=bool)
         watched = spec.spike_above > 0
-        if watched.any():
-            spiked[:, watched] = (excursions(raw[:, :, watched].astype(np.float64), axis=1)
-                                  > spec.spike_above[watched]).any(axis=1)
+        spiked = ((largest_excursion(raw, axis=1) > spec.spike_above) & watched if watched.any()
+                  else np.zeros(level.shape, dtype=bool))
         z = (level - spec.level_mean) / spec.level_std
         excess = None if spec.relation is None else spec.relation.excess(z)
         related = np.zeros(len(raw), dtype=bool) if excess is None else (excess > 1.0).any(axis=1)
@@ -437,8 +438,9 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     noisy_above = np.where((np.median(step_noise, axis=0) > 0) & (largest > 0), NOISY_MARGIN * largest, 0.0)
     spike_above = np.zeros(rows.shape[1])
     if with_spike:  # each run on its own: the last reading of one run is no neighbour of the next's first
-        largest_excursion = [excursions(run.astype(np.float64)).max(axis=0) for run in runs if len(run) >= 3]
-        spike_above = SPIKE_MARGIN * np.max(largest_excursion, axis=0) if largest_excursion else spike_above
+        run_excursions = [largest_excursion(run.astype(np.float64), axis=0) for run in runs if len(run) >= 3]
+        if run_excursions:  # a sensor whose readings never left their neighbours is exempt
+            spike_above = SPIKE_MARGIN * np.maximum(np.max(run_excursions, axis=0), 0.0)
     fitted_rows = np.concatenate(fitted).astype(np.float64)
     level_mean = fitted_rows.mean(axis=0)
     level_std = np.maximum(fitted_rows.std(axis=0), scale_floor * np.abs(level_mean))
