@@ -14,11 +14,12 @@ from ..common import FEATURES, WINDOW, reply
 ROWS = 2000
 
 
-def generated_series() -> tuple[np.ndarray, np.ndarray]:
-    """Timestamps and values: a phase-shifted sine per feature plus noise."""
-    rng = np.random.default_rng(0)
-    t = np.arange(ROWS, dtype=np.float64)
-    values = np.sin(t[:, None] / 20 + np.arange(len(FEATURES))) + 0.1 * rng.normal(size=(ROWS, len(FEATURES)))
+def generated_series(rows: int = ROWS, seed: int = 0, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Timestamps and values: a phase-shifted sine per feature plus noise, from row `start` on
+    (the bundles are trained on the first ROWS rows with seed 0)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(start, start + rows, dtype=np.float64)
+    values = np.sin(t[:, None] / 20 + np.arange(len(FEATURES))) + 0.1 * rng.normal(size=(rows, len(FEATURES)))
     return 1.7e9 + t, values.astype(np.float32)
 
 
