@@ -15,7 +15,8 @@ from daemon.core.postprocess import alert_flags
 from daemon.core.relations import RelationSpec, degree_for
 from daemon.core.scoring import OUT_OF_RANGE, Scorer
 from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, OUT_OF_ENVELOPE, RELATION, SPIKE, STUCK, HealthSpec,
-                                       HealthState, check_of, check_windows, fit_health, lookback_noise)
+                                       HealthState, check_of, check_windows, fit_health, lookback_noise,
+                                       window_step_noise)
 from daemon.cli import main
 from daemon.core.windowing import window_ends, windows
 from daemon.live.alerting import AlertTracker
@@ -186,6 +187,17 @@ def test_a_step_a_ramp_or_a_held_value_is_no_spike():
     values[2000:2100, 2] += np.linspace(0.0, 0.5, 100)  # and a fast ramp
     values[2500:2600, 2] = np.repeat(values[2500:2600:10, 2], 10)  # and a sampled-and-held stretch
     assert not any(check_of(r) == SPIKE for r in reasons_of(spec, synthetic.FEATURES, values))
+
+
+@pytest.mark.parametrize("window", [2, 3, 20, 21])
+def test_the_step_noise_is_the_median_absolute_change_over_the_window_and_nan_with_a_nan_reading(window):
+    raw = np.random.default_rng(window).normal(size=(40, window, 5)).astype(np.float32)
+    raw[3, window // 2, 2] = np.nan
+    raw[7, :, 1] = 5.0  # a flat sensor: no step noise
+    with np.errstate(invalid="ignore"):
+        expected = np.median(np.abs(np.diff(raw.astype(np.float64), axis=1)), axis=1)
+    np.testing.assert_array_equal(window_step_noise(raw), expected)
+    assert np.isnan(window_step_noise(raw)[3, 2]) and window_step_noise(raw)[7, 1] == 0.0
 
 
 def test_a_longer_noise_lookback_sets_a_lower_limit_and_flags_more_of_a_noise_rise_no_longer():

@@ -150,9 +150,20 @@ def window_levels(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def window_step_noise(raw: np.ndarray) -> np.ndarray:
     """Per window and sensor, the median absolute change between consecutive readings of raw
     windows `[B, W, F]`, in float64: the sensor's own noise, robust to the few large changes a
-    setpoint step or a ramp makes."""
-    values = np.ascontiguousarray(raw, dtype=np.float64)
-    return np.median(np.abs(np.diff(values, axis=1)), axis=1)
+    setpoint step or a ramp makes. The changes are laid out per sensor along the last axis and
+    the middle one(s) picked by a partition: the same values as `np.median` over the window
+    axis, bit for bit (NaN where a reading is NaN), at a fraction of its cost on a window's
+    interleaved sensors."""
+    values = np.ascontiguousarray(raw.transpose(0, 2, 1), dtype=np.float64)
+    steps = np.abs(np.diff(values, axis=-1))
+    count = steps.shape[-1]
+    if count == 0:
+        return np.full(steps.shape[:-1], np.nan)
+    middle = count // 2
+    parted = np.partition(steps, (middle - 1, middle) if count % 2 == 0 else middle, axis=-1)
+    noise = parted[..., middle] if count % 2 else (parted[..., middle - 1] + parted[..., middle]) / 2
+    noise[np.isnan(steps).any(axis=-1)] = np.nan
+    return noise
 
 
 def largest_excursion(values: np.ndarray, axis: int) -> np.ndarray:
