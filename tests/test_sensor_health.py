@@ -200,6 +200,15 @@ def test_the_step_noise_is_the_median_absolute_change_over_the_window_and_nan_wi
     assert np.isnan(window_step_noise(raw)[3, 2]) and window_step_noise(raw)[7, 1] == 0.0
 
 
+def test_a_window_too_short_for_a_reading_with_two_neighbours_has_no_spike_check():
+    values = synthetic.normal(3000, seed=0).values
+    assert not fit_health([values[:2400]], [values[2400:]], 2, 1, with_spike=True).spike_above.any()
+    spec = fitted(values)  # limits of a window of 20, met by windows of 2 (a hand-edited bundle)
+    raw = windows(synthetic.normal(100, seed=3).values, 2, 1)
+    reasons = check_windows(spec, synthetic.FEATURES, raw, [HealthState() for _ in raw]) or []
+    assert not any(check_of(r) == SPIKE for r in reasons)  # (the other checks judge such windows as they can)
+
+
 def test_a_longer_noise_lookback_sets_a_lower_limit_and_flags_more_of_a_noise_rise_no_longer():
     """Three windows' worth of readings: the median of 41 windows' step noise scatters less than
     one window's, so training's largest, and the limit, sit nearer the typical noise."""

@@ -349,9 +349,9 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
             noisy[:, watched] = noise > above
             if spec.noisy_windows > 1:  # and over the look-back: persistent, and present in this window
                 noisy[:, watched] &= lookback_noise(spec, states, noise) > above
-        watched = spec.spike_above > 0
-        spiked = ((largest_excursion(raw, axis=1) > spec.spike_above) & watched if watched.any()
-                  else np.zeros(level.shape, dtype=bool))
+        watched = spec.spike_above > 0  # a window under 3 readings holds none with both neighbours
+        spiked = ((largest_excursion(raw, axis=1) > spec.spike_above) & watched
+                  if watched.any() and raw.shape[1] >= 3 else np.zeros(level.shape, dtype=bool))
         z = (level - spec.level_mean) / spec.level_std
         excess = None if spec.relation is None else spec.relation.excess(z)
         related = np.zeros(len(raw), dtype=bool) if excess is None else (excess > 1.0).any(axis=1)
@@ -448,7 +448,7 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     largest = np.concatenate(looked_back).max(axis=0) if looked_back else np.zeros(step_noise.shape[1])
     noisy_above = np.where((np.median(step_noise, axis=0) > 0) & (largest > 0), NOISY_MARGIN * largest, 0.0)
     spike_above = np.zeros(rows.shape[1])
-    if with_spike:  # each run on its own: the last reading of one run is no neighbour of the next's first
+    if with_spike and window >= 3:  # each run on its own: a run's last reading is no neighbour of the next's first
         run_excursions = [largest_excursion(run.astype(np.float64), axis=0) for run in runs if len(run) >= 3]
         if run_excursions:  # a sensor whose readings never left their neighbours is exempt
             spike_above = SPIKE_MARGIN * np.maximum(np.max(run_excursions, axis=0), 0.0)
