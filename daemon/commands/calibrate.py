@@ -43,7 +43,7 @@ examples:
   anomalyd calibrate --model models/pump-v3 --out models/pump-v4 --per-device \\
       --from-influx http://127.0.0.1:8086 --database telegraf --measurement pump \\
       --start 7d --influx-token-file /etc/anomalyd/influx.token
-  anomalyd calibrate --model models/pump-v3 --out models/pump-v4 --incidents incidents.csv \
+  anomalyd calibrate --model models/pump-v3 --out models/pump-v4 --incidents incidents.csv \\
       --from-influx http://127.0.0.1:8086 --database telegraf --measurement pump --start 1d
 """
 
