@@ -14,9 +14,9 @@ from daemon.core.errors import BundleError
 from daemon.core.postprocess import alert_flags
 from daemon.core.relations import RelationSpec, degree_for
 from daemon.core.scoring import OUT_OF_RANGE, Scorer
-from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, OUT_OF_ENVELOPE, RELATION, SPIKE, STUCK, HealthSpec,
-                                       HealthState, check_of, check_windows, fit_health, lookback_noise,
-                                       window_step_noise)
+from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, NOISY_LOOKBACK_KEPT, OUT_OF_ENVELOPE, RELATION, SPIKE,
+                                       STUCK, HealthSpec, HealthState, check_of, check_windows, fit_health,
+                                       lookback_noise, window_step_noise)
 from daemon.cli import main
 from daemon.core.windowing import window_ends, windows
 from daemon.live.alerting import AlertTracker
@@ -233,11 +233,26 @@ def test_a_longer_noise_lookback_sets_a_lower_limit_and_flags_more_of_a_noise_ri
 
 def test_inspect_names_the_noise_lookback_and_the_spike_check():
     values = synthetic.normal(3000, seed=0).values
-    assert "noisy (look-back 41 windows): " in fitted(values, noisy_lookback=3).describe(synthetic.FEATURES)
+    assert "noisy (look-back 41 windows, 9 kept): " in fitted(values, noisy_lookback=3).describe(synthetic.FEATURES)
     assert "; noisy: " in fitted(values).describe(synthetic.FEATURES)
     assert f"; spike: {', '.join(synthetic.FEATURES)};" in fitted(values).describe(synthetic.FEATURES)
     without = fit_health([values[:2400]], [values[2400:]], WINDOW, 1)
     assert "; spike: none;" in without.describe(synthetic.FEATURES)
+
+
+def test_the_noise_lookback_keeps_a_few_evenly_spaced_windows_whatever_the_window_length():
+    """A device's look-back ring is NOISY_LOOKBACK_KEPT windows' step noise at most, spaced
+    over the look-back's span, so the service's memory per device does not grow with the window."""
+    values = synthetic.normal(6000, seed=0).values
+    for window in (6, 20, 60):
+        spec = fit_health([values[:4800]], [values[4800:]], window, 1, noisy_lookback=3)
+        assert spec.noisy_windows == 1 + 2 * window
+        assert spec.noisy_kept <= NOISY_LOOKBACK_KEPT
+        assert (spec.noisy_kept - 1) * spec.noisy_spacing <= spec.noisy_windows - 1 < spec.noisy_kept * spec.noisy_spacing
+        state = HealthState()
+        for row in np.ones((500, int((spec.noisy_above > 0).sum()))):
+            lookback_noise(spec, [state], row[None, :])
+        assert len(state.noise) == spec.noisy_kept
 
 
 def test_the_noise_lookback_speaks_only_once_it_is_full():
@@ -258,8 +273,9 @@ def test_the_noise_lookback_gives_the_same_medians_window_by_window_as_for_a_who
     for row in noise:
         one_by_one.append(lookback_noise(spec, [state], row[None, :])[0])
     state = HealthState()
-    in_batches = np.concatenate([lookback_noise(spec, [state] * 60, noise[:60]),
-                                 lookback_noise(spec, [state] * 90, noise[60:])])
+    assert spec.noisy_spacing > 1 and 57 % spec.noisy_spacing  # batches that cut the spacing
+    in_batches = np.concatenate([lookback_noise(spec, [state] * 57, noise[:57]),
+                                 lookback_noise(spec, [state] * 93, noise[57:])])
     np.testing.assert_array_equal(np.array(one_by_one), in_batches)
     assert np.isnan(in_batches[:spec.noisy_windows - 1]).all() and not np.isnan(in_batches[spec.noisy_windows - 1:]).any()
 
@@ -394,10 +410,11 @@ def test_a_bundle_fitted_before_the_noise_and_spike_checks_loads_with_those_chec
     data = json.loads((directory / "bundle.json").read_text())
     del data["health"]["noisy_above"]
     del data["health"]["noisy_windows"]
+    del data["health"]["noisy_spacing"]
     del data["health"]["spike_above"]
     (directory / "bundle.json").write_text(json.dumps(data))
     loaded = load_bundle(directory).health
-    assert loaded.noisy_above.tolist() == [0.0] * 5 and loaded.noisy_windows == 1
+    assert loaded.noisy_above.tolist() == [0.0] * 5 and loaded.noisy_windows == 1 and loaded.noisy_spacing == 1
     assert loaded.spike_above.tolist() == [0.0] * 5
     np.testing.assert_array_equal(loaded.stuck_below, bundle.health.stuck_below)
 
@@ -409,7 +426,7 @@ def test_health_is_written_to_and_read_back_from_bundle_json(tmp_path):
     for name in HealthSpec.FIELDS:
         np.testing.assert_array_equal(getattr(loaded, name), getattr(bundle.health, name))
     assert loaded.relation.to_dict() == bundle.health.relation.to_dict()
-    assert loaded.noisy_windows == bundle.health.noisy_windows
+    assert (loaded.noisy_windows, loaded.noisy_spacing) == (bundle.health.noisy_windows, bundle.health.noisy_spacing)
 
 
 def test_a_bundle_fitted_before_the_relation_check_loads_with_that_check_off(tmp_path):
@@ -426,6 +443,7 @@ def test_a_bundle_fitted_before_the_relation_check_loads_with_that_check_off(tmp
     (lambda h: h.update(level_std=[0.0] * 5), "'level_std' must be > 0"),
     (lambda h: h.update(noisy_above=[-1.0] * 5), "'noisy_above' must be >= 0"),
     (lambda h: h.update(noisy_windows=0), "'noisy_windows' must be a whole number >= 1"),
+    (lambda h: h.update(noisy_spacing=1.5), "'noisy_spacing' must be a whole number >= 1"),
     (lambda h: h.update(spike_above=[-1.0] * 5), "'spike_above' must be >= 0"),
     (lambda h: h.update(envelope_low=[1e9] * 5), "'envelope_low' must not exceed 'envelope_high'"),
     (lambda h: h.update(surprise=1), "unknown key(s) surprise"),

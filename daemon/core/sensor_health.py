@@ -23,12 +23,15 @@ beside the score, never mixed into it.
   broken cable shield, a loose contact). A sensor whose typical training window shows no step
   noise at all (quantised or sampled-and-held) is exempt: its noise is below its resolution.
   With a look-back of more than one window (`HealthSpec.noisy_windows`) the limit is twice the
-  largest median, over the last that many windows, of each window's step noise (held per
-  device like the drift sums): a median of a few dozen steps scatters less than one of a
-  window's, so that largest sits closer to the typical noise, and so does the limit. A window
-  is then noisy when both its look-back median and its own step noise exceed that limit: the
-  noise persists and is still there, so the flag clears within about a window of the noise
-  ending instead of half a look-back later. The check speaks only once the look-back is full.
+  largest median, over the look-back, of each window's step noise (held per device like the
+  drift sums): a median of a few dozen steps scatters less than one of a window's, so that
+  largest sits closer to the typical noise, and so does the limit. The look-back keeps one
+  window in every `HealthSpec.noisy_spacing` (at most NOISY_LOOKBACK_KEPT of them): windows a
+  fraction of a window apart share most of their steps, so the ones in between add little to
+  the median and would cost each device a ring of every window's noise. A window is then
+  noisy when both its look-back median and its own step noise exceed that limit: the noise
+  persists and is still there, so the flag clears within about a window of the noise ending
+  instead of half a look-back later. The check speaks only once the look-back is full.
 - `spike`: a reading leaves both its neighbours, above the higher or below the lower, by more
   than SPIKE_MARGIN times the largest such excursion any training run shows: a loose connector's
   spike or a dropout to a transmitter's under-range value. A step, a ramp or a
@@ -97,6 +100,11 @@ STUCK_FRACTION = 0.1
 # A working transmitter's noise does not double: twice the largest step noise of any training
 # window, the same room for the unseen that the drift limits take.
 NOISY_MARGIN = 2.0
+# The noise look-back keeps at most this many windows' step noise per device, evenly spaced
+# over its span: 4 to a window's worth of readings for the default look-back of 3 such spans,
+# neighbours sharing three quarters of their steps. A device's ring stays a few hundred bytes
+# whatever the window length.
+NOISY_LOOKBACK_KEPT = 9
 # A working transmitter's readings do not leave their neighbours by twice what its noise did in
 # training: the same room for the unseen as the noisy and drift limits.
 SPIKE_MARGIN = 2.0
@@ -194,6 +202,12 @@ class HealthSpec:
     spike_above: np.ndarray  # float64 [F]: a reading leaving both neighbours by more is a spike; 0 = exempt
     relation: RelationSpec | None = None  # the relation check (daemon.core.relations); None = off
     noisy_windows: int = 1  # the noisy check's look-back in windows (1: the window alone)
+    noisy_spacing: int = 1  # the look-back keeps one window in this many (absent in older bundles: every one)
+
+    @property
+    def noisy_kept(self) -> int:
+        """How many windows' step noise the look-back's median is taken over."""
+        return (self.noisy_windows - 1) // self.noisy_spacing + 1
 
     FIELDS = ("envelope_low", "envelope_high", "stuck_below", "level_mean", "level_std", "drift_k", "drift_limit",
               "noisy_above", "spike_above")
@@ -203,11 +217,12 @@ class HealthSpec:
     def to_dict(self) -> dict[str, Any]:
         arrays: dict[str, Any] = {name: [float(v) for v in getattr(self, name)] for name in self.FIELDS}
         return {**arrays, "relation": None if self.relation is None else self.relation.to_dict(),
-                "noisy_windows": self.noisy_windows}
+                "noisy_windows": self.noisy_windows, "noisy_spacing": self.noisy_spacing}
 
     def describe(self, features: list[str]) -> str:
         """One line for `inspect`: which sensors each check watches (the others are exempt)."""
-        lookback = f" (look-back {self.noisy_windows} windows)" if self.noisy_windows > 1 else ""
+        spaced = f", {self.noisy_kept} kept" if self.noisy_spacing > 1 else ""
+        lookback = f" (look-back {self.noisy_windows} windows{spaced})" if self.noisy_windows > 1 else ""
         watched = {
             "envelope": [f for f, hi in zip(features, self.envelope_high) if hi < np.finfo(np.float64).max],
             "stuck": [f for f, below in zip(features, self.stuck_below) if below > 0],
@@ -226,7 +241,7 @@ class HealthSpec:
         """Validate on load (bundle.json is edited by hand); errors name the key."""
         if not isinstance(data, dict):
             raise ValueError(f"expected an object, got {type(data).__name__}")
-        known = (*cls.FIELDS, "relation", "noisy_windows")
+        known = (*cls.FIELDS, "relation", "noisy_windows", "noisy_spacing")
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
@@ -253,15 +268,17 @@ class HealthSpec:
             relation = None if relation is None else RelationSpec.from_dict(relation, n_features)
         except ValueError as exc:
             raise ValueError(f"'relation': {exc}") from None
-        noisy_windows = data.get("noisy_windows", 1)  # absent in a bundle fitted before the look-back
-        if not isinstance(noisy_windows, int) or isinstance(noisy_windows, bool) or noisy_windows < 1:
-            raise ValueError("'noisy_windows' must be a whole number >= 1")
-        return cls(**arrays, relation=relation, noisy_windows=noisy_windows)
+        counts = {}
+        for name in ("noisy_windows", "noisy_spacing"):  # absent in a bundle fitted before the look-back / spacing
+            counts[name] = value = data.get(name, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name!r} must be a whole number >= 1")
+        return cls(**arrays, relation=relation, **counts)
 
 
 class HealthState:
     """One device's (or one offline file's) memory for the drift check, the upward and downward
-    CUSUM sums per sensor, and for the noisy check's look-back, the last windows' step noise.
+    CUSUM sums per sensor, and for the noisy check's look-back, the last kept windows' step noise.
     Bound to the spec it was built for: a state met with another spec (a reloaded bundle)
     starts again from zero. The sums are plain Python floats: for a handful of sensors a scalar
     loop costs less than numpy's per-call overhead, and it runs once per window."""
@@ -277,27 +294,35 @@ class HealthState:
         self.base: list[float] | None = None  # the slow baseline of each level; None before the first window
         self.up = [0.0] * n
         self.down = [0.0] * n
-        # The last `noisy_windows` windows' step noise of the watched sensors, a ring in arrival
-        # order from `noise_seen` % its length (a median does not care about the order).
+        # The last `noisy_kept` kept windows' step noise of the watched sensors (window i is kept
+        # when i % noisy_spacing == 0, counting from the first this state saw), a ring in
+        # arrival order from the kept count % its length (a median does not care about the order).
         watched = 0 if spec is None else int((spec.noisy_above > 0).sum())
-        self.noise = np.zeros((1 if spec is None else spec.noisy_windows, watched))
-        self.noise_seen = 0
+        self.noise = np.zeros((1 if spec is None else spec.noisy_kept, watched))
+        self.noise_seen = 0  # windows seen, kept or not
 
     def _bind(self, spec: HealthSpec) -> None:
         if spec is not self.spec:
             self._reset(spec)
 
-    def push_noise(self, spec: HealthSpec, window_noise: np.ndarray) -> None:
-        """Add one window's step noise (of the sensors the noisy check watches)."""
+    def kept_count(self, spec: HealthSpec) -> int:
+        """How many windows' step noise the look-back has kept so far."""
         self._bind(spec)
-        self.noise[self.noise_seen % len(self.noise)] = window_noise
+        return -(-self.noise_seen // spec.noisy_spacing)
+
+    def push_noise(self, spec: HealthSpec, window_noise: np.ndarray) -> None:
+        """Count one window, keeping its step noise (of the sensors the noisy check watches)
+        if it falls on the look-back's spacing."""
+        self._bind(spec)
+        if self.noise_seen % spec.noisy_spacing == 0:
+            self.noise[self.kept_count(spec) % len(self.noise)] = window_noise
         self.noise_seen += 1
 
     def recent_noise(self, spec: HealthSpec, count: int) -> np.ndarray:
-        """The last `count` (or fewer, as many as seen) windows' step noise, oldest first."""
-        self._bind(spec)
-        ring, seen = self.noise, self.noise_seen
-        ordered = ring[:seen] if seen < len(ring) else np.roll(ring, -(seen % len(ring)), axis=0)
+        """The last `count` (or fewer, as many as kept) kept windows' step noise, oldest first."""
+        kept = self.kept_count(spec)
+        ring = self.noise
+        ordered = ring[:kept] if kept < len(ring) else np.roll(ring, -(kept % len(ring)), axis=0)
         return ordered[max(0, len(ordered) - count):]
 
     def step(self, spec: HealthSpec, z: list[float], limits: list[float], allowances: list[float]) -> int:
@@ -382,13 +407,13 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
 
 
 def lookback_noise(spec: HealthSpec, states: Sequence[HealthState], noise: np.ndarray) -> np.ndarray:
-    """Per window, the median step noise over the device's last `spec.noisy_windows` windows,
-    this one included `[B, watched]`; NaN while a device's look-back is not yet full. Devices
+    """Per window, the median step noise over the device's last `spec.noisy_kept` kept windows
+    up to this one `[B, watched]`; NaN while a device's look-back is not yet full. Devices
     with one window in the batch (the live service's usual batch) share one median call over
     their rings; a device with several (a file scored offline) gets rolling medians over its
-    recent windows and the new ones in time order. Both take the median of the same values,
-    so live and offline agree bit for bit."""
-    count = spec.noisy_windows
+    recent kept windows and the batch's in time order. Both take the median of the same
+    values, so live and offline agree bit for bit."""
+    count, spacing = spec.noisy_kept, spec.noisy_spacing
     out = np.full(noise.shape, np.nan)
     by_state: dict[int, list[int]] = {}
     for i, state in enumerate(states):
@@ -398,16 +423,21 @@ def lookback_noise(spec: HealthSpec, states: Sequence[HealthState], noise: np.nd
         state = states[rows[0]]
         if len(rows) == 1:
             state.push_noise(spec, noise[rows[0]])
-            if state.noise_seen >= count:
+            if state.kept_count(spec) >= count:
                 single.append(rows[0])
             continue
-        sequence = np.concatenate([state.recent_noise(spec, count - 1), noise[rows]])
-        first = len(sequence) - len(rows)  # where this batch's windows start in the sequence
+        recent = state.recent_noise(spec, count)  # a window off the spacing looks back on these alone
+        seen = state.noise_seen  # the device's index of the batch's first window
+        kept_rows = [i for j, i in enumerate(rows) if (seen + j) % spacing == 0]
+        sequence = np.concatenate([recent, noise[kept_rows]])
+        # the sequence's position 0 is kept window number `offset` of the device
+        offset = state.kept_count(spec) - len(recent)
         if len(sequence) >= count:
             medians = rolling_median(sequence, count)  # medians[k] ends at sequence[k + count - 1]
             for j, i in enumerate(rows):
-                if first + j >= count - 1:
-                    out[i] = medians[first + j - count + 1]
+                last = (seen + j) // spacing - offset  # the latest kept window up to this one
+                if last >= count - 1:
+                    out[i] = medians[last - count + 1]
         for i in rows:
             state.push_noise(spec, noise[i])
     if single:
@@ -428,7 +458,8 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     a change of a few hundredths of a degree. `with_relation` also fits the relation check
     (daemon.core.relations; `TrainConfig.relation_check`). `noisy_lookback` is the noisy
     check's look-back in windows' worth of rows (`TrainConfig.noisy_lookback`): at a stride
-    below the window, the windows ending in that span. `with_spike` fits the spike check
+    below the window, the windows ending in that span, of which the look-back keeps one in
+    `noisy_spacing` (NOISY_LOOKBACK_KEPT). `with_spike` fits the spike check
     (`TrainConfig.spike_check`); without it every sensor is exempt."""
     runs = [*fitted, *held_out]
     rows = np.concatenate(runs).astype(np.float64)
@@ -442,9 +473,13 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     typical = STUCK_FRACTION * np.median(spreads, axis=0)
     stuck_below = np.where(spreads.min(axis=0) > typical, typical, 0.0)
     noisy_windows = 1 + (noisy_lookback - 1) * window // stride
+    noisy_spacing = -(-(noisy_windows - 1) // (NOISY_LOOKBACK_KEPT - 1)) if noisy_windows > 1 else 1
+    kept = (noisy_windows - 1) // noisy_spacing + 1
     per_window = [_step_noise(run, window, stride) for run in runs if len(run) >= window]
     step_noise = np.concatenate(per_window)
-    looked_back = [rolling_median(noise, noisy_windows) for noise in per_window if len(noise) >= noisy_windows]
+    # each run from a fresh state, which keeps its first window
+    looked_back = [rolling_median(noise[::noisy_spacing], kept) for noise in per_window
+                   if len(noise[::noisy_spacing]) >= kept]
     largest = np.concatenate(looked_back).max(axis=0) if looked_back else np.zeros(step_noise.shape[1])
     noisy_above = np.where((np.median(step_noise, axis=0) > 0) & (largest > 0), NOISY_MARGIN * largest, 0.0)
     spike_above = np.zeros(rows.shape[1])
@@ -473,7 +508,7 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
         relation = fit_relations(standardised[:len(fitted)], standardised[len(fitted):],
                                  np.flatnonzero(steady).tolist(), sum(len(run) // window for run in fitted))
     spec = HealthSpec(low - margin, high + margin, stuck_below, level_mean, level_std, np.zeros(len(low)), exempt,
-                      noisy_above, spike_above, relation, noisy_windows)
+                      noisy_above, spike_above, relation, noisy_windows, noisy_spacing)
     gaps = _largest_drift_terms(spec, runs, window, stride, gaps=True)
     spec.drift_k = np.maximum(DRIFT_K, DRIFT_MARGIN * gaps)
     sums = _largest_drift_terms(spec, runs, window, stride, gaps=False)
@@ -515,7 +550,7 @@ def _step_noise(run: np.ndarray, window: int, stride: int) -> np.ndarray:
 
 def rolling_median(values: np.ndarray, count: int) -> np.ndarray:
     """Per position from `count` - 1 on, the median of the last `count` rows of `values` `[n, F]`:
-    what `lookback_noise` gives a device's windows, for a whole run at once."""
+    what `lookback_noise` gives a device's kept windows, for a whole run at once."""
     if count == 1:
         return values
     return np.median(np.lib.stride_tricks.sliding_window_view(values, count, axis=0), axis=-1)
