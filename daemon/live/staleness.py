@@ -48,8 +48,8 @@ BUCKET_SECONDS = 60.0
 class _DeviceCounts:
     """Windows and windows above the reference in a ring of per-minute buckets: for bucket i,
     `counts[3i:3i + 3]` = (its minute, windows, windows above). One int32 array, not lists of
-    Python ints: every device of a fleet holds one, and 10,000 of them as lists cost about
-    10 MB more (minutes since the epoch fit int32 until the year 6053)."""
+    Python ints: every device of a fleet holds one, and a list entry costs a pointer and an int
+    object where the array stores 4 bytes (minutes since the epoch fit int32 until the year 6053)."""
 
     __slots__ = ("counts",)
 
