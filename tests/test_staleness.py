@@ -164,16 +164,18 @@ def bundle_with(model, reference: ScoreReference, version: str = "1") -> Bundle:
                                training={"score_reference": reference.to_dict()})
 
 
-def test_the_window_slides_in_minute_buckets_and_forgets_quiet_devices(model):
-    clock = Clock()
+def test_the_window_slides_in_ten_minute_buckets_and_forgets_quiet_devices(model):
+    clock = Clock()  # at the start of a bucket
     tracker = StalenessTracker(clock=clock)
     bundle = bundle_with(model, ScoreReference(0.99, 1.0))
     for minute in range(60):  # one window above the reference every minute, for an hour
         tracker.observe(bundle, ["pump-1"] * 10, np.array([2.0] + [0.5] * 9))
         clock.now += 60
     [state] = tracker.snapshot()
-    assert state.windows == 590 and state.share == pytest.approx(59 / 590)  # the first minute has left
+    assert state.windows == 500 and state.share == pytest.approx(50 / 500)  # the first ten minutes have left
     assert state.drifted_devices == 1
+    clock.now += 9 * 60  # nine minutes on: the same bucket, the same count
+    assert tracker.snapshot()[0].windows == 500
     clock.now += 3600
     assert tracker.snapshot() == []
 

@@ -132,6 +132,10 @@ TREND_LIMIT = 1.0
 # sensor follows the process, which is the model's to judge; a CUSUM on it would page on every
 # change of operating point.
 QUIET_RATIO = 1.0
+# The look-back holds step noise in float32 (training's limit is taken on the same rounded
+# values): every device keeps a ring of it, and the rounding is far below any noise that
+# matters.
+_LOOKBACK_DTYPE = np.float32
 # Windows per chunk when fitting, bounding memory on long training runs.
 _FIT_CHUNK = 4096
 
@@ -298,7 +302,7 @@ class HealthState:
         # when i % noisy_spacing == 0, counting from the first this state saw), a ring in
         # arrival order from the kept count % its length (a median does not care about the order).
         watched = 0 if spec is None else int((spec.noisy_above > 0).sum())
-        self.noise = np.zeros((1 if spec is None else spec.noisy_kept, watched))
+        self.noise = np.zeros((1 if spec is None else spec.noisy_kept, watched), dtype=_LOOKBACK_DTYPE)
         self.noise_seen = 0  # windows seen, kept or not
 
     def _bind(self, spec: HealthSpec) -> None:
@@ -414,6 +418,7 @@ def lookback_noise(spec: HealthSpec, states: Sequence[HealthState], noise: np.nd
     recent kept windows and the batch's in time order. Both take the median of the same
     values, so live and offline agree bit for bit."""
     count, spacing = spec.noisy_kept, spec.noisy_spacing
+    noise = noise.astype(_LOOKBACK_DTYPE)
     out = np.full(noise.shape, np.nan)
     by_state: dict[int, list[int]] = {}
     for i, state in enumerate(states):
@@ -477,10 +482,12 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     kept = (noisy_windows - 1) // noisy_spacing + 1
     per_window = [_step_noise(run, window, stride) for run in runs if len(run) >= window]
     step_noise = np.concatenate(per_window)
-    # each run from a fresh state, which keeps its first window
-    looked_back = [rolling_median(noise[::noisy_spacing], kept) for noise in per_window
-                   if len(noise[::noisy_spacing]) >= kept]
-    largest = np.concatenate(looked_back).max(axis=0) if looked_back else np.zeros(step_noise.shape[1])
+    # the look-back's statistic on the values its ring holds, each run from a fresh state
+    # (which keeps its first window); the window's own step noise without a look-back
+    looked_back = ([rolling_median(noise[::noisy_spacing].astype(_LOOKBACK_DTYPE), kept) for noise in per_window
+                    if len(noise[::noisy_spacing]) >= kept] if noisy_windows > 1 else per_window)
+    largest = (np.concatenate(looked_back).max(axis=0).astype(np.float64) if looked_back
+               else np.zeros(step_noise.shape[1]))
     noisy_above = np.where((np.median(step_noise, axis=0) > 0) & (largest > 0), NOISY_MARGIN * largest, 0.0)
     spike_above = np.zeros(rows.shape[1])
     if with_spike and window >= 3:  # each run on its own: a run's last reading is no neighbour of the next's first

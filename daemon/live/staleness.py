@@ -9,8 +9,10 @@ window, and says "recalibrate or retrain" rather than "fault". Bundles written w
 reference are not tracked (staleness off).
 
 Windows are counted per model (bundle name, the `model` tag of the points written) and per
-device in per-minute buckets over a sliding hour, so memory per device is fixed whatever the
-message rate, and a device that goes quiet ages out. A new bundle version or reference under
+device in ten-minute buckets over a sliding hour (the hour moves on a bucket at a time, so the
+share covers the last 50 to 60 minutes), so memory per device is small and fixed whatever the
+message rate, and a device that goes quiet ages out. A share that moves over hours needs no
+finer steps, and each device of a fleet holds its own ring. A new bundle version or reference under
 a model's name (a reload after `calibrate`) starts a fresh count: it is a new calibration; a
 model the service no longer serves (`serve`, told on every start and reload) is forgotten, and
 a served one is reported from the start (share NaN until enough windows are in).
@@ -42,32 +44,32 @@ log = logging.getLogger(__name__)
 STALE_RATIO = 5.0  # a device is counted as drifted when its share is this many times the expected one
 MIN_WINDOWS = 60  # a share over fewer windows says little (1 window above out of 10 reads as 10 %)
 WINDOW_SECONDS = 3600.0
-BUCKET_SECONDS = 60.0
+BUCKET_SECONDS = 600.0
 
 
 class _DeviceCounts:
-    """Windows and windows above the reference in a ring of per-minute buckets: for bucket i,
-    `counts[3i:3i + 3]` = (its minute, windows, windows above). One int32 array, not lists of
-    Python ints: every device of a fleet holds one, and a list entry costs a pointer and an int
-    object where the array stores 4 bytes (minutes since the epoch fit int32 until the year 6053)."""
+    """Windows and windows above the reference in a ring of time buckets: for slot i,
+    `counts[3i:3i + 3]` = (its bucket's number since the epoch, windows, windows above). One
+    int32 array, not lists of Python ints: every device of a fleet holds one, and a list entry
+    costs a pointer and an int object where the array stores 4 bytes."""
 
     __slots__ = ("counts",)
 
     def __init__(self, buckets: int) -> None:
         self.counts = array("i", [-1, 0, 0]) * buckets
 
-    def add(self, minute: int, total: int, above: int) -> None:
+    def add(self, bucket: int, total: int, above: int) -> None:
         counts = self.counts
-        slot = 3 * (minute % (len(counts) // 3))
-        if counts[slot] != minute:
-            counts[slot:slot + 3] = array("i", (minute, 0, 0))
+        slot = 3 * (bucket % (len(counts) // 3))
+        if counts[slot] != bucket:
+            counts[slot:slot + 3] = array("i", (bucket, 0, 0))
         counts[slot + 1] += total
         counts[slot + 2] += above
 
-    def sums(self, now_minute: int) -> tuple[int, int]:
+    def sums(self, now_bucket: int) -> tuple[int, int]:
         counts = self.counts
-        oldest = now_minute - len(counts) // 3
-        live = [i for i in range(0, len(counts), 3) if oldest < counts[i] <= now_minute]
+        oldest = now_bucket - len(counts) // 3
+        live = [i for i in range(0, len(counts), 3) if oldest < counts[i] <= now_bucket]
         return sum(counts[i + 1] for i in live), sum(counts[i + 2] for i in live)
 
 
@@ -140,7 +142,7 @@ class StalenessTracker:
         values = np.asarray(scores, dtype=np.float64)
         counted = np.isfinite(values)
         above = (values > limits) & counted
-        minute = self._minute()
+        bucket = self._bucket()
         per_device: dict[str, list[int]] = {}
         for device, c, a in zip(devices, counted.tolist(), above.tolist()):
             entry = per_device.setdefault(device, [0, 0])
@@ -157,12 +159,12 @@ class StalenessTracker:
                     counts = model.devices.get(device)
                     if counts is None:
                         counts = model.devices[device] = _DeviceCounts(self.buckets)
-                    counts.add(minute, total, above_count)
+                    counts.add(bucket, total, above_count)
 
     def snapshot(self) -> list[ModelStaleness]:
         """Every tracked model over the sliding window; devices (and models) without a window
         in it are forgotten."""
-        minute = self._minute()
+        bucket = self._bucket()
         result = []
         with self._lock:
             for name in list(self._models):
@@ -170,7 +172,7 @@ class StalenessTracker:
                 total = above = drifted = 0
                 limit = STALE_RATIO * model.reference.expected_share
                 for device in list(model.devices):
-                    n, k = model.devices[device].sums(minute)
+                    n, k = model.devices[device].sums(bucket)
                     if not n:
                         del model.devices[device]
                         continue
@@ -183,7 +185,7 @@ class StalenessTracker:
                                              above / total if total >= MIN_WINDOWS else math.nan, total, drifted))
         return result
 
-    def _minute(self) -> int:
+    def _bucket(self) -> int:
         return int(self.clock() // self.bucket_seconds)
 
     def _reference(self, bundle: Bundle) -> ScoreReference | None:
