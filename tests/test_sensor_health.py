@@ -372,13 +372,26 @@ def test_a_device_keeps_its_health_memory_beside_its_alert_state_until_it_is_for
 def test_a_reloaded_bundle_starts_the_drift_memory_again():
     values = quiet_vibration(synthetic.normal(3000, seed=0).values, seed=0)
     old, new = fitted(values), fitted(values)
+    watched = old.drift_watched()
+    assert synthetic.FEATURES[watched[0]] == "vibration"
+    limits, allowances = old.drift_limit[watched].tolist(), old.drift_k[watched].tolist()
     state = HealthState()
-    z = [5.0] * 5
-    state.step(old, z, old.drift_limit.tolist(), old.drift_k.tolist())
-    state.step(old, [10.0] * 5, old.drift_limit.tolist(), old.drift_k.tolist())
+    z = [5.0] * len(watched)
+    state.step(old, z, limits, allowances)
+    state.step(old, [10.0] * len(watched), limits, allowances)
     assert state.up[0] > 0
-    state.step(new, z, new.drift_limit.tolist(), new.drift_k.tolist())
-    assert state.spec is new and state.up == [0.0] * 5
+    state.step(new, z, limits, allowances)
+    assert state.spec is new and state.up == [0.0] * len(watched)
+
+
+def test_a_spec_that_watches_no_sensor_for_drift_keeps_no_drift_memory():
+    spec = fitted(synthetic.normal(3000, seed=0).values)  # no quiet sensor: every level follows the process
+    assert not len(spec.drift_watched())
+    state = HealthState(spec)
+    assert state.up == [] and state.down == []
+    raw = windows(synthetic.normal(200, seed=3).values, WINDOW, 1)
+    check_windows(spec, synthetic.FEATURES, raw, [state] * len(raw))
+    assert state.base is None
 
 
 def test_an_old_bundle_without_health_loads_and_scores_with_the_checks_off(tmp_path):

@@ -208,6 +208,10 @@ class HealthSpec:
     noisy_windows: int = 1  # the noisy check's look-back in windows (1: the window alone)
     noisy_spacing: int = 1  # the look-back keeps one window in this many (absent in older bundles: every one)
 
+    def drift_watched(self) -> np.ndarray:
+        """The sensors the drift check watches (a limit above 0), in feature order."""
+        return np.flatnonzero(self.drift_limit > 0)
+
     @property
     def noisy_kept(self) -> int:
         """How many windows' step noise the look-back's median is taken over."""
@@ -282,10 +286,12 @@ class HealthSpec:
 
 class HealthState:
     """One device's (or one offline file's) memory for the drift check, the upward and downward
-    CUSUM sums per sensor, and for the noisy check's look-back, the last kept windows' step noise.
-    Bound to the spec it was built for: a state met with another spec (a reloaded bundle)
-    starts again from zero. The sums are plain Python floats: for a handful of sensors a scalar
-    loop costs less than numpy's per-call overhead, and it runs once per window."""
+    CUSUM sums of each sensor the drift check watches (`HealthSpec.drift_watched`), and for the
+    noisy check's look-back, the last kept windows' step noise. Bound to the spec it was built
+    for: a state met with another spec (a reloaded bundle) starts again from zero. The sums are
+    plain Python floats: for a handful of sensors a scalar loop costs less than numpy's per-call
+    overhead, and it runs once per window; a spec watching no sensor for drift (no quiet one)
+    costs neither memory nor a loop."""
 
     __slots__ = ("spec", "base", "up", "down", "noise", "noise_seen")
 
@@ -294,8 +300,8 @@ class HealthState:
 
     def _reset(self, spec: HealthSpec | None) -> None:
         self.spec = spec
-        n = 0 if spec is None else len(spec.level_mean)
-        self.base: list[float] | None = None  # the slow baseline of each level; None before the first window
+        n = 0 if spec is None else len(spec.drift_watched())
+        self.base: list[float] | None = None  # the slow baseline of each watched level; None before the first window
         self.up = [0.0] * n
         self.down = [0.0] * n
         # The last `noisy_kept` kept windows' step noise of the watched sensors (window i is kept
@@ -330,16 +336,17 @@ class HealthState:
         return ordered[max(0, len(ordered) - count):]
 
     def step(self, spec: HealthSpec, z: list[float], limits: list[float], allowances: list[float]) -> int:
-        """Advance by one window's standardised levels `z`; `limits` and `allowances` are
-        `spec.drift_limit` and `spec.drift_k` as lists. Returns the first drifting sensor's index, -1 for none. A non-finite level (an
-        unscorable reading) leaves that sensor's memory as it is; an exempt sensor (limit 0)
-        keeps zero sums."""
+        """Advance by one window's standardised levels `z` of the watched sensors
+        (`spec.drift_watched()`, in that order); `limits` and `allowances` are their
+        `spec.drift_limit` and `spec.drift_k` as lists. Returns the position among them of the
+        first drifting sensor, -1 for none. A non-finite level (an unscorable reading) leaves
+        that sensor's memory as it is."""
         self._bind(spec)
         if self.base is None:
             self.base = [level if math.isfinite(level) else 0.0 for level in z]
         base, up, down, first = self.base, self.up, self.down, -1
         for f, (level, limit, k) in enumerate(zip(z, limits, allowances)):
-            if limit <= 0.0 or not math.isfinite(level):
+            if not math.isfinite(level):
                 continue
             cap = DRIFT_CAP * limit
             gap = level - base[f]
@@ -384,8 +391,12 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
         z = (level - spec.level_mean) / spec.level_std
         excess = None if spec.relation is None else spec.relation.excess(z)
         related = np.zeros(len(raw), dtype=bool) if excess is None else (excess > 1.0).any(axis=1)
-    limits, allowances = spec.drift_limit.tolist(), spec.drift_k.tolist()
-    drifting = [state.step(spec, z_i, limits, allowances) for state, z_i in zip(states, z.tolist())]
+    watched = spec.drift_watched()
+    if len(watched):
+        limits, allowances = spec.drift_limit[watched].tolist(), spec.drift_k[watched].tolist()
+        drifting = [state.step(spec, z_i, limits, allowances) for state, z_i in zip(states, z[:, watched].tolist())]
+    else:
+        drifting = [-1] * len(states)
     outside_any, stuck_any, noisy_any, spiked_any = (outside.any(axis=1), stuck.any(axis=1), noisy.any(axis=1),
                                                       spiked.any(axis=1))
     if not (outside_any.any() or stuck_any.any() or noisy_any.any() or spiked_any.any() or related.any()
@@ -402,7 +413,7 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
         reasons[i] = reason(SPIKE, features[int(np.argmax(spiked[i]))])
     for i, f in enumerate(drifting):
         if f >= 0 and not reasons[i]:
-            reasons[i] = reason(DRIFT, features[f])
+            reasons[i] = reason(DRIFT, features[watched[f]])
     blamed = [i for i in np.flatnonzero(related) if not reasons[i]]
     if blamed:  # the sensor whose repair makes the others agree, not the first in order
         for i, culprit in zip(blamed, spec.relation.culprits(z[blamed])):
@@ -526,19 +537,23 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
 def _largest_drift_terms(spec: HealthSpec, runs: Sequence[np.ndarray], window: int, stride: int,
                          gaps: bool) -> np.ndarray:
     """Per sensor, the largest gap between a level and its baseline (`gaps`), or the largest
-    CUSUM sum, that `HealthState` meets over the runs, each run from a fresh state."""
-    limits, allowances = spec.drift_limit.tolist(), spec.drift_k.tolist()
+    CUSUM sum, that `HealthState` meets over the runs, each run from a fresh state; 0 for a
+    sensor the drift check does not watch."""
+    watched = spec.drift_watched()
+    limits, allowances = spec.drift_limit[watched].tolist(), spec.drift_k[watched].tolist()
     largest = np.zeros(len(spec.level_mean))
+    if not len(watched):
+        return largest
     for run in runs:
         state = HealthState(spec)
         for run_levels in _levels(run, window, stride, chunks=True):
-            terms = np.zeros((len(run_levels), 2, len(largest)))  # per window: (gap, 0) or (up, down)
-            for i, z in enumerate(((run_levels - spec.level_mean) / spec.level_std).tolist()):
+            terms = np.zeros((len(run_levels), 2, len(watched)))  # per window: (gap, 0) or (up, down)
+            for i, z in enumerate(((run_levels[:, watched] - spec.level_mean[watched]) / spec.level_std[watched]).tolist()):
                 before = state.base
                 before = list(before) if before is not None else list(z)
                 state.step(spec, z, limits, allowances)
                 terms[i] = (np.subtract(z, before), np.zeros(len(z))) if gaps else (state.up, state.down)
-            largest = np.maximum(largest, np.nanmax(np.abs(terms), axis=(0, 1)))
+            largest[watched] = np.maximum(largest[watched], np.nanmax(np.abs(terms), axis=(0, 1)))
     return largest
 
 
