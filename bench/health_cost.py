@@ -1,10 +1,11 @@
 """What the sensor-health checks cost a window, against the model scoring the same windows.
 
-    .venv/bin/python bench/health_cost.py [--repeats N] [--json OUT]
+    .venv/bin/python bench/health_cost.py [--window N] [--repeats N] [--json OUT]
 
 The checks run on every scored window in the worker, beside the model, so their cost is a
 share of the model's. On the simulated pump fleet (bench/fleet_sim.py, seed 0: 8 sensors,
-window 20), fitted as `anomalyd train` fits them, this times in one process, in interleaved
+window 20, `train`'s default; `--window 60` is the throughput bench's shape), fitted as
+`anomalyd train` fits them, this times in one process, in interleaved
 rounds so that load on the box touches every variant alike:
 - the model alone: the bundle's LSTM on a batch of 64 scaled windows (`Scorer.backend`);
 - `check_windows` on the same 64 raw windows (64 devices, one window each, as the live worker
@@ -52,6 +53,9 @@ def timed(call, calls: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--window", type=int, default=20,
+                        help="window length the bundle is trained with; the checks' cost grows with it "
+                             "(default: %(default)s, train's default; bench/throughput.py uses 60)")
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds (default: %(default)s)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                     list(fleet.features)) for t in fleet.timelines]
     print("training a one-epoch LSTM bundle on the fleet's training days ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as directory:
-        save(train(frames, TrainConfig(epochs=1, seed=0, name="health-cost", spike_check=True)), Path(directory))
+        save(train(frames, TrainConfig(window=args.window, epochs=1, seed=0, name="health-cost", spike_check=True)),
+             Path(directory))
         scorer = Scorer.load(directory)  # the serving path: torch, one thread
     bundle = scorer.bundle
     if bundle.health is None or bundle.health.relation is None:
