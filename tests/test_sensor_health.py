@@ -16,7 +16,7 @@ from daemon.core.relations import RelationSpec, degree_for
 from daemon.core.scoring import OUT_OF_RANGE, Scorer
 from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, NOISY_LOOKBACK_KEPT, OUT_OF_ENVELOPE, RELATION, SPIKE,
                                        STUCK, HealthSpec, HealthState, check_of, check_windows, fit_health,
-                                       lookback_noise, window_step_noise)
+                                       lookback_noise, window_levels, window_step_noise)
 from daemon.cli import main
 from daemon.core.windowing import window_ends, windows
 from daemon.live.alerting import AlertTracker
@@ -187,6 +187,17 @@ def test_a_step_a_ramp_or_a_held_value_is_no_spike():
     values[2000:2100, 2] += np.linspace(0.0, 0.5, 100)  # and a fast ramp
     values[2500:2600, 2] = np.repeat(values[2500:2600:10, 2], 10)  # and a sampled-and-held stretch
     assert not any(check_of(r) == SPIKE for r in reasons_of(spec, synthetic.FEATURES, values))
+
+
+@pytest.mark.parametrize("window", [1, 2, 20, 60, 401])
+def test_window_levels_are_numpys_mean_and_standard_deviation_bit_for_bit(window):
+    raw = (np.random.default_rng(window).normal(size=(64, window, 8)) * 10 + 3).astype(np.float32)
+    raw[3, window // 2, 2] = np.nan
+    level, spread = window_levels(raw)
+    values = raw.astype(np.float64)
+    np.testing.assert_array_equal(level, values.mean(axis=1))
+    np.testing.assert_array_equal(spread, values.std(axis=1))
+    assert np.isnan(level[3, 2]) and np.isnan(spread[3, 2])
 
 
 @pytest.mark.parametrize("window", [2, 3, 20, 21])

@@ -154,9 +154,18 @@ def check_of(window_reason: str) -> str | None:
 def window_levels(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per window and sensor, the level (mean) and the spread (standard deviation) of raw
     windows `[B, W, F]`, in float64. Training and scoring both call this on a contiguous copy,
-    so live and offline compute the same numbers bit for bit whatever the input's layout."""
+    so live and offline compute the same numbers bit for bit whatever the input's layout. The
+    steps are numpy's own for `mean` and `std` (the same values, bit for bit), with the window
+    sum taken once for both: this runs on every scored window."""
     values = np.ascontiguousarray(raw, dtype=np.float64)
-    return values.mean(axis=1), values.std(axis=1)
+    count = values.shape[1]
+    level = np.add.reduce(values, axis=1, keepdims=True)
+    np.true_divide(level, count, out=level)
+    deviation = values - level
+    np.multiply(deviation, deviation, out=deviation)
+    variance = np.add.reduce(deviation, axis=1)
+    np.true_divide(variance, count, out=variance)
+    return level[:, 0, :], np.sqrt(variance, out=variance)
 
 
 def window_step_noise(raw: np.ndarray) -> np.ndarray:
@@ -320,13 +329,17 @@ class HealthState:
         self._bind(spec)
         return -(-self.noise_seen // spec.noisy_spacing)
 
-    def push_noise(self, spec: HealthSpec, window_noise: np.ndarray) -> None:
+    def push_noise(self, spec: HealthSpec, window_noise: np.ndarray) -> int:
         """Count one window, keeping its step noise (of the sensors the noisy check watches)
-        if it falls on the look-back's spacing."""
+        if it falls on the look-back's spacing. Returns how many windows' noise it has kept."""
         self._bind(spec)
-        if self.noise_seen % spec.noisy_spacing == 0:
-            self.noise[self.kept_count(spec) % len(self.noise)] = window_noise
-        self.noise_seen += 1
+        seen, spacing = self.noise_seen, spec.noisy_spacing
+        kept = -(-seen // spacing)
+        if seen % spacing == 0:
+            self.noise[kept % len(self.noise)] = window_noise
+            kept += 1
+        self.noise_seen = seen + 1
+        return kept
 
     def recent_noise(self, spec: HealthSpec, count: int) -> np.ndarray:
         """The last `count` (or fewer, as many as kept) kept windows' step noise, oldest first."""
@@ -438,8 +451,7 @@ def lookback_noise(spec: HealthSpec, states: Sequence[HealthState], noise: np.nd
     for rows in by_state.values():
         state = states[rows[0]]
         if len(rows) == 1:
-            state.push_noise(spec, noise[rows[0]])
-            if state.kept_count(spec) >= count:
+            if state.push_noise(spec, noise[rows[0]]) >= count:
                 single.append(rows[0])
             continue
         recent = state.recent_noise(spec, count)  # a window off the spacing looks back on these alone
