@@ -259,7 +259,8 @@ def test_the_noise_lookback_keeps_a_few_evenly_spaced_windows_whatever_the_windo
         spec = fit_health([values[:4800]], [values[4800:]], window, 1, noisy_lookback=3)
         assert spec.noisy_windows == 1 + 2 * window
         assert spec.noisy_kept <= NOISY_LOOKBACK_KEPT
-        assert (spec.noisy_kept - 1) * spec.noisy_spacing <= spec.noisy_windows - 1 < spec.noisy_kept * spec.noisy_spacing
+        span = spec.noisy_windows - 1
+        assert (spec.noisy_kept - 1) * spec.noisy_spacing <= span < spec.noisy_kept * spec.noisy_spacing
         state = HealthState()
         for row in np.ones((500, int((spec.noisy_above > 0).sum()))):
             lookback_noise(spec, [state], row[None, :])

@@ -560,7 +560,8 @@ def _largest_drift_terms(spec: HealthSpec, runs: Sequence[np.ndarray], window: i
         state = HealthState(spec)
         for run_levels in _levels(run, window, stride, chunks=True):
             terms = np.zeros((len(run_levels), 2, len(watched)))  # per window: (gap, 0) or (up, down)
-            for i, z in enumerate(((run_levels[:, watched] - spec.level_mean[watched]) / spec.level_std[watched]).tolist()):
+            standardised = (run_levels[:, watched] - spec.level_mean[watched]) / spec.level_std[watched]
+            for i, z in enumerate(standardised.tolist()):
                 before = state.base
                 before = list(before) if before is not None else list(z)
                 state.step(spec, z, limits, allowances)
