@@ -140,6 +140,11 @@ _LOOKBACK_DTYPE = np.float32
 _FIT_CHUNK = 4096
 
 
+def kept_windows(span: int, spacing: int) -> int:
+    """How many windows a look-back of `span` windows keeps at one in `spacing`."""
+    return (span - 1) // spacing + 1
+
+
 def reason(check: str, feature: str) -> str:
     """The reason a window carries for a failed check: `<check>:<feature>`."""
     return f"{check}:{feature}"
@@ -224,7 +229,7 @@ class HealthSpec:
     @property
     def noisy_kept(self) -> int:
         """How many windows' step noise the look-back's median is taken over."""
-        return (self.noisy_windows - 1) // self.noisy_spacing + 1
+        return kept_windows(self.noisy_windows, self.noisy_spacing)
 
     FIELDS = ("envelope_low", "envelope_high", "stuck_below", "level_mean", "level_std", "drift_k", "drift_limit",
               "noisy_above", "spike_above")
@@ -327,18 +332,21 @@ class HealthState:
     def kept_count(self, spec: HealthSpec) -> int:
         """How many windows' step noise the look-back has kept so far."""
         self._bind(spec)
-        return -(-self.noise_seen // spec.noisy_spacing)
+        return self._kept()
+
+    def _kept(self) -> int:
+        """`kept_count` for the spec this state is bound to: windows 0, spacing, 2 spacing, ..."""
+        return -(-self.noise_seen // self.spec.noisy_spacing)
 
     def push_noise(self, spec: HealthSpec, window_noise: np.ndarray) -> int:
         """Count one window, keeping its step noise (of the sensors the noisy check watches)
         if it falls on the look-back's spacing. Returns how many windows' noise it has kept."""
         self._bind(spec)
-        seen, spacing = self.noise_seen, spec.noisy_spacing
-        kept = -(-seen // spacing)
-        if seen % spacing == 0:
+        kept = self._kept()
+        if self.noise_seen % spec.noisy_spacing == 0:
             self.noise[kept % len(self.noise)] = window_noise
             kept += 1
-        self.noise_seen = seen + 1
+        self.noise_seen += 1
         return kept
 
     def recent_noise(self, spec: HealthSpec, count: int) -> np.ndarray:
@@ -502,13 +510,14 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     stuck_below = np.where(spreads.min(axis=0) > typical, typical, 0.0)
     noisy_windows = 1 + (noisy_lookback - 1) * window // stride
     noisy_spacing = -(-(noisy_windows - 1) // (NOISY_LOOKBACK_KEPT - 1)) if noisy_windows > 1 else 1
-    kept = (noisy_windows - 1) // noisy_spacing + 1
+    kept = kept_windows(noisy_windows, noisy_spacing)
     per_window = [_step_noise(run, window, stride) for run in runs if len(run) >= window]
     step_noise = np.concatenate(per_window)
     # the look-back's statistic on the values its ring holds, each run from a fresh state
     # (which keeps its first window); the window's own step noise without a look-back
-    looked_back = ([rolling_median(noise[::noisy_spacing].astype(_LOOKBACK_DTYPE), kept) for noise in per_window
-                    if len(noise[::noisy_spacing]) >= kept] if noisy_windows > 1 else per_window)
+    kept_noise = [noise[::noisy_spacing].astype(_LOOKBACK_DTYPE) for noise in per_window]
+    looked_back = ([rolling_median(noise, kept) for noise in kept_noise if len(noise) >= kept]
+                   if noisy_windows > 1 else per_window)
     largest = (np.concatenate(looked_back).max(axis=0).astype(np.float64) if looked_back
                else np.zeros(step_noise.shape[1]))
     noisy_above = np.where((np.median(step_noise, axis=0) > 0) & (largest > 0), NOISY_MARGIN * largest, 0.0)
