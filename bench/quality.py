@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the fleet simulator's seed; seeds 0-7 have decided defaults, seeds from 8 on are "
                         "fresh fleets no decision has seen (docs/quality.md, held-out check) "
                         "(default: %(default)s)")
+    p.add_argument("--fleet-train-days", type=float, metavar="D",
+                   help="fault-free days each simulated pump is trained on (default: the simulator's 1.25; "
+                        f"--quick: {FLEET_QUICK_TRAIN_DAYS}): a short history, as a new installation has")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes, one torch thread each (default: %(default)s)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write every figure as JSON")
@@ -92,7 +95,7 @@ def build_cases(datasets: list[str], args: argparse.Namespace) -> list[Case]:
     every = QUICK_EVERY if args.quick else 1
     cases: list[Case] = []
     if "fleet" in datasets:
-        cases.append(fleet(args.quick, args.fleet_seed))
+        cases.append(fleet(args.quick, args.fleet_seed, args.fleet_train_days))
     if "skab-b" in datasets:
         cases.append(skab_protocol_b(args.skab, every, QUICK_NORMAL_ROWS if args.quick else None))
     if "generated" in datasets:

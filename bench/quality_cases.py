@@ -118,7 +118,7 @@ def fleet(quick: bool = False, seed: int = 0, train_days: float | None = None) -
     every pump's fault-free training days (`train_days`, default the simulator's 1.25), tested
     on each pump's later days (an hour of history, a fault-free day, then one fault of every
     kind). Quick: half a day of training per pump and the first two pumps' test days."""
-    days = FLEET_QUICK_TRAIN_DAYS if quick else train_days
+    days = train_days if train_days is not None else FLEET_QUICK_TRAIN_DAYS if quick else None
     simulated = simulate_fleet(seed) if days is None else simulate_fleet(seed, train_days=days)
     split = simulated.split
     train, tests = [], []
