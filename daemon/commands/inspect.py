@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from daemon.offline.budget import stored_estimate
-from daemon.core.bundle import load_bundle
+from daemon.core.bundle import Bundle, load_bundle
 from daemon.commands.common import formatter
+from daemon.offline.sensor_evidence import SENSOR_EVIDENCE_KEY, THIN_EVIDENCE, SensorEvidence
 
 
 def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         f"score         {b.score.error} per feature, {b.score.reduction} over features"
         + (" (normalised per feature)" if b.score.feature_scale else "")
         + (f", not voting: {', '.join(b.score.exclude)}" if b.score.exclude else ""),
+        *_evidence(b),
         f"threshold     {b.threshold.value:.6g} ({b.threshold.method} {b.threshold.params}, scale {b.threshold.scale:.4g})",
         *(["per device    " + ", ".join(f"{d} {v:.6g}" for d, v in b.threshold.devices.items())]
           if b.threshold.devices else []),
@@ -65,6 +67,19 @@ def run(args: argparse.Namespace) -> int:
     lines += _self_tuning(t.get("self_tuning"))
     print("\n".join(lines))
     return 0
+
+
+def _evidence(b: Bundle) -> list[str]:
+    """How many independent stretches of each sensor training saw, and how much that scaled
+    down its vote (only bundles with per-sensor weights and the evidence stored)."""
+    stored = b.training.get(SENSOR_EVIDENCE_KEY) if b.score.feature_scale else None
+    if not stored:
+        return []
+    evidence = SensorEvidence.from_dict(stored)
+    thin = evidence.thin()
+    return [f"evidence      independent stretches of each sensor in training (its vote divided by): "
+            f"{evidence.describe()}"
+            + (f"; fewer than {THIN_EVIDENCE:g}: {', '.join(thin)}" if thin else "")]
 
 
 def _no_budget(training: dict) -> str:

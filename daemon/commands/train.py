@@ -20,6 +20,7 @@ from daemon.core.errors import DataError, UserError
 from daemon.core.models import ARCHITECTURES, default_params
 from daemon.core.scaling import SCALER_KINDS
 from daemon.core.bundle import SCORE_REDUCTIONS
+from daemon.offline.sensor_evidence import SENSOR_EVIDENCE_KEY, THIN_EVIDENCE, SensorEvidence
 from daemon.offline.training import CALIBRATE_ON, TrainConfig, save, train
 
 log = logging.getLogger(__name__)
@@ -297,6 +298,12 @@ def run(args: argparse.Namespace) -> int:
         print("false alarms: " + (estimate.describe() if estimate else
                                   "no estimate (the validation tail shows too few alert episodes to tell)")
               + "; no budget set (--false-alarms-per-day N sets one)")
+    evidence = SensorEvidence.from_dict(t[SENSOR_EVIDENCE_KEY]) if bundle.score.feature_scale else None
+    thin = evidence.thin() if evidence else []
+    if thin:
+        print(f"thin evidence: training shows {', '.join(thin)} in fewer than {THIN_EVIDENCE:g} independent "
+              f"stretches, so their normal range is barely known and their votes are scaled down "
+              f"({evidence.describe(thin)}); train on a longer history to trust them")
     if t.get("self_tuning"):
         chosen = t["self_tuning"]["chosen"]
         print(f"self-tuned on injected faults: score = {chosen['score_reduction']} over "

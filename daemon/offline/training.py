@@ -42,6 +42,7 @@ from daemon.offline.cross_fit import Fold, cross_fitted_scores, fit_folds
 from daemon.offline.evaluation import segments
 from daemon.offline.frame_scoring import score_frames
 from daemon.offline.frames import Frame, median_sample_period
+from daemon.offline.sensor_evidence import SENSOR_EVIDENCE_KEY, SensorEvidence
 from daemon.offline.self_tuning import (Calibration, Candidate, alert_opening_scores, self_tune, try_candidate,
                                         typical_feature_errors)
 
@@ -291,7 +292,11 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     backend = torch_backend(model, config.threads)
-    feature_scale = typical_feature_errors(Scorer(bundle, backend), split.validation or split.train)
+    # Each divisor raised by how little of its sensor the training runs show (thin evidence:
+    # a slow sensor in a short run), so a guessed typical error does not become the loudest vote.
+    evidence = SensorEvidence.of_runs(features, [f.values for f in split.runs], config.score_error)
+    typical = typical_feature_errors(Scorer(bundle, backend), split.validation or split.train)
+    feature_scale = evidence.widen(typical)
     sigma = np.maximum(train_rows.std(axis=0), 1e-12)
 
     best_epoch = int(np.argmin([v for _, v in history])) + 1
@@ -335,6 +340,9 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         # What the bundle catches of synthetic faults written into the held-out tail (no label
         # needed; daemon.offline.injection); empty when no held-out run is two windows long.
         "injected_faults": {k: f.to_dict() for k, f in trial.injected.items() if f.injected},
+        # Each sensor's independent stretches in the training runs and how much that raised its
+        # per-sensor divisor (daemon.offline.sensor_evidence); used only when the weights are on.
+        SENSOR_EVIDENCE_KEY: evidence.to_dict(),
         # How often a bundle without a false-alarm budget will page, as its validation tail
         # predicts (a budget bundle's prediction is in false_alarm_budget.expected_per_day).
         EXPECTED_FALSE_ALARMS_KEY: None if estimate is None else estimate.to_dict(),
