@@ -15,7 +15,7 @@ from daemon.core.bundle import load_bundle
 from daemon.core.errors import BundleError
 from daemon.core.postprocess import AlertSpec
 from daemon.core.thresholds import FalseAlarmBudget
-from daemon.offline.budget import HeldOut, calibrate_budget, episode_peaks, episodes, expected_rate
+from daemon.offline.budget import HeldOut, TooLittleTail, calibrate_budget, episode_peaks, episodes, expected_rate
 from datafiles import normal_csv, train_bundle
 
 HYSTERESIS = AlertSpec(3, 5)
@@ -194,3 +194,15 @@ def test_a_bundle_without_a_budget_says_how_often_it_is_expected_to_page(tmp_pat
     assert main(["evaluate", "--model", str(model), "--data", str(normal_csv(tmp_path, rows=2000, seed=9)),
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["expected_false_alarms_per_day"] == estimate["per_day"]
+
+
+def test_a_tail_is_fitted_only_to_the_upper_tenth_of_the_held_out_scores():
+    """A few hours of scores that show three episodes only far down in their body are no tail:
+    the budget gives way to a longer held-out sample instead of extrapolating from the body."""
+    # 81 windows in 4 hours: 8 bursts of 4 windows, each a little higher than the one before
+    body = np.r_[np.concatenate([np.r_[np.full(4, 0.5 + 0.01 * k), np.zeros(6)] for k in range(8)]), 0.0]
+    held_out = HeldOut([body], 4.0 / 24, "validation")
+    assert len(episode_peaks(held_out.runs, float(np.median(body)), HYSTERESIS)) >= 3  # the body shows several
+    assert len(episode_peaks(held_out.runs, float(np.quantile(body, 0.9)), HYSTERESIS)) < 3  # its top tenth not
+    with pytest.raises(TooLittleTail):
+        calibrate_budget(held_out, 1.0, HYSTERESIS)

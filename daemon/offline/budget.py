@@ -43,7 +43,11 @@ SECONDS_PER_DAY = 86_400.0
 COUNTED_MIN_EPISODES = 10.0
 POT_MIN_PEAKS = 10
 EXPONENTIAL_MIN_PEAKS = 3
-LEVEL_QUANTILES = (0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
+# The levels a tail is fitted above: the upper tenth of the held-out scores at most (DuMouchel's
+# rule of thumb for peaks over threshold). Below it the peaks are the body of the distribution,
+# and an exponential over a few of them, from a tail of hours, puts the threshold among the
+# normal scores: better to fall back to a longer held-out sample (cross-fitted) than to fit it.
+LEVEL_QUANTILES = (0.99, 0.98, 0.95, 0.9)
 MAX_LEVELS = 400
 # The fitted shape is kept in [0, MAX_SHAPE]. Below 0 the generalised Pareto has an upper end
 # just past the largest peak seen: from a dozen peaks of a few hours that end is the sample's,
@@ -58,7 +62,7 @@ MAX_SHAPE = 0.5
 
 
 class TooLittleTail(ValueError):
-    """The held-out scores hold too few episodes at any level to fit a tail."""
+    """The held-out scores hold too few episodes in their upper tenth to fit a tail."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ def expected_rate(held_out: HeldOut, threshold: float, spec: AlertSpec) -> RateE
     `EXPONENTIAL_MIN_PEAKS` of them (or the threshold lies below the tail's level), else the
     rate over the tail's level times the fitted tail's chance of an episode peak reaching the
     threshold: the same level and fit `calibrate_budget` solves for a threshold. Raises
-    `TooLittleTail` where the span shows too few episodes at any level to say either (a count
+    `TooLittleTail` where the span shows too few episodes in its upper tenth to say either (a count
     of 0 there would read as a promise of silence)."""
     if held_out.days <= 0:
         raise TooLittleTail("no held-out span to count episodes on")
@@ -241,8 +245,8 @@ def _tail_level(held_out: HeldOut, spec: AlertSpec) -> tuple[float, np.ndarray]:
             best_level, best_peaks = level, peaks
     if len(best_peaks) < EXPONENTIAL_MIN_PEAKS:
         raise TooLittleTail(f"{held_out.windows} held-out windows ({held_out.days * 24:.3g} h) show at most "
-                            f"{len(best_peaks)} alert episode(s) at any level, need {EXPONENTIAL_MIN_PEAKS} "
-                            f"to fit a tail")
+                            f"{len(best_peaks)} alert episode(s) above their 90th percentile, "
+                            f"need {EXPONENTIAL_MIN_PEAKS} to fit a tail")
     return best_level, best_peaks
 
 
