@@ -139,6 +139,10 @@ def summarise(outcomes: list[CaseOutcome], detectable: tuple[str, ...] = ()) -> 
         for b in budgets:
             key = f"{b.rule} on {b.held_out}"
             ours.budget_rules[key] = ours.budget_rules.get(key, 0) + 1
+    for o in outcomes:
+        if o.refused:  # no model, so none of its rows is counted for any detector
+            key = "refused by train (too little normal data for the budget)"
+            ours.budget_rules[key] = ours.budget_rules.get(key, 0) + 1
     said = [(o.expected_per_day, sum(int((r.labels == 0).sum()) for r in o.runs)) for o in outcomes
             if not math.isnan(o.expected_per_day)]
     if said and sum(w for _, w in said):

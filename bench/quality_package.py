@@ -17,6 +17,7 @@ import numpy as np
 
 from daemon.cli import build_parser, main as cli_main
 from daemon.commands.train import resolve_threshold_options
+from daemon.core.errors import UserError
 from daemon.core.postprocess import AlertSpec, alert_flags
 from daemon.core.runtime import torch_backend
 from daemon.core.scoring import Scorer
@@ -31,7 +32,7 @@ from daemon.offline.training import TrainConfig, train
 
 __all__ = ["AlertSpec", "FalseAlarmBudget", "Frame", "Report", "TrainConfig", "TrainedModel", "cli_train_defaults",
            "duration_text", "event_outcomes", "generate", "load_csv", "pooled_report", "segments", "synthetic",
-           "train_model"]
+           "train_model", "UserError"]
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 
 from baselines import PcaMonitor
 from quality_cases import Case
-from quality_package import FalseAlarmBudget, TrainConfig, train_model
+from quality_package import FalseAlarmBudget, TrainConfig, UserError, train_model
 
 
 @dataclass
@@ -43,11 +43,17 @@ class CaseOutcome:
     budget: FalseAlarmBudget | None = None  # how the model's threshold met its false-alarm budget
     scoring: str = ""  # the scoring knobs in the bundle (chosen by self-tuning, or configured)
     expected_per_day: float = math.nan  # the alert episodes per device-day train expects at its threshold
+    refused: str = ""  # why `train` would not build this model (a budget its data cannot show), "" if built
 
 
 def run_case(case: Case, config: TrainConfig) -> CaseOutcome:
+    """The case's outcome; a model `train` refuses (exit 2 for a user) is an outcome without
+    runs that says why, so the suite reports it instead of stopping on it."""
     started = time.time()
-    model = train_model(case.train, config)
+    try:
+        model = train_model(case.train, config)
+    except UserError as exc:
+        return CaseOutcome(case.dataset, case.name, 0, round(time.time() - started, 2), 0.0, 0, [], refused=str(exc))
     trained = time.time()
     pca = PcaMonitor.fit(np.concatenate([f.values for f in case.train]))
     runs = []

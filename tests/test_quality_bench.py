@@ -172,3 +172,20 @@ def test_the_training_seed_table_gives_each_figure_as_mean_and_range_over_the_se
     f1 = results[OURS].f1
     row = next(line for line in table.splitlines() if line.startswith("| generated |"))
     assert row.startswith(f"| generated | 2 | {f1 - 0.05:.3f} ({f1 - 0.1:.3f}–{f1:.3f}) |")
+
+
+def test_a_model_train_refuses_is_reported_with_its_reason_not_a_stop():
+    """A false-alarm budget on a run too short to show one (as SKAB A's 400-row files can be) is a
+    refusal by `train`; the suite counts it beside the data set's budget rules and goes on."""
+    normal = synthetic.normal(120, seed=0)
+    faults = synthetic.with_faults(600, seed=1, length=40)
+    frame = lambda data, labels: Frame("gen.csv", data.timestamps, data.values, list(synthetic.FEATURES),  # noqa: E731
+                                       labels)
+    case = generated_case(frame(normal, None), frame(faults, faults.labels))
+    budget = dataclasses.replace(TrainConfig(epochs=1), threshold="budget", false_alarms_per_day=1.0,
+                                 threshold_scale=1.0)
+    [outcome] = run_all([case], budget, jobs=1)
+    assert outcome.runs == [] and "too little normal data for a false-alarm budget" in outcome.refused
+    # pooled with a model that was built, it is one of the data set's budget rules
+    ours = summarise([outcome, *run_all([case], TrainConfig(epochs=1), jobs=1)])[OURS]
+    assert ours.budget_rules == {"refused by train (too little normal data for the budget)": 1}
