@@ -141,7 +141,7 @@ def summarise(outcomes: list[CaseOutcome], detectable: tuple[str, ...] = ()) -> 
             ours.budget_rules[key] = ours.budget_rules.get(key, 0) + 1
     for o in outcomes:
         if o.refused:  # no model, so none of its rows is counted for any detector
-            key = "refused by train (too little normal data for the budget)"
+            key = f"refused by train: {o.refused.split(' (')[0]}"
             ours.budget_rules[key] = ours.budget_rules.get(key, 0) + 1
     said = [(o.expected_per_day, sum(int((r.labels == 0).sum()) for r in o.runs)) for o in outcomes
             if not math.isnan(o.expected_per_day)]

@@ -188,4 +188,4 @@ def test_a_model_train_refuses_is_reported_with_its_reason_not_a_stop():
     assert outcome.runs == [] and "too little normal data for a false-alarm budget" in outcome.refused
     # pooled with a model that was built, it is one of the data set's budget rules
     ours = summarise([outcome, *run_all([case], TrainConfig(epochs=1), jobs=1)])[OURS]
-    assert ours.budget_rules == {"refused by train (too little normal data for the budget)": 1}
+    assert ours.budget_rules == {"refused by train: too little normal data for a false-alarm budget": 1}

@@ -3,10 +3,10 @@
 Per-sensor weights (`ScoreSpec.feature_scale`) divide each sensor's window error by its typical
 error on the held-out windows, so that every sensor votes on the same scale. That typical error
 is known only as well as the training data sample the sensor's own variation. A temperature that
-wanders over tens of minutes shows about three independent stretches in a seven-minute run: its
-errors there are three looks at one slow excursion, their typical value is a guess, and dividing
+wanders over tens of minutes shows a handful of independent stretches in a seven-minute run: its
+errors there are a few looks at one slow excursion, their typical value is a guess, and dividing
 by a guess that came out small makes that sensor the loudest voice the moment it settles a little
-elsewhere. A vibration sensor sampled as often shows hundreds.
+elsewhere. A vibration sensor sampled as often shows dozens to hundreds.
 
 The count of independent stretches is each run's rows divided by the sensor's integrated
 autocorrelation time there (Geyer's initial positive sequence estimator), summed over the runs.
