@@ -32,7 +32,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
 from quality_cases import (FLEET_QUICK_PUMPS, FLEET_QUICK_TRAIN_DAYS, TEP_FAULTS, TEP_QUICK_FAULTS,  # noqa: E402
-                           Case, fleet, generated, skab_protocol_a, skab_protocol_b, tep)
+                           Case, fleet, fleet_per_pump, generated, skab_protocol_a, skab_protocol_b, tep)
 from quality_metrics import OURS, summarise  # noqa: E402
 from quality_package import TrainConfig  # noqa: E402
 from quality_run import CaseOutcome, run_case  # noqa: E402
@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fleet-train-days", type=float, metavar="D",
                    help="fault-free days each simulated pump is trained on (default: the simulator's 1.25; "
                         f"--quick: {FLEET_QUICK_TRAIN_DAYS}): a short history, as a new installation has")
+    p.add_argument("--fleet-per-pump", action="store_true",
+                   help="a model per simulated pump, trained on its own history only (a single machine with a "
+                        "short history) instead of one model for the fleet")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes, one torch thread each (default: %(default)s)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write every figure as JSON")
@@ -95,7 +98,8 @@ def build_cases(datasets: list[str], args: argparse.Namespace) -> list[Case]:
     every = QUICK_EVERY if args.quick else 1
     cases: list[Case] = []
     if "fleet" in datasets:
-        cases.append(fleet(args.quick, args.fleet_seed, args.fleet_train_days))
+        cases += (fleet_per_pump(args.fleet_seed, args.fleet_train_days) if args.fleet_per_pump
+                  else [fleet(args.quick, args.fleet_seed, args.fleet_train_days)])
     if "skab-b" in datasets:
         cases.append(skab_protocol_b(args.skab, every, QUICK_NORMAL_ROWS if args.quick else None))
     if "generated" in datasets:

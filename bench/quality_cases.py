@@ -113,21 +113,33 @@ FLEET_QUICK_TRAIN_DAYS = 0.5  # every 12 h of the simulator's schedule holds all
 FLEET_QUICK_PUMPS = 2  # every fault kind occurs on every pump
 
 
+def _fleet_pumps(seed: int, days: float | None) -> list[tuple[Frame, TestRun]]:
+    """Each simulated pump's fault-free training rows and its labelled test run."""
+    simulated = simulate_fleet(seed) if days is None else simulate_fleet(seed, train_days=days)
+    split = simulated.split
+    out = []
+    for timeline in simulated.timelines:
+        frame = Frame(f"fleet pump {timeline.pump + 1}", timeline.timestamps, timeline.values,
+                      list(simulated.features), timeline.labels)
+        out.append((unlabelled(frame.head(split.train_end)),
+                    TestRun(frame.tail_from(split.test_start), split.test_counted - split.test_start,
+                            tuple(e.kind for e in timeline.events))))
+    return out
+
+
 def fleet(quick: bool = False, seed: int = 0, train_days: float | None = None) -> Case:
     """The simulated pump fleet (bench/fleet_sim.py), held out from every default: one model on
     every pump's fault-free training days (`train_days`, default the simulator's 1.25), tested
     on each pump's later days (an hour of history, a fault-free day, then one fault of every
     kind). Quick: half a day of training per pump and the first two pumps' test days."""
     days = train_days if train_days is not None else FLEET_QUICK_TRAIN_DAYS if quick else None
-    simulated = simulate_fleet(seed) if days is None else simulate_fleet(seed, train_days=days)
-    split = simulated.split
-    train, tests = [], []
-    for timeline in simulated.timelines:
-        frame = Frame(f"fleet pump {timeline.pump + 1}", timeline.timestamps, timeline.values,
-                      list(simulated.features), timeline.labels)
-        train.append(unlabelled(frame.head(split.train_end)))
-        if quick and timeline.pump >= FLEET_QUICK_PUMPS:
-            continue
-        tests.append(TestRun(frame.tail_from(split.test_start), split.test_counted - split.test_start,
-                             tuple(e.kind for e in timeline.events)))
-    return Case("fleet", "fleet", train, tests, FLEET_FAULTS)
+    pumps = _fleet_pumps(seed, days)
+    tests = [test for _, test in pumps[:FLEET_QUICK_PUMPS if quick else len(pumps)]]
+    return Case("fleet", "fleet", [train for train, _ in pumps], tests, FLEET_FAULTS)
+
+
+def fleet_per_pump(seed: int = 0, train_days: float | None = None) -> list[Case]:
+    """The same fleet with a model per pump, each trained on its own pump's training days only: a
+    single machine with a short history, as when a plant starts with one device."""
+    return [Case("fleet", f"fleet {train.source}", [train], [test], FLEET_FAULTS)
+            for train, test in _fleet_pumps(seed, train_days)]

@@ -1,6 +1,7 @@
 """Sensor evidence: a sensor that training shows in only a few independent stretches (a slow
 temperature in a short run) has its per-sensor weight scaled down by how little its typical
-error can be known, and `train` and `inspect` say so."""
+error can be known, the model reads it centred on each window (its level is not known yet), and
+`train` and `inspect` say so."""
 
 import json
 
@@ -69,9 +70,12 @@ def test_a_slow_sensor_in_a_short_run_votes_less_and_train_and_inspect_say_why(t
     assert factor["temperature"] > 3 * max(v for k, v in factor.items() if k != "temperature")
     assert bundle.score.feature_scale is not None
     assert "thin evidence: training shows temperature in fewer than 10 independent stretches" in printed
+    assert bundle.preprocess.demean == ("temperature",)
+    assert "the model reads temperature centred on each window" in printed
 
     assert main(["inspect", "--model", str(out)]) == 0
     shown = capsys.readouterr().out
+    assert "demeaned      temperature" in shown
     assert "evidence      independent stretches of each sensor" in shown
     assert f"temperature {stretches['temperature']:.1f} stretches (vote / {factor['temperature']:.3g})" in shown
     assert "fewer than 10: temperature" in shown
@@ -94,3 +98,18 @@ def test_the_divisors_are_the_typical_errors_times_the_factors(tmp_path):
     np.testing.assert_allclose(result.bundle.score.feature_scale, np.asarray(typical) * evidence.factor, rtol=1e-4)
     recount = SensorEvidence.of_runs(frame.features, [r.values for r in split.runs], "mse")
     np.testing.assert_allclose(evidence.stretches, recount.stretches, rtol=1e-3)
+
+
+def test_only_thin_sensors_lose_their_level_and_never_every_sensor():
+    evidence = SensorEvidence(("flow", "temperature"), (150.0, 4.0), (1.2, 8.0))
+    assert evidence.levels_unknown() == ("temperature",)
+    assert SensorEvidence(("flow", "temperature"), (6.0, 4.0), (5.0, 8.0)).levels_unknown() == ()
+
+
+def test_demean_none_keeps_every_level_of_a_thin_sensor(tmp_path):
+    from daemon.offline.frames import load_csv
+    from daemon.offline.training import TrainConfig, train
+
+    frame = load_csv(normal_csv(tmp_path, rows=800))
+    assert train([frame], TrainConfig(arch="mlp", window=10, epochs=1)).bundle.preprocess.demean == ("temperature",)
+    assert train([frame], TrainConfig(arch="mlp", window=10, epochs=1, demean="none")).bundle.preprocess.demean == ()

@@ -20,6 +20,7 @@ from daemon.core.errors import DataError, UserError
 from daemon.core.models import ARCHITECTURES, default_params
 from daemon.core.scaling import SCALER_KINDS
 from daemon.core.bundle import SCORE_REDUCTIONS
+from daemon.core.preprocess import DEMEAN_MODES
 from daemon.offline.sensor_evidence import SENSOR_EVIDENCE_KEY, THIN_EVIDENCE, SensorEvidence
 from daemon.offline.training import CALIBRATE_ON, TrainConfig, save, train
 
@@ -97,15 +98,18 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--scale-floor", type=float, default=TrainConfig.scale_floor, metavar="F",
                    help="keep each feature's scaler scale >= F x its mean absolute training level, so a "
                         "nearly constant sensor's slow drift is not scored as a fault; 0 = off (default: %(default)s)")
-    p.add_argument("--score-exclude", default="none", metavar="none|auto|A,B",
+    p.add_argument("--score-exclude", default="none", metavar="none|auto|thin|A,B",
                    help="features the model reads but whose own error does not count in the window score: "
                         "'none', names (e.g. slow temperatures, whose level drifts after a fault; with "
-                        "a lower budget the low-false-alarm setting), or 'auto' = features with lag-1 "
-                        "autocorrelation >= 0.5 in the training rows, a heuristic: check bundle.json "
-                        "(default: %(default)s)")
-    p.add_argument("--demean", default="none", metavar="auto|none|A,B",
-                   help="centre these features on their window mean before the model, so their level is "
-                        "ignored ('auto' = the slow sensors, as above) (default: %(default)s)")
+                        "a lower budget the low-false-alarm setting), 'auto' = features with lag-1 "
+                        "autocorrelation >= 0.5 in the training rows, a heuristic: check bundle.json, or "
+                        "'thin', as for --demean (default: %(default)s)")
+    p.add_argument("--demean", default=TrainConfig.demean, metavar="thin|auto|none|A,B",
+                   help="centre these features on their window mean before the model, so the model judges "
+                        "how they move and leaves their level to the sensor-health checks: 'thin' = the "
+                        "sensors the training history shows in fewer than 10 independent stretches (their "
+                        "normal level is not known yet; train prints them), 'auto' = the slow sensors, as "
+                        "above (default: %(default)s)")
     p.add_argument("--normalise-features", action=argparse.BooleanOptionalAction, default=TrainConfig.normalise_features,
                    help="divide each feature's error by its typical error on the held-out validation windows "
                         "before the reduction, so every sensor votes on the same scale (default: %(default)s)")
@@ -183,9 +187,10 @@ def _params(pairs: list[str]) -> dict:
 
 
 def _selection(text: str) -> str | list[str]:
-    """'auto' / 'none' stay modes; anything else is a comma-separated list of feature names."""
+    """A mode ('none', 'auto', 'thin') stays a mode; anything else is a comma-separated list of
+    feature names."""
     text = text.strip()
-    return text if text in ("auto", "none") else split_list(text)
+    return text if text in DEMEAN_MODES else split_list(text)
 
 
 def _check_positive(**values: float) -> None:
@@ -301,9 +306,12 @@ def run(args: argparse.Namespace) -> int:
     evidence = SensorEvidence.from_dict(t[SENSOR_EVIDENCE_KEY]) if bundle.score.feature_scale else None
     thin = evidence.thin() if evidence else []
     if thin:
+        centred = [f for f in thin if f in bundle.preprocess.demean]
         print(f"thin evidence: training shows {', '.join(thin)} in fewer than {THIN_EVIDENCE:g} independent "
               f"stretches, so their normal range is barely known and their votes are scaled down "
-              f"({evidence.describe(thin)}); train on a longer history to trust them")
+              f"({evidence.describe(thin)})"
+              + (f"; the model reads {', '.join(centred)} centred on each window, their level is left to the "
+                 f"sensor-health checks" if centred else "") + "; train on a longer history to trust them")
     if t.get("self_tuning"):
         chosen = t["self_tuning"]["chosen"]
         print(f"self-tuned on injected faults: score = {chosen['score_reduction']} over "

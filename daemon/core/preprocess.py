@@ -27,8 +27,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# "none": keep every level; "auto": demean the slow features (see choose_demean).
-DEMEAN_MODES = ("none", "auto")
+# "none": no feature; "auto": the slow features (slow_features); "thin": the features whose
+# level the training runs do not establish, from training's sensor evidence
+# (daemon.offline.sensor_evidence, SensorEvidence.levels_unknown).
+DEMEAN_MODES = ("none", "auto", "thin")
 SLOW_AUTOCORR = 0.5
 
 
@@ -93,14 +95,17 @@ def slow_features(features: Sequence[str], runs: Sequence[np.ndarray]) -> tuple[
 
 
 def resolve_features(mode: str | Sequence[str], features: Sequence[str], runs: Sequence[np.ndarray],
-                     what: str) -> tuple[str, ...]:
-    """Resolve a TrainConfig feature selection ("none", "auto" = slow_features, or explicit
-    names) to feature names, decided on training rows only."""
+                     what: str, thin: Sequence[str] = ()) -> tuple[str, ...]:
+    """Resolve a TrainConfig feature selection ("none", "auto" = slow_features, "thin" = `thin`,
+    the features training's sensor evidence leaves without a known level, or explicit names) to
+    feature names, decided on training rows only."""
     if isinstance(mode, str):
         if mode == "none":
             return ()
         if mode == "auto":
             return slow_features(features, runs)
+        if mode == "thin":
+            return tuple(thin)
         raise ValueError(f"{what} {mode!r} unknown (use one of: {', '.join(DEMEAN_MODES)}, or a list of feature names)")
     names = tuple(mode)
     missing = [n for n in names if n not in features]

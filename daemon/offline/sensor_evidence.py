@@ -97,6 +97,13 @@ class SensorEvidence:
         """Features seen in fewer than `THIN_EVIDENCE` independent stretches."""
         return [f for f, s in zip(self.features, self.stretches) if s < THIN_EVIDENCE]
 
+    def levels_unknown(self) -> tuple[str, ...]:
+        """The thin features, whose level the training runs do not establish (TrainConfig.demean
+        "thin" centres them on their window mean); none where that is every feature, as centring
+        every sensor would leave the model no level at all."""
+        thin = self.thin()
+        return tuple(thin) if len(thin) < len(self.features) else ()
+
     def describe(self, features: Sequence[str] | None = None) -> str:
         """'Temperature 2.9 stretches (vote / 21.6), ...' for `features` (default: every one)."""
         chosen = set(self.features if features is None else features)

@@ -68,8 +68,12 @@ class TrainConfig:
     setting (docs/quality.md). It is a per-installation choice, so the default is "none": the
     "auto" rule (lag-1 autocorrelation >= 0.5 in the training rows) is only a heuristic and on
     short training runs also picks fast sensors (flow, vibration); check the list it writes to
-    bundle.json. `demean` centres features on their window mean before the model; it is off
-    because it trades fewer false alarms for more misses.
+    bundle.json. `demean` centres features on their window mean before the model, so the model
+    judges how they move and leaves their level to the sensor-health checks: by default ("thin")
+    the sensors whose level the training runs do not establish, seen in fewer than
+    THIN_EVIDENCE independent stretches (daemon.offline.sensor_evidence): a slow temperature in
+    a run of minutes, whose next hour's level the model cannot know. Centring every slow sensor
+    ("auto") trades fewer false alarms for more misses (docs/quality.md).
 
     `normalise_features` divides each feature's error by its typical error on the held-out
     windows (`ScoreSpec.feature_scale`), so a quiet sensor's fault is not outvoted by a noisy
@@ -102,7 +106,7 @@ class TrainConfig:
     stride: int = 1
     scaler: str = "zscore"
     scale_floor: float = 0.01
-    demean: str | list = "none"
+    demean: str | list = "thin"
     score_error: str = "mse"
     score_reduction: str = "max"
     score_exclude: str | list = "none"
@@ -263,10 +267,14 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
     split = split_runs(frames, config.window, config.validation_fraction)
     train_rows = np.concatenate([f.values for f in split.train])
     scaler = floor_scale(Scaler.fit(config.scaler, train_rows), train_rows, config.scale_floor)
+    # How much the runs show of each sensor: which levels are known (demean "thin") and how far
+    # each sensor's vote is trusted (the divisors below).
+    evidence = SensorEvidence.of_runs(features, [f.values for f in split.runs], config.score_error)
     try:
         runs = [f.values for f in split.train]
-        preprocess = Preprocess(resolve_features(config.demean, features, runs, "demean"))
-        exclude = resolve_features(config.score_exclude, features, runs, "score exclude")
+        unknown_levels = evidence.levels_unknown()
+        preprocess = Preprocess(resolve_features(config.demean, features, runs, "demean", unknown_levels))
+        exclude = resolve_features(config.score_exclude, features, runs, "score exclude", unknown_levels)
         if len(set(exclude)) >= len(features):
             raise ValueError("score exclude: at least one feature must count towards the score")
     except ValueError as exc:
@@ -295,7 +303,6 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
     backend = torch_backend(model, config.threads)
     # Each divisor raised by how little of its sensor the training runs show (thin evidence:
     # a slow sensor in a short run), so a guessed typical error does not become the loudest vote.
-    evidence = SensorEvidence.of_runs(features, [f.values for f in split.runs], config.score_error)
     typical = typical_feature_errors(Scorer(bundle, backend), split.validation or split.train)
     feature_scale = evidence.widen(typical)
     sigma = np.maximum(train_rows.std(axis=0), 1e-12)
