@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skab", type=Path, default=find_dataset("skab"), help="SKAB folder (default: %(default)s)")
     p.add_argument("--tep", type=Path, default=find_dataset("tep"), help="TEP folder (default: %(default)s)")
     p.add_argument("--fleet-seed", type=int, default=0, metavar="N",
-                   help="the fleet simulator's seed; seeds 0-9 have decided defaults, seeds from 10 on are "
+                   help="the fleet simulator's seed; seeds 0-10 have decided defaults, seeds from 11 on are "
                         "fresh fleets no decision has seen (docs/quality.md, held-out check) "
                         "(default: %(default)s)")
     p.add_argument("--fleet-train-days", type=float, metavar="D",

@@ -117,7 +117,8 @@ def test_auto_excludes_the_slow_features_chosen_on_training_rows(tmp_path):
     frame, result, _ = _train(tmp_path, score_exclude="auto")
     runs = [frame.values[: int(round(len(frame) * 0.8))]]
     assert result.bundle.score.exclude == slow_features(frame.features, runs)
-    assert TrainConfig.score_exclude == "none" and TrainConfig.demean == "thin"
+    assert result.bundle.preprocess.demean == ()
+    assert TrainConfig.score_exclude == "none" and TrainConfig.demean == "none"
 
 
 def test_old_bundles_without_the_new_fields_still_load(tmp_path):

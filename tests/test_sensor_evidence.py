@@ -1,6 +1,6 @@
 """Sensor evidence: a sensor that training shows in only a few independent stretches (a slow
 temperature in a short run) has its per-sensor weight scaled down by how little its typical
-error can be known, the model reads it centred on each window (its level is not known yet), and
+error can be known (with `--demean thin` the model reads it centred on each window), and
 `train` and `inspect` say so."""
 
 import json
@@ -70,12 +70,10 @@ def test_a_slow_sensor_in_a_short_run_votes_less_and_train_and_inspect_say_why(t
     assert factor["temperature"] > 3 * max(v for k, v in factor.items() if k != "temperature")
     assert bundle.score.feature_scale is not None
     assert "thin evidence: training shows temperature in fewer than 10 independent stretches" in printed
-    assert bundle.preprocess.demean == ("temperature",)
-    assert "the model reads temperature centred on each window" in printed
+    assert bundle.preprocess.demean == () and "centred" not in printed
 
     assert main(["inspect", "--model", str(out)]) == 0
     shown = capsys.readouterr().out
-    assert "demeaned      temperature" in shown
     assert "evidence      independent stretches of each sensor" in shown
     assert f"temperature {stretches['temperature']:.1f} stretches (vote / {factor['temperature']:.3g})" in shown
     assert "fewer than 10: temperature" in shown
@@ -106,10 +104,10 @@ def test_only_thin_sensors_lose_their_level_and_never_every_sensor():
     assert SensorEvidence(("flow", "temperature"), (6.0, 4.0), (5.0, 8.0)).levels_unknown() == ()
 
 
-def test_demean_none_keeps_every_level_of_a_thin_sensor(tmp_path):
-    from daemon.offline.frames import load_csv
-    from daemon.offline.training import TrainConfig, train
-
-    frame = load_csv(normal_csv(tmp_path, rows=800))
-    assert train([frame], TrainConfig(arch="mlp", window=10, epochs=1)).bundle.preprocess.demean == ("temperature",)
-    assert train([frame], TrainConfig(arch="mlp", window=10, epochs=1, demean="none")).bundle.preprocess.demean == ()
+def test_demean_thin_centres_the_thin_sensor_and_train_and_inspect_say_so(tmp_path, capsys):
+    out = train_bundle(tmp_path, normal_csv(tmp_path, rows=800), "--demean", "thin")
+    printed = capsys.readouterr().out
+    assert load_bundle(out).preprocess.demean == ("temperature",)
+    assert "the model reads temperature centred on each window" in printed
+    assert main(["inspect", "--model", str(out)]) == 0
+    assert "demeaned      temperature" in capsys.readouterr().out

@@ -69,11 +69,11 @@ class TrainConfig:
     "auto" rule (lag-1 autocorrelation >= 0.5 in the training rows) is only a heuristic and on
     short training runs also picks fast sensors (flow, vibration); check the list it writes to
     bundle.json. `demean` centres features on their window mean before the model, so the model
-    judges how they move and leaves their level to the sensor-health checks: by default ("thin")
-    the sensors whose level the training runs do not establish, seen in fewer than
-    THIN_EVIDENCE independent stretches (daemon.offline.sensor_evidence): a slow temperature in
-    a run of minutes, whose next hour's level the model cannot know. Centring every slow sensor
-    ("auto") trades fewer false alarms for more misses (docs/quality.md).
+    judges how they move and leaves their level to the sensor-health checks: "thin" the sensors
+    seen in fewer than THIN_EVIDENCE independent stretches (daemon.offline.sensor_evidence),
+    "auto" every slow sensor. It is off by default: either trades fewer false alarms for more
+    misses, and a thin sensor's level still carries faults the health checks do not catch (a
+    calibration creep on a quiet channel; docs/quality.md, decided on a held-out fleet).
 
     `normalise_features` divides each feature's error by its typical error on the held-out
     windows (`ScoreSpec.feature_scale`), so a quiet sensor's fault is not outvoted by a noisy
@@ -106,7 +106,7 @@ class TrainConfig:
     stride: int = 1
     scaler: str = "zscore"
     scale_floor: float = 0.01
-    demean: str | list = "thin"
+    demean: str | list = "none"
     score_error: str = "mse"
     score_reduction: str = "max"
     score_exclude: str | list = "none"
