@@ -70,6 +70,7 @@ class Figures:
     # said (each weighted by its test runs' normal rows); nan when none did
     expected_per_day: float = math.nan
     expected_models: int = 0
+    vouched_per_day: float = math.nan  # the same for what train's held-out spans vouched for by themselves
     # anomalyd only: per named event, what its rows in alert name (TrainedModel.alerts), counted
     alarm_names: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -143,11 +144,8 @@ def summarise(outcomes: list[CaseOutcome], detectable: tuple[str, ...] = ()) -> 
         if o.refused:  # no model, so none of its rows is counted for any detector
             key = f"refused by train: {o.refused.split(' (')[0]}"
             ours.budget_rules[key] = ours.budget_rules.get(key, 0) + 1
-    said = [(o.expected_per_day, sum(int((r.labels == 0).sum()) for r in o.runs)) for o in outcomes
-            if not math.isnan(o.expected_per_day)]
-    if said and sum(w for _, w in said):
-        ours.expected_per_day = sum(e * w for e, w in said) / sum(w for _, w in said)
-        ours.expected_models = len(said)
+    ours.expected_per_day, ours.expected_models = _weighted([o.expected_per_day for o in outcomes], outcomes)
+    ours.vouched_per_day, _ = _weighted([o.vouched_per_day for o in outcomes], outcomes)
     normal_statistic = np.concatenate([r.pca[r.labels == 0] for r in runs])
     moved = threshold_at_far(normal_statistic, ours.far)
     return {
@@ -157,3 +155,12 @@ def summarise(outcomes: list[CaseOutcome], detectable: tuple[str, ...] = ()) -> 
         PCA_AT_OUR_FAR: figures(PCA_AT_OUR_FAR, runs, [(r.pca > moved).astype(np.int8) for r in runs],
                                 detectable, moved),
     }
+
+
+def _weighted(values: list[float], outcomes: list[CaseOutcome]) -> tuple[float, int]:
+    """The mean of the models' `values` that are known, each weighted by its test runs' normal
+    rows, and how many models said (nan, 0: none did)."""
+    said = [(v, sum(int((r.labels == 0).sum()) for r in o.runs)) for v, o in zip(values, outcomes)
+            if not math.isnan(v)]
+    total = sum(w for _, w in said)
+    return (sum(v * w for v, w in said) / total, len(said)) if total else (math.nan, 0)

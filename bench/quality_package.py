@@ -23,7 +23,7 @@ from daemon.core.runtime import torch_backend
 from daemon.core.scoring import Scorer
 from daemon.core.thresholds import FalseAlarmBudget, calibrate
 from daemon.offline import synthetic
-from daemon.offline.budget import expected_per_day
+from daemon.offline.budget import expected_per_day, vouched_per_day
 from daemon.offline.detection import FileResult, detect, event_outcomes
 from daemon.offline.evaluation import Report, duration_text, report, segments
 from daemon.offline.frame_scoring import row_flags
@@ -58,6 +58,13 @@ class TrainedModel:
         budget's own prediction, or the estimate stored for other threshold methods (nan: none)."""
         expected = expected_per_day(self.scorer.bundle)
         return math.nan if expected is None else expected
+
+    @property
+    def vouched_per_day(self) -> float:
+        """The most alert episodes per device-day the held-out span vouched for at the bundle's
+        threshold, by itself (nan: not recorded)."""
+        vouched = vouched_per_day(self.scorer.bundle)
+        return math.nan if vouched is None else vouched
 
     @property
     def scoring(self) -> str:

@@ -43,6 +43,7 @@ class CaseOutcome:
     budget: FalseAlarmBudget | None = None  # how the model's threshold met its false-alarm budget
     scoring: str = ""  # the scoring knobs in the bundle (chosen by self-tuning, or configured)
     expected_per_day: float = math.nan  # the alert episodes per device-day train expects at its threshold
+    vouched_per_day: float = math.nan  # the most its held-out span vouches for by itself
     refused: str = ""  # why `train` would not build this model (a budget its data cannot show), "" if built
 
 
@@ -68,4 +69,4 @@ def run_case(case: Case, config: TrainConfig) -> CaseOutcome:
             pca=pca.combined(frame.values[counted]), event_names=test.event_names, named=named[counted]))
     return CaseOutcome(case.dataset, case.name, model.epochs, round(trained - started, 2),
                        round(time.time() - trained, 2), pca.components, runs, model.budget, model.scoring,
-                       model.expected_per_day)
+                       model.expected_per_day, model.vouched_per_day)

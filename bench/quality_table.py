@@ -139,17 +139,24 @@ def budget_lines(results: dict[str, dict[str, Figures]]) -> str:
 
 def expected_lines(results: dict[str, dict[str, Figures]]) -> str:
     """What `train` told the operator to expect (alert episodes per device-day at its threshold,
-    from the validation tail) against what the test's normal rows realised."""
+    from the validation tail), and what that tail vouched for by itself, against what the
+    test's normal rows realised."""
     lines = []
     for dataset, by_detector in results.items():
         f = by_detector[OURS]
-        if math.isnan(f.expected_per_day):
-            continue
-        ratio = f.false_alarms_per_day / f.expected_per_day if f.expected_per_day > 0 else math.inf
-        lines.append(f"- {dataset}: expected {f.expected_per_day:.3g} / day ({f.expected_models} models), "
-                     f"realised {number(f.false_alarms_per_day, 2)} / day = ×{ratio:.2g} "
-                     f"({f.false_alarms} episodes in {f.normal_days:.2f} normal days; "
-                     f"{poisson_odds(f.false_alarms, f.expected_per_day * f.normal_days, 'expected')})")
+        realised = f"realised {number(f.false_alarms_per_day, 2)} / day"
+        counted = f"{f.false_alarms} episodes in {f.normal_days:.2f} normal days"
+        vouched = ("" if math.isnan(f.vouched_per_day) else
+                   f"; the held-out spans vouched for at most {f.vouched_per_day:.3g} / day: realised "
+                   + ("within" if f.false_alarms_per_day <= f.vouched_per_day else "above"))
+        if not math.isnan(f.expected_per_day):
+            ratio = f.false_alarms_per_day / f.expected_per_day if f.expected_per_day > 0 else math.inf
+            odds = poisson_odds(f.false_alarms, f.expected_per_day * f.normal_days, "expected")
+            lines.append(f"- {dataset}: expected {f.expected_per_day:.3g} / day ({f.expected_models} models), "
+                         f"{realised} = ×{ratio:.2g} ({counted}; {odds}){vouched}")
+        elif vouched:
+            lines.append(f"- {dataset}: no expected rate (held-out spans too short to fit a tail), "
+                         f"{realised} ({counted}){vouched}")
     return "\n".join(lines)
 
 

@@ -15,7 +15,8 @@ from daemon.core.bundle import load_bundle
 from daemon.core.errors import BundleError
 from daemon.core.postprocess import AlertSpec
 from daemon.core.thresholds import FalseAlarmBudget
-from daemon.offline.budget import HeldOut, TooLittleTail, calibrate_budget, episode_peaks, episodes, expected_rate
+from daemon.offline.budget import (HeldOut, TooLittleTail, calibrate_budget, episode_peaks, episodes, expected_rate,
+                                   vouched_rate)
 from datafiles import normal_csv, train_bundle
 
 HYSTERESIS = AlertSpec(3, 5)
@@ -113,6 +114,9 @@ def test_train_sets_the_budget_on_the_validation_tail_and_records_how(budget_bun
     assert budget.rule in ("pot", "pot-exponential") and budget.expected_per_day == 2.0
     assert budget.chosen_on == "the operator"
     assert bundle.training["calibrated_on"] == "validation"
+    # 581 minutes held out vouch for no budget of 2 a day: the record says how much they can
+    assert budget.bound_per_day == pytest.approx(vouched_rate(HeldOut([np.zeros(1)], budget.held_out_days, ""),
+                                                              1.0, HYSTERESIS)) and budget.bound_per_day > 7
 
 
 def test_the_budget_survives_a_bundle_round_trip(budget_bundle):
@@ -124,6 +128,8 @@ def test_a_bundle_written_before_the_budget_loads_without_one(budget_bundle, tmp
     old = tmp_path / "old"
     old.mkdir()
     data = json.loads((budget_bundle / "bundle.json").read_text())
+    before_bound = {k: v for k, v in data["false_alarm_budget"].items() if k != "bound_per_day"}
+    assert FalseAlarmBudget.from_dict(before_bound).bound_per_day is None
     del data["false_alarm_budget"]
     data["threshold"] = {"value": 0.3, "method": "quantile", "params": {"q": 0.999}, "scale": 4 / 3}
     (old / "bundle.json").write_text(json.dumps(data))
@@ -190,10 +196,14 @@ def test_a_bundle_without_a_budget_says_how_often_it_is_expected_to_page(tmp_pat
     estimate = load_bundle(model).training["expected_false_alarms"]
     assert estimate["held_out"] == "validation" and estimate["per_day"] >= 0
     assert main(["inspect", "--model", str(model)]) == 0
-    assert "alert episodes per device-day at this threshold" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "alert episodes per device-day at this threshold" in shown
+    assert f"h alone vouch for at most {estimate['bound_per_day']:.3g}/day" in shown
     assert main(["evaluate", "--model", str(model), "--data", str(normal_csv(tmp_path, rows=2000, seed=9)),
                  "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["expected_false_alarms_per_day"] == estimate["per_day"]
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["expected_false_alarms_per_day"] == estimate["per_day"]
+    assert figures["vouched_false_alarms_per_day"] == estimate["bound_per_day"]
 
 
 def test_a_tail_is_fitted_only_to_the_upper_tenth_of_the_held_out_scores():
@@ -206,3 +216,23 @@ def test_a_tail_is_fitted_only_to_the_upper_tenth_of_the_held_out_scores():
     assert len(episode_peaks(held_out.runs, float(np.quantile(body, 0.9)), HYSTERESIS)) < 3  # its top tenth not
     with pytest.raises(TooLittleTail):
         calibrate_budget(held_out, 1.0, HYSTERESIS)
+
+
+def test_a_held_out_span_vouches_by_itself_for_the_poisson_bound_of_what_it_counted():
+    """Where nothing is seen in D days the span vouches for about 3 / D a day (the rule of
+    three); with k episodes, for the exact 95 % Poisson upper bound of k / D."""
+    quiet = HeldOut([np.zeros(1000)], 0.5, "validation")
+    assert vouched_rate(quiet, 1.0, HYSTERESIS) == pytest.approx(2.9957 / 0.5, rel=1e-4)
+    burst = np.r_[np.zeros(10), np.ones(10), np.zeros(10)]
+    four = HeldOut([np.tile(burst, 4)], 2.0, "validation")
+    assert episodes(four.runs, 0.5, HYSTERESIS) == 4
+    assert vouched_rate(four, 0.5, HYSTERESIS) == pytest.approx(9.1535 / 2.0, rel=1e-4)
+
+
+def test_an_expectation_extrapolated_past_the_held_out_span_carries_what_the_span_vouches_for():
+    held_out = HeldOut([window_scores(0.5, seed=1)], 0.5, "validation")
+    far = float(held_out.runs[0].max() * 3)
+    estimate = expected_rate(held_out, far, HYSTERESIS)
+    assert estimate.rule != "counted" and estimate.per_day < 1e-3
+    assert estimate.bound_per_day == pytest.approx(2.9957 / 0.5, rel=1e-4)
+    assert "those 12 h alone vouch for at most 5.99/day" in estimate.describe()

@@ -8,7 +8,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from daemon.offline.budget import expected_per_day
+from daemon.offline.budget import expected_per_day, vouched_per_day
 from daemon.offline import plots
 from daemon.commands.common import add_data_options, formatter, read_frames
 from daemon.offline.detection import EventOutcome, FileResult, evaluate_frames
@@ -70,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.plot.stem}-{result.frame.name}{args.plot.suffix}")
             _plot(result, pooled.threshold, path, scorer.features)
     budget = scorer.bundle.false_alarm_budget
-    expected = expected_per_day(scorer.bundle)
+    expected, vouched = expected_per_day(scorer.bundle), vouched_per_day(scorer.bundle)
     events = [event for result in results for event in result.events(scorer.bundle)]
     figures = pooled.to_dict() | {"false_alarms_per_day": pooled.events.false_alarms_per_hour * 24.0,
                                   "budget_per_day": None if budget is None else budget.per_day,
                                   "expected_false_alarms_per_day": expected,
+                                  "vouched_false_alarms_per_day": vouched,
                                   "labelled_events": [event.to_dict() for event in events]}
     if args.json:
         print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in figures.items()}))
@@ -92,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  false alarms/d  {figures['false_alarms_per_day']:.4g} per device-day of normal rows "
           f"({pooled.events.normal_hours / 24:.3g} days), "
           + (f"budget {budget.per_day:g}" if budget else "no false-alarm budget in this bundle")
-          + ("" if expected is None else f", expected {expected:.3g} from its held-out data"))
+          + ("" if expected is None else f", expected {expected:.3g} from its held-out data")
+          + ("" if vouched is None else f" (which vouch for at most {vouched:.3g})"))
     print(f"  confusion       TP {figures['tp']}  FP {figures['fp']}  TN {figures['tn']}  FN {figures['fn']}")
     if len(results) > 1:
         _print_runs(results, pooled.threshold)

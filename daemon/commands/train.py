@@ -300,8 +300,7 @@ def run(args: argparse.Namespace) -> int:
           f"{t['seconds']} s")
     if bundle.false_alarm_budget is None:
         estimate = stored_estimate(t)
-        print("false alarms: " + (estimate.describe() if estimate else
-                                  "no estimate (the validation tail shows too few alert episodes to tell)")
+        print("false alarms: " + (estimate.describe() if estimate else "no estimate (no validation tail, or no sample period)")
               + "; no budget set (--false-alarms-per-day N sets one)")
     evidence = SensorEvidence.from_dict(t[SENSOR_EVIDENCE_KEY]) if bundle.score.feature_scale else None
     thin = evidence.thin() if evidence else []

@@ -116,6 +116,15 @@ def describe_rule(rule: str, peaks: float) -> str:
             "pot-exponential": f"extrapolated by an exponential tail over {peaks:.0f} episode peaks"}[rule]
 
 
+def describe_vouched(bound_per_day: float | None, held_out_days: float) -> str:
+    """The rate a held-out span vouches for by itself (daemon.offline.budget.vouched_rate), as a
+    clause to append to an expectation; empty where a bundle does not carry it."""
+    if bound_per_day is None or not math.isfinite(bound_per_day):
+        return ""
+    return (f"; those {held_out_days * 24:.3g} h alone vouch for at most {bound_per_day:.3g}/day "
+            f"(95 % bound; a longer history narrows it)")
+
+
 @dataclass(frozen=True)
 class FalseAlarmBudget:
     """How a "budget" threshold was set, stored in bundle.json under `false_alarm_budget` so an
@@ -128,7 +137,9 @@ class FalseAlarmBudget:
     the shape at 0: too few peaks to fit a shape, or a fitted shape below 0). `held_out` names the windows it was
     set on, `held_out_days` their span; `expected_per_day` is the rate the rule predicts at the
     threshold; `tail` the fitted tail (level, gamma, sigma, peaks), empty for "counted";
-    `chosen_on` says on which data the budget's value was chosen (for the default)."""
+    `chosen_on` says on which data the budget's value was chosen (for the default);
+    `bound_per_day` the most episodes per day the held-out span vouches for by itself at the
+    threshold (None in bundles written before it)."""
 
     per_day: float
     rule: str
@@ -138,18 +149,21 @@ class FalseAlarmBudget:
     expected_per_day: float
     tail: dict[str, float] = field(default_factory=dict)
     chosen_on: str = ""
+    bound_per_day: float | None = None
 
     def describe(self) -> str:
         """One line for `train` and `inspect`: the budget, how it was met, on what."""
         how = describe_rule(self.rule, self.tail.get("peaks", 0))
         return (f"budget {self.per_day:g} false alarm(s) per device-day, {how} on the {self.held_out} windows "
-                f"({self.held_out_days * 24:.3g} h held out), expected {self.expected_per_day:.3g}/day")
+                f"({self.held_out_days * 24:.3g} h held out), expected {self.expected_per_day:.3g}/day"
+                + describe_vouched(self.bound_per_day, self.held_out_days))
 
     def to_dict(self) -> dict[str, Any]:
         return {"per_day": float(self.per_day), "rule": self.rule, "held_out": self.held_out,
                 "held_out_days": float(self.held_out_days), "held_out_windows": int(self.held_out_windows),
                 "expected_per_day": float(self.expected_per_day),
-                "tail": {k: float(v) for k, v in self.tail.items()}, "chosen_on": self.chosen_on}
+                "tail": {k: float(v) for k, v in self.tail.items()}, "chosen_on": self.chosen_on} | (
+                    {} if self.bound_per_day is None else {"bound_per_day": float(self.bound_per_day)})
 
     @classmethod
     def from_dict(cls, d: Any) -> FalseAlarmBudget:
@@ -176,6 +190,8 @@ class FalseAlarmBudget:
             expected_per_day=_finite_float(d["expected_per_day"], f"{what}: key 'expected_per_day'"),
             tail={str(k): _finite_float(v, f"{what}: key 'tail.{k}'") for k, v in tail.items()},
             chosen_on=str(d.get("chosen_on", "")),
+            bound_per_day=(None if d.get("bound_per_day") is None
+                           else _finite_float(d["bound_per_day"], f"{what}: key 'bound_per_day'")),
         )
 
 

@@ -31,18 +31,20 @@ strictly above it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from daemon.core.bundle import Bundle
 from daemon.core.postprocess import AlertSpec, alert_flags
-from daemon.core.thresholds import FalseAlarmBudget, describe_rule
+from daemon.core.thresholds import FalseAlarmBudget, describe_rule, describe_vouched
 
 SECONDS_PER_DAY = 86_400.0
 COUNTED_MIN_EPISODES = 10.0
 POT_MIN_PEAKS = 10
 EXPONENTIAL_MIN_PEAKS = 3
+# One-sided confidence of the rate the held-out span vouches for by itself (the textbook 95 %).
+VOUCHED_CONFIDENCE = 0.95
 # The levels a tail is fitted above: the upper tenth of the held-out scores at most (DuMouchel's
 # rule of thumb for peaks over threshold). Below it the peaks are the body of the distribution,
 # and an exponential over a few of them, from a tail of hours, puts the threshold among the
@@ -123,6 +125,12 @@ def calibrate_budget(held_out: HeldOut, per_day: float, spec: AlertSpec, chosen_
         raise ValueError(f"false-alarm budget must be a positive number of episodes per day, got {per_day}")
     if held_out.days <= 0 or held_out.windows < spec.enter_after:
         raise TooLittleTail(f"{held_out.windows} held-out windows: too few to see any episode")
+    threshold, record = _budget_threshold(held_out, per_day, spec, chosen_on)
+    return threshold, replace(record, bound_per_day=vouched_rate(held_out, threshold, spec))
+
+
+def _budget_threshold(held_out: HeldOut, per_day: float, spec: AlertSpec,
+                      chosen_on: str) -> tuple[float, FalseAlarmBudget]:
     allowed = per_day * held_out.days
     if allowed >= COUNTED_MIN_EPISODES:
         return _counted(held_out, per_day, spec, chosen_on)
@@ -141,28 +149,46 @@ def calibrate_budget(held_out: HeldOut, per_day: float, spec: AlertSpec, chosen_
     return float(threshold), record
 
 
+def vouched_rate(held_out: HeldOut, threshold: float, spec: AlertSpec) -> float:
+    """The most episodes per day the held-out span itself vouches for at `threshold`: the upper
+    `VOUCHED_CONFIDENCE` bound of a Poisson rate from the episodes counted there (exact: half the
+    chi-squared quantile with 2 (k + 1) degrees of freedom, over the days; about 3 / days where
+    none was seen). A tail extrapolates past the span, and a change of conditions after it shows
+    in no tail: this bound is what the held-out rows say without either."""
+    from scipy import stats  # lazy: slow to import, only training needs it
+
+    seen = episodes(held_out.runs, threshold, spec)
+    return float(stats.chi2.ppf(VOUCHED_CONFIDENCE, 2 * (seen + 1)) / 2.0 / held_out.days)
+
+
 @dataclass(frozen=True)
 class RateEstimate:
     """The alert episodes per day of normal operation that held-out scores predict at a
     threshold set by another rule (a quantile, a sigma): the budget's question asked the other
     way round, so `train` can say how often a bundle without a budget will page. `rule` is
     "counted" (seen in the held-out span) or the tail that extrapolates past it ("pot",
-    "pot-exponential", over `peaks` episode peaks)."""
+    "pot-exponential", over `peaks` episode peaks); `per_day` is None where the span shows too
+    few episodes to fit a tail, and only `bound_per_day` is known."""
 
-    per_day: float
+    per_day: float | None
     rule: str
     peaks: int
     held_out: str
     held_out_days: float
+    bound_per_day: float = math.nan  # vouched_rate at the threshold (nan: a bundle written before it)
 
     def describe(self) -> str:
+        span = f"{self.held_out_days * 24:.3g} h held out"
+        if self.per_day is None:
+            return (f"no expected rate (the {self.held_out} windows, {span}, show too few alert episodes to fit "
+                    f"a tail)" + describe_vouched(self.bound_per_day, self.held_out_days))
         how = describe_rule(self.rule, self.peaks)
         return (f"expected {self.per_day:.3g} alert episodes per device-day at this threshold, {how} on the "
-                f"{self.held_out} windows ({self.held_out_days * 24:.3g} h held out)")
+                f"{self.held_out} windows ({span})" + describe_vouched(self.bound_per_day, self.held_out_days))
 
     def to_dict(self) -> dict:
         return {"per_day": self.per_day, "rule": self.rule, "peaks": self.peaks, "held_out": self.held_out,
-                "held_out_days": self.held_out_days}
+                "held_out_days": self.held_out_days, "bound_per_day": self.bound_per_day}
 
 
 EXPECTED_FALSE_ALARMS_KEY = "expected_false_alarms"  # bundle.json training.<key>: a RateEstimate
@@ -173,8 +199,8 @@ def stored_estimate(training: dict) -> RateEstimate | None:
     bundles, bundles trained without a validation tail, and bundles written before it)."""
     d = training.get(EXPECTED_FALSE_ALARMS_KEY) if isinstance(training, dict) else None
     try:
-        return RateEstimate(float(d["per_day"]), str(d["rule"]), int(d["peaks"]), str(d["held_out"]),
-                            float(d["held_out_days"]))
+        return RateEstimate(None if d["per_day"] is None else float(d["per_day"]), str(d["rule"]), int(d["peaks"]),
+                            str(d["held_out"]), float(d["held_out_days"]), float(d.get("bound_per_day", math.nan)))
     except (TypeError, KeyError, ValueError):
         return None  # informational only: a hand-damaged record is not worth refusing the bundle
 
@@ -188,25 +214,39 @@ def expected_per_day(bundle: Bundle) -> float | None:
     return None if estimate is None else estimate.per_day
 
 
+def vouched_per_day(bundle: Bundle) -> float | None:
+    """The most alert episodes per device-day `train`'s held-out span vouched for at the bundle's
+    threshold (`vouched_rate`), budget or not (None: not recorded)."""
+    if bundle.false_alarm_budget is not None:
+        return bundle.false_alarm_budget.bound_per_day
+    estimate = stored_estimate(bundle.training)
+    return None if estimate is None or math.isnan(estimate.bound_per_day) else estimate.bound_per_day
+
+
 def expected_rate(held_out: HeldOut, threshold: float, spec: AlertSpec) -> RateEstimate:
     """Episodes per day at `threshold`: counted where the held-out span shows at least
     `EXPONENTIAL_MIN_PEAKS` of them (or the threshold lies below the tail's level), else the
     rate over the tail's level times the fitted tail's chance of an episode peak reaching the
     threshold: the same level and fit `calibrate_budget` solves for a threshold. Raises
-    `TooLittleTail` where the span shows too few episodes in its upper tenth to say either (a count
-    of 0 there would read as a promise of silence)."""
+    `TooLittleTail` where there is no span at all. Where the span shows too few episodes in its
+    upper tenth to say either, the rate is None (a count of 0 there would read as a promise of
+    silence) and only what the span vouches for is known."""
     if held_out.days <= 0:
         raise TooLittleTail("no held-out span to count episodes on")
     seen = episodes(held_out.runs, threshold, spec)
+    bound = vouched_rate(held_out, threshold, spec)
     if seen < EXPONENTIAL_MIN_PEAKS:
-        level, peaks = _tail_level(held_out, spec)  # too few episodes at every level: no estimate
+        try:
+            level, peaks = _tail_level(held_out, spec)
+        except TooLittleTail:
+            return RateEstimate(None, "counted", 0, held_out.name, held_out.days, bound)
         if threshold > level:
             rule, gamma, sigma = _fit_tail(peaks - level)
             excess = (threshold - level) / sigma if sigma > 0 else math.inf
             survival = math.exp(-excess) if gamma == 0.0 else (1.0 + gamma * excess) ** (-1.0 / gamma)
             return RateEstimate(len(peaks) / held_out.days * survival, rule, len(peaks), held_out.name,
-                                held_out.days)
-    return RateEstimate(seen / held_out.days, "counted", 0, held_out.name, held_out.days)
+                                held_out.days, bound)
+    return RateEstimate(seen / held_out.days, "counted", 0, held_out.name, held_out.days, bound)
 
 
 def _counted(held_out: HeldOut, per_day: float, spec: AlertSpec, chosen_on: str) -> tuple[float, FalseAlarmBudget]:

@@ -503,9 +503,8 @@ def _scores(scorer: Scorer, frames: list[Frame], stride: int) -> list[np.ndarray
 
 def _expected_false_alarms(scorer: Scorer, config: TrainConfig, split: Split) -> RateEstimate | None:
     """For a threshold set by a rule other than the budget: the alert episodes per device-day
-    the validation tail predicts at it, so `train` and `inspect` say how often the bundle will
-    page. None without a tail or a sample period, or where the tail shows no episode to count
-    or fit."""
+    the validation tail predicts at it, and what the tail vouches for by itself, so `train` and
+    `inspect` say how often the bundle will page. None without a tail or a sample period."""
     period = scorer.bundle.sample_period_seconds
     if period is None or not split.validation:
         return None
