@@ -198,7 +198,7 @@ def test_a_bundle_without_a_budget_says_how_often_it_is_expected_to_page(tmp_pat
     assert main(["inspect", "--model", str(model)]) == 0
     shown = capsys.readouterr().out
     assert "alert episodes per device-day at this threshold" in shown
-    assert f"h alone vouch for at most {estimate['bound_per_day']:.3g}/day" in shown
+    assert f"alone vouch for at most {estimate['bound_per_day']:.3g}/day" in shown
     assert main(["evaluate", "--model", str(model), "--data", str(normal_csv(tmp_path, rows=2000, seed=9)),
                  "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
@@ -236,3 +236,24 @@ def test_an_expectation_extrapolated_past_the_held_out_span_carries_what_the_spa
     assert estimate.rule != "counted" and estimate.per_day < 1e-3
     assert estimate.bound_per_day == pytest.approx(2.9957 / 0.5, rel=1e-4)
     assert "those 12 h alone vouch for at most 5.99/day" in estimate.describe()
+
+
+def test_a_held_out_span_is_told_in_minutes_hours_or_days():
+    from daemon.core.thresholds import describe_span
+
+    assert describe_span(581 / 86_400) == "9.68 min"
+    assert describe_span(0.4) == "9.6 h"
+    assert describe_span(7.0) == "7 days"
+
+
+def test_train_says_when_the_held_out_span_cannot_vouch_for_the_budget(tmp_path, capsys):
+    """Ten minutes held out vouch for hundreds of episodes a day, not for 2: train says the
+    budget rests on the tail alone."""
+    train_bundle(tmp_path, normal_csv(tmp_path, rows=3000), "--false-alarms-per-day", "2")
+    assert "unverified budget: the 9.68 min held out vouch for at most" in capsys.readouterr().out
+
+
+def test_a_long_held_out_span_vouches_for_a_counted_budget_within_twice():
+    held_out = HeldOut.from_scores([window_scores(20, seed=1)], 1, MINUTE, "validation")
+    threshold, record = calibrate_budget(held_out, 5.0, HYSTERESIS)
+    assert record.rule == "counted" and 5.0 < record.bound_per_day <= 2 * 5.0

@@ -21,6 +21,7 @@ from daemon.core.models import ARCHITECTURES, default_params
 from daemon.core.scaling import SCALER_KINDS
 from daemon.core.bundle import SCORE_REDUCTIONS
 from daemon.core.preprocess import DEMEAN_MODES
+from daemon.core.thresholds import describe_span
 from daemon.offline.sensor_evidence import SENSOR_EVIDENCE_KEY, THIN_EVIDENCE, SensorEvidence
 from daemon.offline.training import CALIBRATE_ON, TrainConfig, save, train
 
@@ -298,7 +299,14 @@ def run(args: argparse.Namespace) -> int:
           + (f"; {bundle.false_alarm_budget.describe()}" if bundle.false_alarm_budget else "") + "), "
           f"alert after {bundle.alert.enter_after} / clear after {bundle.alert.leave_after} window(s), "
           f"{t['seconds']} s")
-    if bundle.false_alarm_budget is None:
+    budget = bundle.false_alarm_budget
+    if budget is not None and budget.bound_per_day is not None and budget.bound_per_day > 2 * budget.per_day:
+        print(f"unverified budget: the {describe_span(budget.held_out_days)} held out vouch for at most "
+              f"{budget.bound_per_day:.3g} alert episodes per device-day by themselves, more than twice the "
+              f"{budget.per_day:g} asked for, so the threshold rests on the fitted tail alone; check the realised "
+              f"rate with evaluate on fresh normal data, or set the threshold again on a longer history "
+              f"(calibrate)")
+    if budget is None:
         estimate = stored_estimate(t)
         print("false alarms: " + (estimate.describe() if estimate else "no estimate (no validation tail, or no sample period)")
               + "; no budget set (--false-alarms-per-day N sets one)")

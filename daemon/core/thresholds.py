@@ -116,12 +116,19 @@ def describe_rule(rule: str, peaks: float) -> str:
             "pot-exponential": f"extrapolated by an exponential tail over {peaks:.0f} episode peaks"}[rule]
 
 
+def describe_span(days: float) -> str:
+    """A held-out span in the unit an operator reads it in: minutes, hours or days."""
+    if days * 24 < 1:
+        return f"{days * 1440:.3g} min"
+    return f"{days * 24:.3g} h" if days < 2 else f"{days:.3g} days"
+
+
 def describe_vouched(bound_per_day: float | None, held_out_days: float) -> str:
     """The rate a held-out span vouches for by itself (daemon.offline.budget.vouched_rate), as a
     clause to append to an expectation; empty where a bundle does not carry it."""
     if bound_per_day is None or not math.isfinite(bound_per_day):
         return ""
-    return (f"; those {held_out_days * 24:.3g} h alone vouch for at most {bound_per_day:.3g}/day "
+    return (f"; those {describe_span(held_out_days)} alone vouch for at most {bound_per_day:.3g}/day "
             f"(95 % bound; a longer history narrows it)")
 
 
@@ -155,7 +162,7 @@ class FalseAlarmBudget:
         """One line for `train` and `inspect`: the budget, how it was met, on what."""
         how = describe_rule(self.rule, self.tail.get("peaks", 0))
         return (f"budget {self.per_day:g} false alarm(s) per device-day, {how} on the {self.held_out} windows "
-                f"({self.held_out_days * 24:.3g} h held out), expected {self.expected_per_day:.3g}/day"
+                f"({describe_span(self.held_out_days)} held out), expected {self.expected_per_day:.3g}/day"
                 + describe_vouched(self.bound_per_day, self.held_out_days))
 
     def to_dict(self) -> dict[str, Any]:

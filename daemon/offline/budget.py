@@ -37,7 +37,7 @@ import numpy as np
 
 from daemon.core.bundle import Bundle
 from daemon.core.postprocess import AlertSpec, alert_flags
-from daemon.core.thresholds import FalseAlarmBudget, describe_rule, describe_vouched
+from daemon.core.thresholds import FalseAlarmBudget, describe_rule, describe_span, describe_vouched
 
 SECONDS_PER_DAY = 86_400.0
 COUNTED_MIN_EPISODES = 10.0
@@ -178,7 +178,7 @@ class RateEstimate:
     bound_per_day: float = math.nan  # vouched_rate at the threshold (nan: a bundle written before it)
 
     def describe(self) -> str:
-        span = f"{self.held_out_days * 24:.3g} h held out"
+        span = f"{describe_span(self.held_out_days)} held out"
         if self.per_day is None:
             return (f"no expected rate (the {self.held_out} windows, {span}, show too few alert episodes to fit "
                     f"a tail)" + describe_vouched(self.bound_per_day, self.held_out_days))
