@@ -20,6 +20,7 @@ from daemon.live.config import build
 from daemon.live.events import ScoreEvent, WindowJob
 from daemon.live.telemetry.metrics import Metrics
 from daemon.offline import synthetic
+from daemon.offline.budget import expected_per_day
 from daemon.offline.frame_scoring import score_frames
 from daemon.offline.frames import load_csv
 from daemon.offline.training import normal_runs
@@ -51,7 +52,8 @@ def test_calibrate_writes_a_new_bundle_with_the_same_weights_and_a_threshold_fro
     old_json = (work["model"] / BUNDLE_FILE).read_bytes()
     out = tmp_path / "pump-v2"
     assert main(["calibrate", "--model", str(work["model"]), "--data", str(work["noisy"]), "--out", str(out)]) == 0
-    assert "weights unchanged" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "weights unchanged" in printed
 
     old, new = load_bundle(work["model"]), load_bundle(out)
     assert (out / WEIGHTS_FILE).read_bytes() == (work["model"] / WEIGHTS_FILE).read_bytes()
@@ -73,6 +75,12 @@ def test_calibrate_writes_a_new_bundle_with_the_same_weights_and_a_threshold_fro
     assert (record["data_start"], record["data_stop"]) == ("2023-11-14T22:13:20Z", "2023-11-14T22:38:19Z")
     assert record["from"]["name"] == old.name
     assert (out / "score_histogram.png").is_file()
+    # what the new threshold is expected to page, on the data it was set on, replaces training's
+    # (made at the old threshold): the expected rate a recalibrated bundle shows is its own
+    expected_rate = record["expected_false_alarms"]
+    assert expected_rate["held_out"] == "calibration" and expected_rate["bound_per_day"] > 0
+    assert expected_per_day(new) == expected_rate["per_day"] != expected_per_day(old)
+    assert "false alarms: " in printed and "on the calibration windows" in printed
 
 
 def test_calibrate_never_overwrites_a_bundle(work, capsys):
@@ -210,6 +218,11 @@ def test_a_budget_threshold_is_set_again_as_a_budget_on_the_new_data(tmp_path):
     expected, _ = calibrate_budget(HeldOut.from_scores(runs, old.stride, old.sample_period_seconds, "x"), 2.0,
                                    old.alert)
     assert new.threshold.value == pytest.approx(expected * old.threshold.scale)
+    # the budget's record says how the new threshold met it, on the new data
+    assert new.false_alarm_budget.held_out == "calibration" and old.false_alarm_budget.held_out == "validation"
+    assert new.false_alarm_budget.held_out_days == pytest.approx(old.sample_period_seconds * len(np.concatenate(runs))
+                                                                 / 86_400)
+    assert new.false_alarm_budget.chosen_on == old.false_alarm_budget.chosen_on
 
 
 def test_confirmed_incidents_are_left_out_as_labelled_rows_are(work, tmp_path):

@@ -12,6 +12,7 @@ from daemon.commands.common import (add_data_options, add_incidents_option, add_
 from daemon.core.errors import DataError, UserError
 from daemon.core.scoring import Scorer
 from daemon.offline import plots
+from daemon.offline.budget import stored_estimate
 from daemon.offline.frames import Frame
 from daemon.offline.incidents import label_incidents
 from daemon.offline.recalibration import next_version, recalibrate, write_recalibrated
@@ -117,4 +118,8 @@ def run(args: argparse.Namespace) -> int:
           f"{new.calibration['windows']} windows from {new.calibration['data_start']} to "
           f"{new.calibration['data_stop']}" + (f"; per device{per_device}" if per_device else "")
           + f"; weights unchanged (sha256 {new.weights_sha256[:12]})")
+    estimate = stored_estimate(new)
+    if new.false_alarm_budget is not None or estimate is not None:
+        print("false alarms: " + (new.false_alarm_budget.describe() if new.false_alarm_budget is not None
+                                  else estimate.describe()))
     return 0

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
            + (f"; left out {b.calibration['left_out']}" if b.calibration.get("left_out") else "")]
           if b.calibration else []),
         "false alarms  " + (b.false_alarm_budget.describe() + f"; budget chosen on: {b.false_alarm_budget.chosen_on}"
-                            if b.false_alarm_budget else _no_budget(b.training)),
+                            if b.false_alarm_budget else _no_budget(b)),
         "sensor health " + (b.health.describe(b.features) if b.health else "off (bundle written without checks)"),
         f"alert         after {b.alert.enter_after} anomalous window(s), clear after {b.alert.leave_after} normal",
     ]
@@ -82,8 +82,8 @@ def _evidence(b: Bundle) -> list[str]:
             + (f"; fewer than {THIN_EVIDENCE:g}: {', '.join(thin)}" if thin else "")]
 
 
-def _no_budget(training: dict) -> str:
-    estimate = stored_estimate(training)
+def _no_budget(bundle: Bundle) -> str:
+    estimate = stored_estimate(bundle)
     return "no budget (threshold set by its method alone)" + (f"; {estimate.describe()}" if estimate else "")
 
 

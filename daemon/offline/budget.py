@@ -194,10 +194,13 @@ class RateEstimate:
 EXPECTED_FALSE_ALARMS_KEY = "expected_false_alarms"  # bundle.json training.<key>: a RateEstimate
 
 
-def stored_estimate(training: dict) -> RateEstimate | None:
-    """The `RateEstimate` `train` stored in a bundle's training record, if any (None for budget
-    bundles, bundles trained without a validation tail, and bundles written before it)."""
-    d = training.get(EXPECTED_FALSE_ALARMS_KEY) if isinstance(training, dict) else None
+def stored_estimate(bundle: Bundle) -> RateEstimate | None:
+    """The `RateEstimate` stored for the bundle's threshold: by `calibrate` with the threshold it
+    set (`bundle.calibration`), else by `train` (`bundle.training`). None for budget bundles,
+    bundles trained without a validation tail, and bundles written before it: a recalibrated
+    bundle never shows training's estimate, which was made at another threshold."""
+    record = bundle.calibration if bundle.calibration else bundle.training
+    d = record.get(EXPECTED_FALSE_ALARMS_KEY) if isinstance(record, dict) else None
     try:
         return RateEstimate(None if d["per_day"] is None else float(d["per_day"]), str(d["rule"]), int(d["peaks"]),
                             str(d["held_out"]), float(d["held_out_days"]), float(d.get("bound_per_day", math.nan)))
@@ -206,20 +209,20 @@ def stored_estimate(training: dict) -> RateEstimate | None:
 
 
 def expected_per_day(bundle: Bundle) -> float | None:
-    """The alert episodes per device-day `train` expected at the bundle's threshold: its
-    budget's own prediction, or the estimate stored for other threshold methods (None: none)."""
+    """The alert episodes per device-day expected at the bundle's threshold: its budget's own
+    prediction, or the estimate stored for other threshold methods (None: none)."""
     if bundle.false_alarm_budget is not None:
         return bundle.false_alarm_budget.expected_per_day
-    estimate = stored_estimate(bundle.training)
+    estimate = stored_estimate(bundle)
     return None if estimate is None else estimate.per_day
 
 
 def vouched_per_day(bundle: Bundle) -> float | None:
-    """The most alert episodes per device-day `train`'s held-out span vouched for at the bundle's
+    """The most alert episodes per device-day the held-out span vouched for at the bundle's
     threshold (`vouched_rate`), budget or not (None: not recorded)."""
     if bundle.false_alarm_budget is not None:
         return bundle.false_alarm_budget.bound_per_day
-    estimate = stored_estimate(bundle.training)
+    estimate = stored_estimate(bundle)
     return None if estimate is None or math.isnan(estimate.bound_per_day) else estimate.bound_per_day
 
 

@@ -28,9 +28,10 @@ from daemon import __version__
 from daemon.core.bundle import BUNDLE_FILE, ONNX_FILE, WEIGHTS_FILE, Bundle
 from daemon.core.errors import BundleError, DataError, UserError
 from daemon.core.scoring import Scorer
-from daemon.core.thresholds import Threshold, calibrate
+from daemon.core.thresholds import FalseAlarmBudget, Threshold, calibrate
 from daemon.core.score_reference import REFERENCE_KEY, ScoreReference
-from daemon.offline.budget import HeldOut, TooLittleTail, calibrate_budget
+from daemon.offline.budget import (EXPECTED_FALSE_ALARMS_KEY, HeldOut, RateEstimate, TooLittleTail, calibrate_budget,
+                                   expected_rate)
 from daemon.offline.frame_scoring import score_frames
 from daemon.offline.frames import Frame
 from daemon.offline.training import normal_runs
@@ -45,6 +46,11 @@ class Recalibration:
     scores: np.ndarray  # every device's calibration window scores, pooled
     windows: dict[str, int]  # calibration windows per device
     reference: ScoreReference  # the normal windows' score quantile, for the live staleness gauge
+    # How the new threshold meets the bundle's false-alarm budget, on the data (budget bundles),
+    # or the rate expected at it there (other methods; None without a sample period or data to
+    # count on): what `inspect` and `evaluate` say from now on instead of training's.
+    budget: FalseAlarmBudget | None = None
+    estimate: RateEstimate | None = None
 
 
 def recalibrate(scorer: Scorer, runs: dict[str, list[Frame]], per_device: bool = False) -> Recalibration:
@@ -64,7 +70,30 @@ def recalibrate(scorer: Scorer, runs: dict[str, list[Frame]], per_device: bool =
     reference = ScoreReference.of_scores(_normal(pooled), {device: _normal(scores) for device, scores
                                                            in per_device_scores.items()} if per_device else None)
     return Recalibration(dataclasses.replace(threshold, devices=devices), pooled[0],
-                         {device: len(scores[0]) for device, scores in per_device_scores.items()}, reference)
+                         {device: len(scores[0]) for device, scores in per_device_scores.items()}, reference,
+                         estimate=_expected(scorer, runs, threshold.value))
+
+
+def _expected(scorer: Scorer, runs: dict[str, list[Frame]], threshold: float) -> RateEstimate | None:
+    """The alert episodes per device-day the normal runs show at `threshold` (counted, or
+    extrapolated by the tail `train` uses), and what they vouch for by themselves."""
+    bundle = scorer.bundle
+    parts = [part for parts in _serving_scores(scorer, runs).values() for part in parts]
+    if bundle.sample_period_seconds is None or not parts:
+        return None
+    try:
+        return expected_rate(HeldOut.from_scores(parts, bundle.stride, bundle.sample_period_seconds, "calibration"),
+                             threshold, bundle.alert)
+    except TooLittleTail:
+        return None
+
+
+def _serving_scores(scorer: Scorer, runs: dict[str, list[Frame]]) -> dict[str, list[np.ndarray]]:
+    """Per device, the window scores of its normal runs at the serving stride, one array per run
+    (each run its own stretch of the hysteresis, as `train` scores its held-out runs)."""
+    return {device: [r.scores for r in score_frames(
+                scorer, [run for frame in frames for run in normal_runs(frame, scorer.window)], scorer.bundle.stride)]
+            for device, frames in runs.items()}
 
 
 def _recalibrate_budget(scorer: Scorer, runs: dict[str, list[Frame]], per_device: bool) -> Recalibration:
@@ -75,27 +104,28 @@ def _recalibrate_budget(scorer: Scorer, runs: dict[str, list[Frame]], per_device
     if bundle.sample_period_seconds is None:
         raise UserError("the bundle's threshold is a false-alarm budget, which needs its sample period, and the "
                         "bundle has none")
-    score_runs = {device: [r.scores for r in score_frames(
-                      scorer, [run for frame in frames for run in normal_runs(frame, scorer.window)], bundle.stride)]
-                  for device, frames in runs.items()}
+    score_runs = _serving_scores(scorer, runs)
 
-    def budget_threshold(parts: list[np.ndarray], what: str) -> float:
-        held_out = HeldOut.from_scores(parts, bundle.stride, bundle.sample_period_seconds, what)
+    def budget_threshold(parts: list[np.ndarray], what: str) -> tuple[float, FalseAlarmBudget]:
+        held_out = HeldOut.from_scores(parts, bundle.stride, bundle.sample_period_seconds, "calibration")
         try:
-            value, _ = calibrate_budget(held_out, float(old.params["per_day"]), bundle.alert)
+            value, record = calibrate_budget(held_out, float(old.params["per_day"]), bundle.alert)
         except (TooLittleTail, ValueError, KeyError) as exc:
             raise UserError(f"{what}: false-alarm budget: {exc}") from None
-        return value * old.scale
+        return value * old.scale, record
 
     pooled_runs = [part for parts in score_runs.values() for part in parts]
-    devices = ({device: budget_threshold(parts, f"device {device!r}") for device, parts in sorted(score_runs.items())}
+    devices = ({device: budget_threshold(parts, f"device {device!r}")[0] for device, parts in sorted(score_runs.items())}
                if per_device else {})
-    threshold = dataclasses.replace(old, value=budget_threshold(pooled_runs, "the data"), devices=devices)
+    value, record = budget_threshold(pooled_runs, "the data")
+    if bundle.false_alarm_budget is not None:
+        record = dataclasses.replace(record, chosen_on=bundle.false_alarm_budget.chosen_on)
+    threshold = dataclasses.replace(old, value=value, devices=devices)
     pooled = _concat(pooled_runs)
     reference = ScoreReference.of_scores(pooled, {device: _concat(parts) for device, parts in score_runs.items()}
                                          if per_device else None)
     return Recalibration(threshold, pooled, {device: sum(len(p) for p in parts) for device, parts in score_runs.items()},
-                         reference)
+                         reference, budget=record)
 
 
 def _scores(scorer: Scorer, frames: list[Frame], method: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -152,6 +182,7 @@ def write_recalibrated(source: Bundle, result: Recalibration, out: Path, name: s
             shutil.copy2(source.path / name_, out / name_)
     bundle = dataclasses.replace(
         source, name=name, version=version, threshold=result.threshold, path=None,
+        false_alarm_budget=result.budget or source.false_alarm_budget,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         calibration={
             "from": {"name": source.name, "version": source.version, "path": str(source.path)},
@@ -164,6 +195,7 @@ def write_recalibrated(source: Bundle, result: Recalibration, out: Path, name: s
             "data_start": _iso(first),
             "data_stop": _iso(last),
             "left_out": left_out,
+            EXPECTED_FALSE_ALARMS_KEY: None if result.estimate is None else result.estimate.to_dict(),
             "anomalyd_version": __version__,
         })
     bundle.write_json(out)
