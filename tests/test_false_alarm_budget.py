@@ -257,3 +257,14 @@ def test_a_long_held_out_span_vouches_for_a_counted_budget_within_twice():
     held_out = HeldOut.from_scores([window_scores(20, seed=1)], 1, MINUTE, "validation")
     threshold, record = calibrate_budget(held_out, 5.0, HYSTERESIS)
     assert record.rule == "counted" and 5.0 < record.bound_per_day <= 2 * 5.0
+
+
+def test_an_estimate_without_a_bound_round_trips_as_strict_json():
+    from types import SimpleNamespace
+
+    from daemon.offline.budget import EXPECTED_FALSE_ALARMS_KEY, RateEstimate, stored_estimate
+
+    written = json.dumps(RateEstimate(None, "counted", 0, "validation", 0.1).to_dict(), allow_nan=False)
+    back = stored_estimate(SimpleNamespace(calibration={}, training={EXPECTED_FALSE_ALARMS_KEY: json.loads(written)}))
+    assert back.per_day is None and np.isnan(back.bound_per_day)
+    assert "no expected rate (the validation windows, 2.4 h held out" in back.describe()

@@ -308,7 +308,8 @@ def run(args: argparse.Namespace) -> int:
               f"(calibrate)")
     if budget is None:
         estimate = stored_estimate(bundle)
-        print("false alarms: " + (estimate.describe() if estimate else "no estimate (no validation tail, or no sample period)")
+        print("false alarms: " + (estimate.describe() if estimate
+                                  else "no estimate (no validation tail, or no sample period)")
               + "; no budget set (--false-alarms-per-day N sets one)")
     evidence = SensorEvidence.from_dict(t[SENSOR_EVIDENCE_KEY]) if bundle.score.feature_scale else None
     thin = evidence.thin() if evidence else []

@@ -188,7 +188,8 @@ class RateEstimate:
 
     def to_dict(self) -> dict:
         return {"per_day": self.per_day, "rule": self.rule, "peaks": self.peaks, "held_out": self.held_out,
-                "held_out_days": self.held_out_days, "bound_per_day": self.bound_per_day}
+                "held_out_days": self.held_out_days,
+                "bound_per_day": None if math.isnan(self.bound_per_day) else self.bound_per_day}
 
 
 EXPECTED_FALSE_ALARMS_KEY = "expected_false_alarms"  # bundle.json training.<key>: a RateEstimate
@@ -203,7 +204,8 @@ def stored_estimate(bundle: Bundle) -> RateEstimate | None:
     d = record.get(EXPECTED_FALSE_ALARMS_KEY) if isinstance(record, dict) else None
     try:
         return RateEstimate(None if d["per_day"] is None else float(d["per_day"]), str(d["rule"]), int(d["peaks"]),
-                            str(d["held_out"]), float(d["held_out_days"]), float(d.get("bound_per_day", math.nan)))
+                            str(d["held_out"]), float(d["held_out_days"]),
+                            math.nan if d.get("bound_per_day") is None else float(d["bound_per_day"]))
     except (TypeError, KeyError, ValueError):
         return None  # informational only: a hand-damaged record is not worth refusing the bundle
 

@@ -115,8 +115,8 @@ def _recalibrate_budget(scorer: Scorer, runs: dict[str, list[Frame]], per_device
         return value * old.scale, record
 
     pooled_runs = [part for parts in score_runs.values() for part in parts]
-    devices = ({device: budget_threshold(parts, f"device {device!r}")[0] for device, parts in sorted(score_runs.items())}
-               if per_device else {})
+    devices = ({device: budget_threshold(parts, f"device {device!r}")[0]
+                for device, parts in sorted(score_runs.items())} if per_device else {})
     value, record = budget_threshold(pooled_runs, "the data")
     if bundle.false_alarm_budget is not None:
         record = dataclasses.replace(record, chosen_on=bundle.false_alarm_budget.chosen_on)
@@ -124,8 +124,8 @@ def _recalibrate_budget(scorer: Scorer, runs: dict[str, list[Frame]], per_device
     pooled = _concat(pooled_runs)
     reference = ScoreReference.of_scores(pooled, {device: _concat(parts) for device, parts in score_runs.items()}
                                          if per_device else None)
-    return Recalibration(threshold, pooled, {device: sum(len(p) for p in parts) for device, parts in score_runs.items()},
-                         reference, budget=record)
+    windows = {device: sum(len(p) for p in parts) for device, parts in score_runs.items()}
+    return Recalibration(threshold, pooled, windows, reference, budget=record)
 
 
 def _scores(scorer: Scorer, frames: list[Frame], method: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -78,9 +78,9 @@ class TrainConfig:
     `normalise_features` divides each feature's error by its typical error on the held-out
     windows (`ScoreSpec.feature_scale`), so a quiet sensor's fault is not outvoted by a noisy
     sensor's normal error; each divisor is raised by how little of its sensor the training runs
-    show (daemon.offline.sensor_evidence), so a slow sensor in a short run does not outvote the rest. `self_tune` chooses the reduction, that normalisation and
-    `enter_after` on faults injected into the held-out tail (daemon.offline.self_tuning), no
-    label read. Normalisation is on by default and self-tuning off: the held-out pump fleet
+    show (daemon.offline.sensor_evidence), so a slow sensor in a short run does not outvote the
+    rest. `self_tune` chooses the reduction, that normalisation and `enter_after` on faults
+    injected into the held-out tail (daemon.offline.self_tuning), no label read. Normalisation is on by default and self-tuning off: the held-out pump fleet
     decided it by a rule fixed before any detector ran on it (docs/quality.md). Both raise the
     detection of faults on quiet sensors and, on SKAB, the false alarms of quiet sensors
     settling at a new level after a fault, which look to them like the faults they catch.
