@@ -68,7 +68,8 @@ class OneWatchedRoute:
 
     key: str = ""
     buffers: tuple = ()
-    alerts: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(active_count=lambda: 0))
+    alerts: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(active_count=lambda: 0,
+                                                                            standing_count=lambda: 0))
     pipeline: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(last_ok=None))
     budget: BudgetWatch = field(default_factory=lambda: BudgetWatch(1.0))
 

@@ -86,3 +86,34 @@ def test_new_hysteresis_settings_apply_to_devices_part_way_through_a_streak():
 def test_rejects_counts_below_one(args):
     with pytest.raises(ValueError, match=">= 1"):
         AlertTracker(*args)
+
+
+HOUR = 3600.0
+
+
+def test_an_alert_standing_over_a_day_of_data_time_is_counted_standing_until_it_clears():
+    t = AlertTracker(1, 2)
+    t.update_batch(["a", "b"], [True, True], [0.0, 0.0])
+    t.update_batch(["a", "b"], [True, True], [24 * HOUR, 23 * HOUR])
+    assert (t.active_count(), t.standing_count()) == (2, 0)  # a day exactly is not over a day
+    t.update_batch(["a", "b"], [True, True], [24 * HOUR + 1, 23 * HOUR + 1])
+    assert t.standing_count() == 1
+    t.update_batch(["a", "a"], [False, False], [25 * HOUR, 25 * HOUR + 1])  # cleared
+    assert (t.active_count(), t.standing_count()) == (1, 0)
+    t.update_batch(["a"], [True], [26 * HOUR])  # a new alert starts its own day
+    assert t.standing_count() == 0
+
+
+def test_a_forgotten_device_no_longer_counts_standing():
+    t = AlertTracker(1, 2)
+    t.update_batch(["a", "a"], [True, True], [0.0, 2 * 24 * HOUR])
+    assert t.standing_count() == 1
+    t.forget("a")
+    assert t.standing_count() == 0
+
+
+def test_an_alert_taken_over_from_another_instance_stands_since_its_recorded_start():
+    t = AlertTracker(3, 2)
+    t.seed("pump", True, as_of=0.0, within=3600)
+    t.update_batch(["pump", "pump"], [False, True], [0.0, 30 * HOUR])
+    assert (t.active_count(), t.standing_count()) == (1, 1)

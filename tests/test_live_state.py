@@ -23,9 +23,13 @@ class Pipeline:
 @dataclass
 class Alerts:
     active: int = 0
+    standing: int = 0
 
     def active_count(self) -> int:
         return self.active
+
+    def standing_count(self) -> int:
+        return self.standing
 
 
 @dataclass
@@ -55,15 +59,16 @@ class Live:
 def scrape(live: Live) -> dict[str, float]:
     metrics = Metrics(CollectorRegistry())
     metrics.live_state.read_from(live)
-    names = ("queue_windows", "devices", "alerts_active", "sink_spool_bytes", "last_message_age_seconds")
+    names = ("queue_windows", "devices", "alerts_active", "alerts_standing", "sink_spool_bytes",
+             "last_message_age_seconds")
     return {name: metrics.registry.get_sample_value("anomalyd_" + name) for name in names}
 
 
 def test_every_gauge_sums_over_all_routes():
-    live = Live([Route(["a", "b"], Alerts(1)), Route(["c"], Alerts(2))], queue=[1, 2, 3],
+    live = Live([Route(["a", "b"], Alerts(1, 1)), Route(["c"], Alerts(2))], queue=[1, 2, 3],
                 sink=Sink({"spool_bytes": 4096}))
     values = scrape(live)
-    assert values["devices"] == 3 and values["alerts_active"] == 3
+    assert values["devices"] == 3 and values["alerts_active"] == 3 and values["alerts_standing"] == 1
     assert values["queue_windows"] == 3 and values["sink_spool_bytes"] == 4096
 
 

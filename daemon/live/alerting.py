@@ -20,6 +20,11 @@ a device that never sends again is not counted in alert here, and one silent lon
 previous owner would have kept it (limits.idle_evict_seconds) starts afresh, as it would have
 there.
 
+Each device in alert also keeps the data time its alert began and its latest window's, so the
+service can count alerts that have stood over `STANDING_SECONDS` (a stale alarm in ISA-18.2's
+terms: an alert nobody acts on, which the false-alarm budget counts as one episode however long
+it stands). A seeded alert began at its seed's time.
+
 Each device's sensor-health memory (`daemon.core.sensor_health.HealthState`, the drift sums)
 lives here too, beside its alert state, so eviction and a Kafka rebalance forget both at once.
 """
@@ -37,6 +42,8 @@ from daemon.core.sensor_health import HealthState
 
 
 _QUIET = (False, False)
+# A day of data time: ISA-18.2 calls an alarm standing longer a stale alarm.
+STANDING_SECONDS = 86_400.0
 
 
 @dataclass(slots=True)
@@ -55,6 +62,7 @@ class AlertTracker:
         self._states: dict[str, Hysteresis] = {}
         self._seeded: dict[str, _Seed] = {}
         self._health: dict[str, HealthState] = {}
+        self._in_alert: dict[str, list[float]] = {}  # device in alert -> [data time it began, latest window's]
         self._active = 0
         self._lock = threading.Lock()
 
@@ -80,11 +88,28 @@ class AlertTracker:
         with self._lock:
             for i, (device, anomaly) in enumerate(zip(devices, anomalies)):
                 seed = seeded.get(device) if seeded else None
+                end = math.nan if ends is None else ends[i]
                 if seed is not None and self._take_up(device, seed, now):
-                    append(self._step_seeded(device, seed, anomaly, math.inf if ends is None else ends[i]))
+                    append(self._step_seeded(device, seed, anomaly, math.inf if ends is None else end))
                 else:
                     append(self._step(device, anomaly))
+                if out[-1][0]:
+                    self._note_in_alert(device, end)
         return out
+
+    def _note_in_alert(self, device: str, end: float) -> None:
+        """Keep the times of a device's standing alert (lock held): its start, from the window
+        that raised it (or the seed's time), and its latest window."""
+        times = self._in_alert.get(device)
+        if times is None:
+            self._in_alert[device] = [end, end]
+        else:
+            times[1] = end
+
+    def standing_count(self) -> int:
+        """Devices whose alert has stood over `STANDING_SECONDS` of data time."""
+        with self._lock:
+            return sum(1 for began, latest in self._in_alert.values() if latest - began > STANDING_SECONDS)
 
     def _step(self, device: str, anomaly: bool) -> tuple[bool, bool]:
         """One window of `device` through its hysteresis (lock held)."""
@@ -97,6 +122,8 @@ class AlertTracker:
         alert = state.step(anomaly)
         if alert != was:
             self._active += 1 if alert else -1
+            if not alert:
+                self._in_alert.pop(device, None)
         if not alert and state.streak == 0:
             del self._states[device]
         return alert, alert != was
@@ -109,10 +136,10 @@ class AlertTracker:
             return self._step(device, anomaly)
         del self._seeded[device]
         if end > seed.as_of:
-            self._set(device, seed.alert)
+            self._set(device, seed.alert, seed.as_of)
             return self._step(device, anomaly)
         self._step(device, anomaly)
-        self._set(device, seed.alert)
+        self._set(device, seed.alert, seed.as_of)
         return seed.alert, False
 
     def seed(self, device: str, alert: bool, as_of: float, within: float) -> None:
@@ -136,16 +163,22 @@ class AlertTracker:
         self._set(device, not seed.alert)
         return True
 
-    def _set(self, device: str, alert: bool) -> None:
-        """Put `device` in `alert` with no streak (lock held)."""
+    def _set(self, device: str, alert: bool, since: float = math.nan) -> None:
+        """Put `device` in `alert` with no streak (lock held), an alert begun at `since`."""
         self._drop_state(device, keep_seed=True)
         if alert:
             state = self._states[device] = Hysteresis(self.spec)
             state.alert = True
             self._active += 1
+            self._in_alert[device] = [since, since]
 
     def health_states(self, devices: list[str]) -> list[HealthState]:
-        """Each device's sensor-health memory, a new one for a device not seen before. Only the
+        """Each device in alert also keeps the data time its alert began and its latest window's, so the
+service can count alerts that have stood over `STANDING_SECONDS` (a stale alarm in ISA-18.2's
+terms: an alert nobody acts on, which the false-alarm budget counts as one episode however long
+it stands). A seeded alert began at its seed's time.
+
+Each device's sensor-health memory, a new one for a device not seen before. Only the
         worker thread advances them; `forget` may drop one it still holds, which is harmless."""
         health = self._health
         with self._lock:
@@ -174,6 +207,7 @@ class AlertTracker:
         if not keep_seed:
             self._seeded.pop(device, None)
         state = self._states.pop(device, None)
+        self._in_alert.pop(device, None)
         if state is not None and state.alert:
             self._active -= 1
 

@@ -135,6 +135,8 @@ class MessagePipeline:
         return accepted
 
     def _reject(self, rejected: Rejected) -> None:
-        self._counts[rejected.reason] += 1
-        self._last_refusal = rejected.reason
+        # Logged before counted: whoever sees the count (an operator, a test waiting on it) can
+        # rely on the log line being written.
         self._rejects.warning(rejected.reason, "message rejected (%s): %s", rejected.reason, rejected.detail)
+        self._last_refusal = rejected.reason
+        self._counts[rejected.reason] += 1

@@ -80,6 +80,8 @@ class _LastMessage(Protocol):
 class _AlertCount(Protocol):
     def active_count(self) -> int: ...
 
+    def standing_count(self) -> int: ...
+
 
 class _SinkStatus(Protocol):
     def status(self) -> dict[str, object]: ...
@@ -128,6 +130,8 @@ LIVE_GAUGES = {
     "queue_windows": "Windows waiting for the worker.",
     "devices": "Devices with a live ring buffer.",
     "alerts_active": "Devices currently in alert.",
+    "alerts_standing": "Devices whose alert has stood over a day of data time (a stale alarm: the false-alarm "
+                       "budget counts it as one episode however long it stands).",
     "sink_spool_bytes": "Bytes waiting in the sink's disk spool.",
     "last_message_age_seconds": "Seconds since the last valid reading on any route (NaN before the first).",
 }
@@ -175,6 +179,7 @@ class LiveStateCollector:
             spool = live.sink.status().get("spool_bytes", 0)
             values.update(queue_windows=len(live.queue), devices=sum(len(r.buffers) for r in routes),
                           alerts_active=sum(r.alerts.active_count() for r in routes),
+                          alerts_standing=sum(r.alerts.standing_count() for r in routes),
                           sink_spool_bytes=spool if isinstance(spool, (int, float)) else 0)
             if arrivals:
                 values["last_message_age_seconds"] = max(0.0, time.time() - max(arrivals))
