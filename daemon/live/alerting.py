@@ -173,12 +173,7 @@ class AlertTracker:
             self._in_alert[device] = [since, since]
 
     def health_states(self, devices: list[str]) -> list[HealthState]:
-        """Each device in alert also keeps the data time its alert began and its latest window's, so the
-service can count alerts that have stood over `STANDING_SECONDS` (a stale alarm in ISA-18.2's
-terms: an alert nobody acts on, which the false-alarm budget counts as one episode however long
-it stands). A seeded alert began at its seed's time.
-
-Each device's sensor-health memory, a new one for a device not seen before. Only the
+        """Each device's sensor-health memory, a new one for a device not seen before. Only the
         worker thread advances them; `forget` may drop one it still holds, which is harmless."""
         health = self._health
         with self._lock:
