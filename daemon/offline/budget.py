@@ -175,7 +175,7 @@ class RateEstimate:
     peaks: int
     held_out: str
     held_out_days: float
-    bound_per_day: float = math.nan  # vouched_rate at the threshold (nan: a bundle written before it)
+    bound_per_day: float | None = None  # vouched_rate at the threshold (None: a bundle written before it)
 
     def describe(self) -> str:
         span = f"{describe_span(self.held_out_days)} held out"
@@ -188,8 +188,7 @@ class RateEstimate:
 
     def to_dict(self) -> dict:
         return {"per_day": self.per_day, "rule": self.rule, "peaks": self.peaks, "held_out": self.held_out,
-                "held_out_days": self.held_out_days,
-                "bound_per_day": None if math.isnan(self.bound_per_day) else self.bound_per_day}
+                "held_out_days": self.held_out_days, "bound_per_day": self.bound_per_day}
 
 
 EXPECTED_FALSE_ALARMS_KEY = "expected_false_alarms"  # bundle.json training.<key>: a RateEstimate
@@ -205,7 +204,7 @@ def stored_estimate(bundle: Bundle) -> RateEstimate | None:
     try:
         return RateEstimate(None if d["per_day"] is None else float(d["per_day"]), str(d["rule"]), int(d["peaks"]),
                             str(d["held_out"]), float(d["held_out_days"]),
-                            math.nan if d.get("bound_per_day") is None else float(d["bound_per_day"]))
+                            None if d.get("bound_per_day") is None else float(d["bound_per_day"]))
     except (TypeError, KeyError, ValueError):
         return None  # informational only: a hand-damaged record is not worth refusing the bundle
 
@@ -225,7 +224,7 @@ def vouched_per_day(bundle: Bundle) -> float | None:
     if bundle.false_alarm_budget is not None:
         return bundle.false_alarm_budget.bound_per_day
     estimate = stored_estimate(bundle)
-    return None if estimate is None or math.isnan(estimate.bound_per_day) else estimate.bound_per_day
+    return None if estimate is None else estimate.bound_per_day
 
 
 def expected_rate(held_out: HeldOut, threshold: float, spec: AlertSpec) -> RateEstimate:
