@@ -11,8 +11,8 @@ from scipy.stats import chi2
 
 from daemon.cli import main
 from daemon.core.bundle import load_bundle
-from daemon.offline.sensor_evidence import (SENSOR_EVIDENCE_KEY, SensorEvidence, autocorrelation_time,
-                                            divisor_factor, independent_stretches)
+from daemon.core.evidence import autocorrelation_time, divisor_factor, independent_stretches
+from daemon.offline.sensor_evidence import SENSOR_EVIDENCE_KEY, SensorEvidence
 from datafiles import normal_csv, train_bundle
 
 

@@ -14,8 +14,8 @@ from daemon.core.errors import BundleError
 from daemon.core.postprocess import alert_flags
 from daemon.core.relations import RelationSpec, degree_for
 from daemon.core.scoring import OUT_OF_RANGE, Scorer
-from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, NOISY_LOOKBACK_KEPT, OUT_OF_ENVELOPE, RELATION, SPIKE,
-                                       STUCK, HealthSpec, HealthState, check_of, check_windows, fit_health,
+from daemon.core.sensor_health import (CHECKS, DRIFT, NOISY, NOISY_LOOKBACK_KEPT, OUT_OF_ENVELOPE, RELATION, SHIFT,
+                                       SPIKE, STUCK, HealthSpec, HealthState, check_of, check_windows, fit_health,
                                        lookback_noise, window_levels, window_step_noise)
 from daemon.cli import main
 from daemon.core.windowing import window_ends, windows
@@ -33,12 +33,12 @@ WINDOW = 20
 QUIET = "bearing_temperature"
 
 
-def fitted(values: np.ndarray, noisy_lookback: int = 1) -> HealthSpec:
-    """Every check, the relation and spike checks too, as training fits them: the first 80 % of
-    the rows, the tail held out."""
+def fitted(values: np.ndarray, noisy_lookback: int = 1, shift: bool = True) -> HealthSpec:
+    """Every check, the relation, spike and shift checks too (the shift check unless `shift` is
+    false), as training fits them: the first 80 % of the rows, the tail held out."""
     cut = int(len(values) * 0.8)
     return fit_health([values[:cut]], [values[cut:]], WINDOW, 1, with_relation=True, noisy_lookback=noisy_lookback,
-                      with_spike=True)
+                      with_spike=True, with_shift=shift)
 
 
 def with_quiet_channel(data: synthetic.Synthetic, seed: int) -> np.ndarray:
@@ -91,7 +91,7 @@ def test_a_stuck_sensor_is_flagged_stuck_with_its_name():
 
 def test_a_slow_drift_on_a_quiet_channel_is_flagged_drift_before_it_leaves_the_envelope():
     features = [*synthetic.FEATURES, QUIET]
-    spec = fitted(with_quiet_channel(synthetic.normal(6000, seed=0), seed=0))
+    spec = fitted(with_quiet_channel(synthetic.normal(6000, seed=0), seed=0), shift=False)  # which sees it first
     values = with_quiet_channel(synthetic.normal(4000, seed=3), seed=3)
     values[1000:, -1] += 0.005 * np.arange(3000)  # 0.05 noise standard deviations per reading
     reasons = reasons_of(spec, features, values)
@@ -102,6 +102,31 @@ def test_a_slow_drift_on_a_quiet_channel_is_flagged_drift_before_it_leaves_the_e
     assert not any(check_of(r) == RELATION for r in reasons)
     assert first + WINDOW - 1 >= 1000
     assert values[first + WINDOW - 1, -1] < spec.envelope_high[-1]  # the envelope alone would not yet see it
+
+
+def test_a_steady_offset_on_a_quiet_channel_is_flagged_shift_once_the_drift_check_has_followed_it():
+    features = [*synthetic.FEATURES, QUIET]
+    training = with_quiet_channel(synthetic.normal(6000, seed=0), seed=0)
+    spec = fitted(training)
+    values = with_quiet_channel(synthetic.normal(4000, seed=3), seed=3)
+    values[1000:, -1] += 0.5  # a transmitter's bias of 5 noise standard deviations, inside the envelope
+    assert values[1000:, -1].max() < spec.envelope_high[-1]
+    reasons = reasons_of(spec, features, values)
+    assert set(reasons[:1000 - WINDOW + 1]) == {""}
+    # long after the drift baseline has caught up, every window is flagged, nearly all as shifted
+    assert "" not in reasons[-1000:] and reasons[-1000:].count(f"shift:{QUIET}") >= 990
+    without = reasons_of(fitted(training, shift=False), features, values)[-1000:]
+    assert without.count(f"drift:{QUIET}") == 0 and without.count("") >= 990  # what the drift check alone leaves
+
+
+def test_a_quiet_sensor_whose_levels_training_shows_in_few_independent_stretches_is_not_watched_for_a_shift():
+    rows = np.arange(6000)
+    values = with_quiet_channel(synthetic.normal(6000, seed=0), seed=0)
+    values[:, -1] += 0.09 * np.sin(2 * np.pi * rows / 6000)  # one slow swing, below the noise: still quiet
+    spec = fitted(values)
+    assert spec.drift_limit[-1] > 0  # quiet: the drift check watches it
+    assert spec.shift_high[-1] == np.finfo(np.float64).max and spec.shift_low[-1] == -np.finfo(np.float64).max
+    assert fitted(with_quiet_channel(synthetic.normal(6000, seed=0), seed=0)).shift_high[-1] < 41.0
 
 
 def test_a_sensor_that_no_longer_agrees_with_the_others_is_flagged_relation_with_its_name():
@@ -312,7 +337,7 @@ def test_a_sensor_constant_or_quantised_in_training_is_exempt_from_the_stuck_che
 
 
 def test_every_health_reason_names_its_check_and_sensor():
-    assert [check_of(f"{c}:flow") for c in CHECKS] == [OUT_OF_ENVELOPE, STUCK, NOISY, SPIKE, DRIFT, RELATION]
+    assert [check_of(f"{c}:flow") for c in CHECKS] == [OUT_OF_ENVELOPE, STUCK, NOISY, SPIKE, DRIFT, RELATION, SHIFT]
     assert check_of(OUT_OF_RANGE) is None and check_of("") is None
 
 
@@ -349,7 +374,7 @@ def test_offline_scoring_and_the_live_worker_give_the_same_flags_and_reasons(noi
     frame = frame_of(values, synthetic.FEATURES)
     offline = score_frame(scorer, frame)
     offline_alerts = alert_flags(offline.flags(scorer.threshold).astype(np.int8), scorer.bundle.alert)
-    assert {check_of(r) for r in offline.reasons} == {None, STUCK, NOISY, SPIKE, DRIFT, OUT_OF_ENVELOPE, RELATION}
+    assert {check_of(r) for r in offline.reasons} == {None, STUCK, NOISY, SPIKE, DRIFT, OUT_OF_ENVELOPE, RELATION, SHIFT}
 
     sink = FakeSink()
     spec = scorer.bundle.alert
@@ -429,7 +454,7 @@ def demo_copy_with_fitted_health(directory: Path):
     return bundle
 
 
-def test_a_bundle_fitted_before_the_noise_and_spike_checks_loads_with_those_checks_off(tmp_path):
+def test_a_bundle_fitted_before_the_noise_spike_and_shift_checks_loads_with_those_checks_off(tmp_path):
     directory = tmp_path / "before"
     bundle = demo_copy_with_fitted_health(directory)
     data = json.loads((directory / "bundle.json").read_text())
@@ -437,10 +462,13 @@ def test_a_bundle_fitted_before_the_noise_and_spike_checks_loads_with_those_chec
     del data["health"]["noisy_windows"]
     del data["health"]["noisy_spacing"]
     del data["health"]["spike_above"]
+    del data["health"]["shift_low"]
+    del data["health"]["shift_high"]
     (directory / "bundle.json").write_text(json.dumps(data))
     loaded = load_bundle(directory).health
     assert loaded.noisy_above.tolist() == [0.0] * 5 and loaded.noisy_windows == 1 and loaded.noisy_spacing == 1
     assert loaded.spike_above.tolist() == [0.0] * 5
+    assert "; shift: none;" in loaded.describe(synthetic.FEATURES)
     np.testing.assert_array_equal(loaded.stuck_below, bundle.health.stuck_below)
 
 
@@ -471,6 +499,7 @@ def test_a_bundle_fitted_before_the_relation_check_loads_with_that_check_off(tmp
     (lambda h: h.update(noisy_spacing=1.5), "'noisy_spacing' must be a whole number >= 1"),
     (lambda h: h.update(spike_above=[-1.0] * 5), "'spike_above' must be >= 0"),
     (lambda h: h.update(envelope_low=[1e9] * 5), "'envelope_low' must not exceed 'envelope_high'"),
+    (lambda h: h.update(shift_low=[1.0] * 5, shift_high=[0.0] * 5), "'shift_low' must not exceed 'shift_high'"),
     (lambda h: h.update(surprise=1), "unknown key(s) surprise"),
     (lambda h: h["relation"].update(coef=[[0.0]]), "'relation': 'coef' must be 6 rows of 5 finite numbers"),
     (lambda h: h["relation"].update(sensors=[0, 0]), "'relation': 'sensors' must be at least 2 distinct"),

@@ -137,6 +137,13 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
                         "(above the higher or below the lower) by more than twice what any training reading "
                         "did is flagged spike:<sensor>: a loose connector, a dropout to the under-range value. "
                         "A step or a ramp never leaves both neighbours (default: %(default)s)")
+    p.add_argument("--shift-check", action=argparse.BooleanOptionalAction, default=TrainConfig.shift_check,
+                   help="also fit the sensor-health check 'shift': a quiet sensor whose window level lies "
+                        "beyond twice its largest departure in training from the training level (that "
+                        "departure widened for how few independent levels training shows) is flagged "
+                        "shift:<sensor>: a transmitter's bias, or a variable a controller now holds elsewhere. "
+                        "Sensors whose level training shows in fewer than 10 independent stretches are left "
+                        "alone (default: %(default)s)")
     p.add_argument("--validation-data", action="append", metavar="CSV",
                    help="labelled CSV for --threshold-method f1")
     p.add_argument("--validation-fraction", type=float, default=0.2,
@@ -267,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
                          scale_floor=args.scale_floor, score_exclude=_selection(args.score_exclude),
                          normalise_features=args.normalise_features, self_tune=args.self_tune,
                          relation_check=args.relation_check, noisy_lookback=args.noisy_lookback,
-                         spike_check=args.spike_check,
+                         spike_check=args.spike_check, shift_check=args.shift_check,
                          demean=_selection(args.demean), epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience,
                          validation_fraction=args.validation_fraction, threshold=args.threshold,

@@ -51,8 +51,18 @@ beside the score, never mixed into it.
   are capped at DRIFT_CAP times the limit, so a flag clears within a bounded number of windows
   once the level settles. Only quiet sensors are watched (QUIET_RATIO): noise around a steady
   level, where a slow drift is a sensor fault and not the process moving.
-- A sensor whose level moved within training alone (TREND_LIMIT) is exempt from the envelope
-  and drift checks: its training range and level are no reference.
+- `shift`: the sensor's window level departs from the training level by more than SHIFT_MARGIN
+  times the largest departure, on that side, of any training window's level, that largest
+  raised to its upper bound for the number of independent levels the runs show
+  (daemon.core.evidence: about x1.4 for 20, x1.1 for 300), and never nearer than
+  SHIFT_MIN_STDS standard deviations: a steady offset, a transmitter's bias or a process
+  variable a controller holds somewhere new, which the drift check's following baseline
+  absorbs within a hundred windows. Only quiet sensors are watched (as for drift), and only
+  those whose levels the runs show in at least THIN_EVIDENCE independent stretches: with
+  fewer, the training levels are a few looks at one slow excursion and say nothing of where
+  the level goes next. On when the bundle was trained with `TrainConfig.shift_check`.
+- A sensor whose level moved within training alone (TREND_LIMIT) is exempt from the envelope,
+  drift and shift checks: its training range and level are no reference.
 - `relation` (daemon.core.relations; `TrainConfig.relation_check`, on by default where the
   training data allow the fit): the sensor's window level against what the other sensors'
   levels predict for it.
@@ -76,6 +86,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from daemon.core.evidence import THIN_EVIDENCE, divisor_factor, independent_stretches
 from daemon.core.relations import RelationSpec, fit_relations
 from daemon.core.windowing import windows
 
@@ -85,7 +96,8 @@ DRIFT = "drift"
 NOISY = "noisy"
 RELATION = "relation"
 SPIKE = "spike"
-CHECKS = (OUT_OF_ENVELOPE, STUCK, NOISY, SPIKE, DRIFT, RELATION)  # the order a window's reason is chosen in
+SHIFT = "shift"
+CHECKS = (OUT_OF_ENVELOPE, STUCK, NOISY, SPIKE, DRIFT, RELATION, SHIFT)  # the order a window's reason is chosen in
 
 # A reading beyond the training range by as much again as that range is a fault code, a wrong
 # unit or a broken sensor rather than the process, which the model judges inside the envelope.
@@ -123,6 +135,12 @@ DRIFT_CAP = 2.0
 # drifting, while a steady level, whatever it is, is left to the envelope check. Runs of the
 # same process differ by small steady offsets, which a fixed training mean would add up.
 DRIFT_FOLLOW = 0.01
+# A working quiet sensor's window level stays within twice its largest departure in training
+# from the training level: the same room for the unseen as the drift and noisy limits.
+SHIFT_MARGIN = 2.0
+# ... and the limit is never nearer than half a (floored) standard deviation, the smallest
+# shift the drift check's allowance treats as one.
+SHIFT_MIN_STDS = 0.5
 # A sensor whose held-out tail sits this many standard deviations from the level of the rows
 # before it moved within training alone (a temperature still warming up): its training range
 # and level are no reference, so its envelope and drift checks are off.
@@ -221,6 +239,15 @@ class HealthSpec:
     relation: RelationSpec | None = None  # the relation check (daemon.core.relations); None = off
     noisy_windows: int = 1  # the noisy check's look-back in windows (1: the window alone)
     noisy_spacing: int = 1  # the look-back keeps one window in this many (absent in older bundles: every one)
+    shift_low: np.ndarray | None = None  # float64 [F]: a window level below it is shifted (exempt: -float64 max)
+    shift_high: np.ndarray | None = None  # float64 [F]: a window level above it is shifted (exempt: float64 max)
+
+    def __post_init__(self) -> None:
+        n = len(self.level_mean)
+        if self.shift_low is None:  # the check off: every sensor exempt
+            self.shift_low = np.full(n, -_UNBOUNDED)
+        if self.shift_high is None:
+            self.shift_high = np.full(n, _UNBOUNDED)
 
     def drift_watched(self) -> np.ndarray:
         """The sensors the drift check watches (a limit above 0), in feature order."""
@@ -232,9 +259,10 @@ class HealthSpec:
         return kept_windows(self.noisy_windows, self.noisy_spacing)
 
     FIELDS = ("envelope_low", "envelope_high", "stuck_below", "level_mean", "level_std", "drift_k", "drift_limit",
-              "noisy_above", "spike_above")
-    # Keys a bundle written before the check existed lacks: its check is off (every sensor exempt).
-    OPTIONAL = ("noisy_above", "spike_above")
+              "noisy_above", "spike_above", "shift_low", "shift_high")
+    # Keys a bundle written before the check existed lacks, with the value that turns it off
+    # (every sensor exempt).
+    OPTIONAL = {"noisy_above": 0.0, "spike_above": 0.0, "shift_low": -_UNBOUNDED, "shift_high": _UNBOUNDED}
 
     def to_dict(self) -> dict[str, Any]:
         arrays: dict[str, Any] = {name: [float(v) for v in getattr(self, name)] for name in self.FIELDS}
@@ -251,6 +279,7 @@ class HealthSpec:
             f"noisy{lookback}": [f for f, above in zip(features, self.noisy_above) if above > 0],
             "spike": [f for f, above in zip(features, self.spike_above) if above > 0],
             "drift": [f for f, limit in zip(features, self.drift_limit) if limit > 0],
+            "shift": [f for f, hi in zip(features, self.shift_high) if hi < np.finfo(np.float64).max],
         }
         line = "; ".join(f"{check}: {', '.join(names) or 'none'}" for check, names in watched.items())
         relation = self.relation
@@ -269,14 +298,15 @@ class HealthSpec:
             raise ValueError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
         arrays = {}
         for name in cls.FIELDS:
-            value = data.get(name, [0.0] * n_features if name in cls.OPTIONAL else None)
+            value = data.get(name, [cls.OPTIONAL[name]] * n_features if name in cls.OPTIONAL else None)
             if (not isinstance(value, list) or len(value) != n_features
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
                                for v in value)):
                 raise ValueError(f"{name!r} must be {n_features} finite numbers")
             arrays[name] = np.asarray(value, dtype=np.float64)
-        if (arrays["envelope_low"] > arrays["envelope_high"]).any():
-            raise ValueError("'envelope_low' must not exceed 'envelope_high'")
+        for low, high in (("envelope_low", "envelope_high"), ("shift_low", "shift_high")):
+            if (arrays[low] > arrays[high]).any():
+                raise ValueError(f"{low!r} must not exceed {high!r}")
         for name, ok, why in (("stuck_below", arrays["stuck_below"] >= 0, ">= 0"),
                               ("level_std", arrays["level_std"] > 0, "> 0"),
                               ("drift_k", arrays["drift_k"] >= 0, ">= 0"),
@@ -409,6 +439,7 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
         watched = spec.spike_above > 0  # a window under 3 readings holds none with both neighbours
         spiked = ((largest_excursion(raw, axis=1) > spec.spike_above) & watched
                   if watched.any() and raw.shape[1] >= 3 else np.zeros(level.shape, dtype=bool))
+        shifted = (level > spec.shift_high) | (level < spec.shift_low)
         z = (level - spec.level_mean) / spec.level_std
         excess = None if spec.relation is None else spec.relation.excess(z)
         related = np.zeros(len(raw), dtype=bool) if excess is None else (excess > 1.0).any(axis=1)
@@ -418,10 +449,10 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
         drifting = [state.step(spec, z_i, limits, allowances) for state, z_i in zip(states, z[:, watched].tolist())]
     else:
         drifting = [-1] * len(states)
-    outside_any, stuck_any, noisy_any, spiked_any = (outside.any(axis=1), stuck.any(axis=1), noisy.any(axis=1),
-                                                      spiked.any(axis=1))
+    outside_any, stuck_any, noisy_any, spiked_any, shifted_any = (
+        outside.any(axis=1), stuck.any(axis=1), noisy.any(axis=1), spiked.any(axis=1), shifted.any(axis=1))
     if not (outside_any.any() or stuck_any.any() or noisy_any.any() or spiked_any.any() or related.any()
-            or max(drifting, default=-1) >= 0):
+            or shifted_any.any() or max(drifting, default=-1) >= 0):
         return None
     reasons = [""] * len(raw)
     for i in np.flatnonzero(outside_any):
@@ -439,6 +470,9 @@ def check_windows(spec: HealthSpec, features: Sequence[str], raw: np.ndarray,
     if blamed:  # the sensor whose repair makes the others agree, not the first in order
         for i, culprit in zip(blamed, spec.relation.culprits(z[blamed])):
             reasons[i] = reason(RELATION, features[spec.relation.sensors[int(culprit)]])
+    for i in np.flatnonzero(shifted_any):
+        if not reasons[i]:
+            reasons[i] = reason(SHIFT, features[int(np.argmax(shifted[i]))])
     return reasons
 
 
@@ -483,7 +517,7 @@ def lookback_noise(spec: HealthSpec, states: Sequence[HealthState], noise: np.nd
 
 def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], window: int, stride: int,
                scale_floor: float = 0.0, with_relation: bool = False, noisy_lookback: int = 1,
-               with_spike: bool = False) -> HealthSpec:
+               with_spike: bool = False, with_shift: bool = False) -> HealthSpec:
     """Fit the checks on normal runs `[n, F]`: `fitted`, the runs the model was fitted on, and
     `held_out`, the validation tails it was not. Envelope and stuck limits come from every row;
     the level statistics from the fitted runs; the drift allowance and limit from what the
@@ -496,7 +530,8 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     check's look-back in windows' worth of rows (`TrainConfig.noisy_lookback`): at a stride
     below the window, the windows ending in that span, of which the look-back keeps one in
     `noisy_spacing` (NOISY_LOOKBACK_KEPT). `with_spike` fits the spike check
-    (`TrainConfig.spike_check`); without it every sensor is exempt."""
+    (`TrainConfig.spike_check`); without it every sensor is exempt. `with_shift` fits
+    the shift check (`TrainConfig.shift_check`); without it every sensor is exempt."""
     runs = [*fitted, *held_out]
     rows = np.concatenate(runs).astype(np.float64)
     low, high = rows.min(axis=0), rows.max(axis=0)
@@ -546,8 +581,20 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
         standardised = [(run_levels - level_mean) / level_std for run_levels, _ in levels_of_runs]
         relation = fit_relations(standardised[:len(fitted)], standardised[len(fitted):],
                                  np.flatnonzero(steady).tolist(), sum(len(run) // window for run in fitted))
+    shift_low, shift_high = np.full(len(low), -_UNBOUNDED), np.full(len(low), _UNBOUNDED)
+    if with_shift:
+        # How many independent levels the runs show of each sensor, and how much further than
+        # the largest departure among that many its level may go by chance (an upper bound on a
+        # spread seen in n samples, the one the vote divisors take).
+        looks = independent_stretches([run_levels for run_levels, _ in per_run])
+        room = SHIFT_MARGIN * divisor_factor(looks, "mae")
+        floor = SHIFT_MIN_STDS * level_std
+        above = level_mean + np.maximum(room * np.maximum(levels.max(axis=0) - level_mean, 0.0), floor)
+        below = level_mean - np.maximum(room * np.maximum(level_mean - levels.min(axis=0), 0.0), floor)
+        shifting = steady & quiet & (looks >= THIN_EVIDENCE)
+        shift_low, shift_high = np.where(shifting, below, shift_low), np.where(shifting, above, shift_high)
     spec = HealthSpec(low - margin, high + margin, stuck_below, level_mean, level_std, np.zeros(len(low)), exempt,
-                      noisy_above, spike_above, relation, noisy_windows, noisy_spacing)
+                      noisy_above, spike_above, relation, noisy_windows, noisy_spacing, shift_low, shift_high)
     gaps = _largest_drift_terms(spec, runs, window, stride, gaps=True)
     spec.drift_k = np.maximum(DRIFT_K, DRIFT_MARGIN * gaps)
     sums = _largest_drift_terms(spec, runs, window, stride, gaps=False)

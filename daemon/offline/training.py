@@ -99,7 +99,12 @@ class TrainConfig:
     `spike_check` fits the sensor-health `spike` check: a reading that leaves both its
     neighbours by more than twice what any training reading did (a loose connector's spike, a
     dropout to the under-range value). It is on by default: a fresh pump fleet decided it by a
-    rule fixed before its run (docs/quality.md, "The spike check")."""
+    rule fixed before its run (docs/quality.md, "The spike check").
+
+    `shift_check` fits the sensor-health `shift` check: a quiet sensor's window level beyond
+    twice its largest departure in training, widened for how few independent levels training
+    shows (a transmitter's bias, a variable a controller now holds elsewhere). It is off by
+    default until the rule in docs/quality.md ("The shift check") decides it."""
 
     arch: str = "lstm"
     window: int = 20
@@ -115,6 +120,7 @@ class TrainConfig:
     relation_check: bool = True
     noisy_lookback: int = 3
     spike_check: bool = True
+    shift_check: bool = False
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -394,7 +400,7 @@ def _fit_sensor_health(split: Split, config: TrainConfig) -> HealthSpec:
     return fit_health([f.values for f in split.train], [f.values for f in split.validation],
                       config.window, config.stride, config.scale_floor,
                       with_relation=config.relation_check, noisy_lookback=config.noisy_lookback,
-                      with_spike=config.spike_check)
+                      with_spike=config.spike_check, with_shift=config.shift_check)
 
 
 CALIBRATE_ON = ("all", "validation")
