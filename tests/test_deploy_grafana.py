@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from daemon.core.sensor_health import CHECKS
+
 GRAFANA = Path(__file__).resolve().parent.parent / "deploy" / "grafana"
 PROVISIONING = GRAFANA / "provisioning"
 DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))
@@ -192,3 +194,10 @@ def test_grafana_alert_rule_is_wired_to_its_query_datasource_and_panel():
         query = next(s["model"]["query"] for s in rule["data"] if s["datasourceUid"] != "__expr__")
         for label in re.findall(r"\$labels\.(\w+)", annotations["summary"] + annotations.get("description", "")):
             assert re.search(rf'group\(columns: \[[^\]]*"{label}"', query), f"the query does not keep label {label}"
+
+
+def test_the_sensor_health_table_selects_the_reason_of_every_check(dashboard):
+    selections = [re.search(r"r\.reason =~ /\^\(([^)]*)\):/", target.get("query", ""))
+                  for panel in panels(dashboard) for target in panel.get("targets", [])]
+    checks = [set(found.group(1).split("|")) for found in selections if found]
+    assert checks == [set(CHECKS)]
