@@ -163,3 +163,20 @@ def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly():
     finally:
         os.close(write)
     assert (result.returncode, result.stderr) == (128 + signal.SIGPIPE, "")
+
+
+@pytest.mark.parametrize("rows, fraction, says", [
+    (60, "0.2", "no normal run is 100 rows long (a window on each side of the --validation-fraction cut)"),
+    (3000, "0", "--validation-fraction is 0"),
+])
+def test_train_says_when_nothing_is_held_out_and_the_threshold_rests_on_fitted_errors(tmp_path, capsys, rows,
+                                                                                       fraction, says):
+    train_bundle(tmp_path, normal_csv(tmp_path, rows=rows), "--validation-fraction", fraction)
+    printed = capsys.readouterr().out
+    assert f"no held-out tail: {says}, so the model saw every one of its" in printed
+    assert "the threshold is set on errors it was fitted to" in printed
+
+
+def test_train_says_nothing_of_a_missing_tail_when_one_is_held_out(workdir, tmp_path, capsys):
+    train_bundle(tmp_path, workdir["normal"])
+    assert "no held-out tail" not in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -170,6 +171,12 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="maximum epochs (default: %(default)s)")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--max-windows-per-epoch", type=int, default=TrainConfig.max_windows_per_epoch, metavar="N",
+                   help="an epoch fits every training window, or N of them drawn afresh each epoch where there "
+                        "are more (validation: a fixed draw of N): windows a row apart share all but one row, so "
+                        "a long history (weeks at one reading a second) trains in minutes instead of hours, and "
+                        "windows are cut per batch, so memory stays near the size of the data "
+                        "(default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bundle (default: %(default)s)")
     p.add_argument("--no-onnx", dest="onnx", action="store_false",
@@ -254,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     if args.arch not in ARCHITECTURES:
         raise UserError(f"--arch {args.arch!r} unknown (use one of: {', '.join(ARCHITECTURES)})")
     _check_positive(window=args.window, stride=args.stride, epochs=args.epochs, batch_size=args.batch_size,
-                    noisy_lookback=args.noisy_lookback,
+                    max_windows_per_epoch=args.max_windows_per_epoch, noisy_lookback=args.noisy_lookback,
                     lr=args.lr, threshold_scale=args.threshold_scale, threads=args.threads,
                     false_alarms_per_day=args.false_alarms_per_day,
                     enter_after=args.enter_after, leave_after=args.leave_after)
@@ -276,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
                          relation_check=args.relation_check, noisy_lookback=args.noisy_lookback,
                          spike_check=args.spike_check, shift_check=args.shift_check,
                          demean=_selection(args.demean), epochs=args.epochs, batch_size=args.batch_size,
+                         max_windows_per_epoch=args.max_windows_per_epoch,
                          learning_rate=args.lr, patience=args.patience,
                          validation_fraction=args.validation_fraction, threshold=args.threshold,
                          false_alarms_per_day=args.false_alarms_per_day, threshold_scale=args.threshold_scale, calibrate_on=args.calibrate_on,
@@ -318,6 +326,15 @@ def run(args: argparse.Namespace) -> int:
         print("false alarms: " + (estimate.describe() if estimate
                                   else "no estimate (no validation tail, or no sample period)")
               + "; no budget set (--false-alarms-per-day N sets one)")
+    if not t["windows_validation"]:
+        fraction = args.validation_fraction  # a run needs a window on each side of its cut
+        shortest = math.ceil(bundle.window / min(fraction, 1 - fraction)) if fraction else None
+        print("no held-out tail: " + (f"no normal run is {shortest} rows long (a window on each side of the "
+                                      "--validation-fraction cut), "
+                                      if shortest else "--validation-fraction is 0, ")
+              + f"so the model saw every one of its {t['windows_train']} windows and the threshold is set on "
+              "errors it was fitted to, which are optimistic; expect more alarms than its rule says, and "
+              "train on a longer history")
     evidence = SensorEvidence.from_dict(t[SENSOR_EVIDENCE_KEY]) if bundle.score.feature_scale else None
     thin = evidence.thin() if evidence else []
     if thin:

@@ -156,6 +156,8 @@ QUIET_RATIO = 1.0
 _LOOKBACK_DTYPE = np.float32
 # Windows per chunk when fitting, bounding memory on long training runs.
 _FIT_CHUNK = 4096
+# Positions per chunk of a rolling median, and readings per chunk of a run's spike excursion.
+_MEDIAN_CHUNK = 65536
 
 
 def kept_windows(span: int, spacing: int) -> int:
@@ -205,7 +207,8 @@ def window_step_noise(raw: np.ndarray) -> np.ndarray:
         return np.full(steps.shape[:-1], np.nan)
     middle = count // 2
     parted = np.partition(steps, (middle - 1, middle) if count % 2 == 0 else middle, axis=-1)
-    noise = parted[..., middle] if count % 2 else (parted[..., middle - 1] + parted[..., middle]) / 2
+    # a copy, not a view: a view would keep the whole partitioned array alive with the result
+    noise = parted[..., middle].copy() if count % 2 else (parted[..., middle - 1] + parted[..., middle]) / 2
     noise[np.isnan(steps).any(axis=-1)] = np.nan
     return noise
 
@@ -558,7 +561,7 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     noisy_above = np.where((np.median(step_noise, axis=0) > 0) & (largest > 0), NOISY_MARGIN * largest, 0.0)
     spike_above = np.zeros(rows.shape[1])
     if with_spike and window >= 3:  # each run on its own: a run's last reading is no neighbour of the next's first
-        run_excursions = [largest_excursion(run.astype(np.float64), axis=0) for run in runs if len(run) >= 3]
+        run_excursions = [_run_excursion(run) for run in runs if len(run) >= 3]
         if run_excursions:  # a sensor whose readings never left their neighbours is exempt
             spike_above = SPIKE_MARGIN * np.maximum(np.max(run_excursions, axis=0), 0.0)
     fitted_rows = np.concatenate(fitted).astype(np.float64)
@@ -602,6 +605,14 @@ def fit_health(fitted: Sequence[np.ndarray], held_out: Sequence[np.ndarray], win
     return spec
 
 
+def _run_excursion(run: np.ndarray) -> np.ndarray:
+    """`largest_excursion` of a whole run `[n, F]` along its rows, _MEDIAN_CHUNK readings at a
+    time (each chunk with the two neighbours its end readings need), in float64."""
+    judged = len(run) - 2  # every reading but the first and last
+    return np.max([largest_excursion(run[start:start + _MEDIAN_CHUNK + 2].astype(np.float64), axis=0)
+                   for start in range(0, judged, _MEDIAN_CHUNK)], axis=0)
+
+
 def _largest_drift_terms(spec: HealthSpec, runs: Sequence[np.ndarray], window: int, stride: int,
                          gaps: bool) -> np.ndarray:
     """Per sensor, the largest gap between a level and its baseline (`gaps`), or the largest
@@ -641,10 +652,16 @@ def _step_noise(run: np.ndarray, window: int, stride: int) -> np.ndarray:
 
 def rolling_median(values: np.ndarray, count: int) -> np.ndarray:
     """Per position from `count` - 1 on, the median of the last `count` rows of `values` `[n, F]`:
-    what `lookback_noise` gives a device's kept windows, for a whole run at once."""
+    what `lookback_noise` gives a device's kept windows, for a whole run at once. Taken
+    _MEDIAN_CHUNK positions at a time: the median copies its `count` values per position, which
+    for a long training run would be the run `count` times over."""
     if count == 1:
         return values
-    return np.median(np.lib.stride_tricks.sliding_window_view(values, count, axis=0), axis=-1)
+    positions = len(values) - count + 1
+    parts = [np.median(np.lib.stride_tricks.sliding_window_view(values[start:start + _MEDIAN_CHUNK + count - 1],
+                                                                count, axis=0), axis=-1)
+             for start in range(0, max(positions, 0), _MEDIAN_CHUNK)]
+    return np.concatenate(parts) if parts else np.empty((0, values.shape[1]), dtype=values.dtype)
 
 
 def _levels(run: np.ndarray, window: int, stride: int, chunks: bool = False):

@@ -21,9 +21,11 @@ def window_ends(n_rows: int, window: int, stride: int) -> np.ndarray:
 
 
 def windows(values: np.ndarray, window: int, stride: int) -> np.ndarray:
-    """Windows `[k, window, features]` of a `[n, features]` array, as a read-only view."""
+    """Windows `[k, window, features]` of a `[n, features]` array, as a read-only view: no
+    copy, so a run of a million rows costs its rows, not its rows times the window. Callers
+    copy the batch they work on."""
     ends = window_ends(len(values), window, stride)
     if len(ends) == 0:
         return np.empty((0, window, values.shape[1]), dtype=values.dtype)
     view = sliding_window_view(values, window, axis=0)  # [n - window + 1, features, window]
-    return view[ends - (window - 1)].transpose(0, 2, 1)
+    return view[::stride].transpose(0, 2, 1)

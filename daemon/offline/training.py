@@ -34,7 +34,6 @@ from daemon.core.scaling import Scaler
 from daemon.core.scoring import Scorer
 from daemon.core.sensor_health import HealthSpec, fit_health
 from daemon.core.thresholds import FalseAlarmBudget, Threshold, calibrate, parse_method
-from daemon.core.windowing import windows
 from daemon.offline.budget import (EXPECTED_FALSE_ALARMS_KEY, HeldOut, RateEstimate, TooLittleTail,
                                    calibrate_budget, expected_rate)
 from daemon.core.score_reference import REFERENCE_KEY, ScoreReference
@@ -43,6 +42,7 @@ from daemon.offline.evaluation import segments
 from daemon.offline.frame_scoring import score_frames
 from daemon.offline.frames import Frame, median_sample_period
 from daemon.offline.sensor_evidence import SENSOR_EVIDENCE_KEY, SensorEvidence
+from daemon.offline.training_windows import TrainingWindows
 from daemon.offline.self_tuning import (Calibration, Candidate, alert_opening_scores, self_tune, try_candidate,
                                         typical_feature_errors)
 
@@ -123,6 +123,7 @@ class TrainConfig:
     shift_check: bool = False
     epochs: int = 50
     batch_size: int = 64
+    max_windows_per_epoch: int = 50_000
     learning_rate: float = 1e-3
     patience: int = 5
     validation_fraction: float = 0.2
@@ -209,18 +210,12 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def _window_tensor(frames: list[Frame], scaler: Scaler, window: int, preprocess: Preprocess) -> torch.Tensor:
-    """Model inputs exactly as `Scorer.score_windows` builds them: scale, window, preprocess."""
-    parts = [preprocess.apply(windows(scaler.transform(f.values), window, 1), f.features) for f in frames]
-    return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)))
-
-
-def _epoch_loss(model: AutoEncoder, data: torch.Tensor, batch_size: int,
-                optimiser: torch.optim.Optimizer | None, order: torch.Tensor | None) -> float:
+def _epoch_loss(model: AutoEncoder, data: TrainingWindows, batch_size: int,
+                optimiser: torch.optim.Optimizer | None, indices: torch.Tensor) -> float:
+    """Mean loss over the windows `indices`, in that order; a training step per batch with an optimiser."""
     total, count = 0.0, 0
-    indices = order if order is not None else torch.arange(len(data))
-    for start in range(0, len(data), batch_size):
-        batch = data[indices[start:start + batch_size]]
+    for start in range(0, len(indices), batch_size):
+        batch = data.batch(indices[start:start + batch_size])
         loss, extra = model.losses(batch)
         if optimiser is not None:
             optimiser.zero_grad()
@@ -231,24 +226,35 @@ def _epoch_loss(model: AutoEncoder, data: torch.Tensor, batch_size: int,
     return total / max(count, 1)
 
 
-def fit_model(model: AutoEncoder, train: torch.Tensor, validation: torch.Tensor, config: TrainConfig,
+def fit_model(model: AutoEncoder, train: TrainingWindows, validation: TrainingWindows, config: TrainConfig,
               progress: Callable[[int, float, float], None]) -> list[tuple[float, float]]:
     """Adam + early stopping on validation loss; the best epoch's weights are kept. Without a
     validation set (a cross-fitting fold, a run too short for a tail) the epoch's own training
     loss is the monitor: scoring the training windows again would cost a forward pass per epoch
-    and say nothing the training pass did not."""
+    and say nothing the training pass did not.
+
+    An epoch is every training window in a fresh random order, or, where there are more than
+    `config.max_windows_per_epoch`, that many of them drawn afresh each epoch: windows a row
+    apart share all but one row, so a long history repeats itself within an epoch, and one
+    that sees every window costs hours for the same model. The validation loss is then taken
+    on a fixed draw of that many validation windows, the same every epoch, so epochs compare."""
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
+    cap = config.max_windows_per_epoch
+    checked = torch.arange(len(validation))
+    if len(validation) > cap:
+        drawn = torch.randperm(len(validation), generator=torch.Generator().manual_seed(config.seed))
+        checked = drawn[:cap].sort().values
     best, best_state, since_best, history = math.inf, copy.deepcopy(model.state_dict()), 0, []
     for epoch in range(config.epochs):
         model.train()
         train_loss = _epoch_loss(model, train, config.batch_size, optimiser,
-                                 torch.randperm(len(train), generator=generator))
+                                 torch.randperm(len(train), generator=generator)[:cap])
         model.eval()
         val_loss = train_loss
         if len(validation):
             with torch.no_grad():
-                val_loss = _epoch_loss(model, validation, 1024, None, None)
+                val_loss = _epoch_loss(model, validation, 1024, None, checked)
         history.append((train_loss, val_loss))
         progress(epoch + 1, train_loss, val_loss)
         if val_loss < best - 1e-9:
@@ -289,9 +295,8 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         model = build_model(config.arch, config.window, len(features), config.arch_params)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    train_windows = _window_tensor(split.train, scaler, config.window, preprocess)
-    val_windows = (_window_tensor(split.validation, scaler, config.window, preprocess) if split.validation
-                   else train_windows[:0])
+    train_windows = TrainingWindows(split.train, scaler, config.window, preprocess)
+    val_windows = TrainingWindows(split.validation, scaler, config.window, preprocess)
     history = fit_model(model, train_windows, val_windows, config, progress or (lambda *_: None))
 
     bundle = Bundle(
@@ -326,6 +331,9 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
     tuning_args = (bundle, backend, feature_scale, calibrate_threshold, config.threshold, split.validation,
                    sigma, config.seed)
     tuning = None
+    log.info("scoring the %d normal windows: threshold (%s)%s and the injected-fault self-check",
+             len(train_windows) + len(val_windows), config.threshold,
+             ", self-tuning's candidates" if config.self_tune else "")
     if not config.self_tune:
         trial = try_candidate(configured, *tuning_args)
     elif parse_method(config.threshold)[0] == "f1":
@@ -336,8 +344,14 @@ def train(frames: list[Frame], config: TrainConfig, validation_data: list[Frame]
         trial = tuning.chosen
     bundle, scorer = trial.scorer.bundle, trial.scorer
     calib_scores, calibrated_on = trial.calibration.scores, trial.calibration.calibrated_on
-    normal_scores = np.concatenate([s.scores for s in score_frames(scorer, split.train + split.validation)])
-    estimate = None if bundle.false_alarm_budget is not None else _expected_false_alarms(scorer, config, split)
+    # The threshold's own sample is every normal window, in order, where it was set on them one by one.
+    every_window = trial.calibration.budget is None and config.calibrate_on == "all" and not config.self_tune
+    normal_scores = (calib_scores if every_window else
+                     np.concatenate([s.scores for s in score_frames(scorer, split.train + split.validation)]))
+    estimate = None
+    if bundle.false_alarm_budget is None:
+        log.info("estimating the false alarms a day at this threshold on the held-out tail")
+        estimate = _expected_false_alarms(scorer, config, split)
     bundle.training = {
         "data": sorted({f.source for f in frames}),
         "rows_train": int(sum(len(f) for f in split.train)),
@@ -416,6 +430,8 @@ def _check_config(config: TrainConfig) -> None:
         raise UserError(f"noisy look-back must be a whole number of windows >= 1 (got {config.noisy_lookback})")
     if config.scale_floor < 0:
         raise UserError(f"scale floor must be >= 0 (got {config.scale_floor})")
+    if not (isinstance(config.max_windows_per_epoch, int) and config.max_windows_per_epoch >= 1):
+        raise UserError(f"max windows per epoch must be a whole number >= 1 (got {config.max_windows_per_epoch})")
     try:
         parse_method(config.threshold)
     except ValueError as exc:
@@ -491,12 +507,13 @@ def fold_trainer(config: TrainConfig, epochs: int, scaler: Scaler, preprocess: P
     validation loss (a fold has no validation tail of its own to stop on), seeded per fold."""
 
     def fit(rows: list[Frame], fold: int) -> Backend:
-        data = _window_tensor(rows, scaler, config.window, preprocess)
+        data = TrainingWindows(rows, scaler, config.window, preprocess)
         fold_config = dataclasses.replace(config, epochs=epochs, patience=epochs + 1, seed=config.seed + 1 + fold)
         with torch.random.fork_rng():  # the folds leave the training's random state as they found it
             torch.manual_seed(fold_config.seed)
             model = build_model(config.arch, config.window, n_features, config.arch_params)
-            fit_model(model, data, data[:0], fold_config, lambda *_: None)
+            fit_model(model, data, TrainingWindows([], scaler, config.window, preprocess), fold_config,
+                      lambda *_: None)
         return torch_backend(model, config.threads)
 
     return fit
