@@ -104,7 +104,13 @@ class TrainConfig:
     `shift_check` fits the sensor-health `shift` check: a quiet sensor's window level beyond
     twice its largest departure in training, widened for how few independent levels training
     shows (a transmitter's bias, a variable a controller now holds elsewhere). It is off by
-    default until the rule in docs/quality.md ("The shift check") decides it."""
+    default: SKAB, held out from its design, decided it by a rule fixed before its run, as its
+    rig's flows settle at new normal levels after a fault (docs/quality.md, "The shift check").
+    Where a controlled process keeps a fault's evidence in a variable's level once its loops
+    compensate (TEP's fault 5), it is worth turning on.
+
+    `max_windows_per_epoch` bounds an epoch: every training window where there are fewer, else
+    a fresh draw of that many (see `fit_model`); no data set of the quality suite reaches it."""
 
     arch: str = "lstm"
     window: int = 20
