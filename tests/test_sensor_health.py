@@ -531,3 +531,17 @@ def test_train_fits_the_relation_check_where_the_data_allow_and_no_relation_chec
         assert main(["train", "--data", data, "--out", str(out), "--arch", "mlp", "--epochs", "1", *extra]) == 0
     assert load_bundle(tmp_path / "default").health.relation.degree == 2  # 4,800 fitted rows: 240 windows
     assert load_bundle(tmp_path / "without").health.relation is None
+
+
+def test_train_with_the_shift_check_names_the_sensors_it_watches(tmp_path, capsys):
+    data = synthetic.normal(6000, seed=0)
+    values = with_quiet_channel(data, seed=0)
+    features = [*synthetic.FEATURES, QUIET]
+    path = tmp_path / "normal.csv"
+    np.savetxt(path, np.column_stack([data.timestamps, values]), delimiter=",", comments="",
+               header=",".join(["timestamp", *features]), fmt=["%.3f"] + ["%.5f"] * len(features))
+    assert main(["train", "--data", str(path), "--out", str(tmp_path / "model"), "--epochs", "1", "--arch", "mlp",
+                 "--no-onnx", "--shift-check"]) == 0
+    assert f"shift check watches {QUIET} (quiet sensors whose level training shows in at least 10" in \
+        capsys.readouterr().out
+    assert f"; shift: {QUIET};" in load_bundle(tmp_path / "model").health.describe(features)

@@ -344,6 +344,10 @@ def run(args: argparse.Namespace) -> int:
               f"({evidence.describe(thin)})"
               + (f"; the model reads {', '.join(centred)} centred on each window, their level is left to the "
                  f"sensor-health checks" if centred else "") + "; train on a longer history to trust them")
+    if args.shift_check and bundle.health is not None:
+        watched = [bundle.features[i] for i in bundle.health.shift_watched()]
+        print("shift check watches " + (", ".join(watched) if watched else "no sensor")
+              + f" (quiet sensors whose level training shows in at least {THIN_EVIDENCE:g} independent stretches)")
     if t.get("self_tuning"):
         chosen = t["self_tuning"]["chosen"]
         print(f"self-tuned on injected faults: score = {chosen['score_reduction']} over "

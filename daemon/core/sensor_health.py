@@ -256,6 +256,10 @@ class HealthSpec:
         """The sensors the drift check watches (a limit above 0), in feature order."""
         return np.flatnonzero(self.drift_limit > 0)
 
+    def shift_watched(self) -> np.ndarray:
+        """The sensors the shift check watches (a finite upper limit), in feature order."""
+        return np.flatnonzero(self.shift_high < _UNBOUNDED)
+
     @property
     def noisy_kept(self) -> int:
         """How many windows' step noise the look-back's median is taken over."""
@@ -282,7 +286,7 @@ class HealthSpec:
             f"noisy{lookback}": [f for f, above in zip(features, self.noisy_above) if above > 0],
             "spike": [f for f, above in zip(features, self.spike_above) if above > 0],
             "drift": [f for f, limit in zip(features, self.drift_limit) if limit > 0],
-            "shift": [f for f, hi in zip(features, self.shift_high) if hi < np.finfo(np.float64).max],
+            "shift": [features[i] for i in self.shift_watched()],
         }
         line = "; ".join(f"{check}: {', '.join(names) or 'none'}" for check, names in watched.items())
         relation = self.relation
