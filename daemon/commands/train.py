@@ -174,8 +174,8 @@ def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--max-windows-per-epoch", type=int, default=TrainConfig.max_windows_per_epoch, metavar="N",
                    help="an epoch fits every training window, or N of them drawn afresh each epoch where there "
                         "are more (validation: a fixed draw of N): windows a row apart share all but one row, so "
-                        "a long history (weeks at one reading a second) trains in minutes instead of hours, and "
-                        "windows are cut per batch, so memory stays near the size of the data "
+                        "a long history (weeks at one reading a second) trains in minutes instead of hours; "
+                        "windows are cut per batch, so the fit holds the rows once, not every window "
                         "(default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bundle (default: %(default)s)")
