@@ -111,3 +111,16 @@ def test_demean_thin_centres_the_thin_sensor_and_train_and_inspect_say_so(tmp_pa
     assert "the model reads temperature centred on each window" in printed
     assert main(["inspect", "--model", str(out)]) == 0
     assert "demeaned      temperature" in capsys.readouterr().out
+
+
+def test_with_many_thin_sensors_train_names_a_few_and_points_to_inspect_for_the_rest(tmp_path, capsys):
+    # 600 rows of twelve sensors wandering over hundreds of rows: every one is thin
+    rows = np.arange(600)
+    slow = np.column_stack([np.sin(rows / (150 + 20 * k)) + 0.01 * _ar1(0.5, 600, seed=k) for k in range(12)])
+    path = tmp_path / "wide.csv"
+    np.savetxt(path, np.column_stack([1.7e9 + rows, slow]), delimiter=",", comments="", fmt="%.6f",
+               header=",".join(["timestamp", *(f"s{k}" for k in range(12))]))
+    train_bundle(tmp_path, path)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("thin evidence:"))
+    assert "training shows s0, s1, s2, s3, s4, s5, s6, s7 and 4 more (anomalyd inspect --model" in line
+    assert "s8" not in line

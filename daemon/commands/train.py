@@ -71,6 +71,10 @@ training_loss.png and score_histogram.png.
 """
 
 
+# The thin-evidence line names this many sensors; `inspect` lists every one.
+THIN_LISTED = 8
+
+
 def add_parser(sub: argparse._SubParsersAction, summary: str) -> None:
     p = sub.add_parser("train", help=summary, formatter_class=formatter,
                        description="Train an autoencoder on normal sensor history and calibrate its "
@@ -339,11 +343,15 @@ def run(args: argparse.Namespace) -> int:
     thin = evidence.thin() if evidence else []
     if thin:
         centred = [f for f in thin if f in bundle.preprocess.demean]
-        print(f"thin evidence: training shows {', '.join(thin)} in fewer than {THIN_EVIDENCE:g} independent "
+        shown = thin[:THIN_LISTED]
+        more = f" and {len(thin) - len(shown)} more (anomalyd inspect --model {args.out} lists them)" \
+            if len(thin) > len(shown) else ""
+        print(f"thin evidence: training shows {', '.join(shown)}{more} in fewer than {THIN_EVIDENCE:g} independent "
               f"stretches, so their normal range is barely known and their votes are scaled down "
-              f"({evidence.describe(thin)})"
-              + (f"; the model reads {', '.join(centred)} centred on each window, their level is left to the "
-                 f"sensor-health checks" if centred else "") + "; train on a longer history to trust them")
+              f"({evidence.describe(shown)})"
+              + (f"; the model reads {', '.join(centred) if len(centred) <= THIN_LISTED else f'{len(centred)} of them'}"
+                 f" centred on each window, their level is left to the sensor-health checks" if centred else "")
+              + "; train on a longer history to trust them")
     if args.shift_check and bundle.health is not None:
         watched = [bundle.features[i] for i in bundle.health.shift_watched()]
         print("shift check watches " + (", ".join(watched) if watched else "no sensor")
