@@ -30,6 +30,7 @@ strictly above it.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 
@@ -38,6 +39,8 @@ import numpy as np
 from daemon.core.bundle import Bundle
 from daemon.core.postprocess import AlertSpec, alert_flags
 from daemon.core.thresholds import FalseAlarmBudget, describe_rule, describe_span, describe_vouched
+
+log = logging.getLogger(__name__)
 
 SECONDS_PER_DAY = 86_400.0
 COUNTED_MIN_EPISODES = 10.0
@@ -225,6 +228,20 @@ def vouched_per_day(bundle: Bundle) -> float | None:
         return bundle.false_alarm_budget.bound_per_day
     estimate = stored_estimate(bundle)
     return None if estimate is None else estimate.bound_per_day
+
+
+def estimate_at(bundle: Bundle, runs: list[np.ndarray], threshold: float, name: str) -> RateEstimate | None:
+    """`expected_rate` at `threshold` on normal `runs` of window scores at the bundle's serving
+    stride (`name` says which, e.g. "validation"): how often a bundle set by another rule will
+    page. None without a sample period, without a run, or where there is no span to count on."""
+    if bundle.sample_period_seconds is None or not runs:
+        return None
+    try:
+        return expected_rate(HeldOut.from_scores(runs, bundle.stride, bundle.sample_period_seconds, name),
+                             threshold, bundle.alert)
+    except TooLittleTail as exc:
+        log.info("no estimate of the false-alarm rate: %s", exc)
+        return None
 
 
 def expected_rate(held_out: HeldOut, threshold: float, spec: AlertSpec) -> RateEstimate:

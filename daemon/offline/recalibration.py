@@ -31,7 +31,7 @@ from daemon.core.scoring import Scorer
 from daemon.core.thresholds import FalseAlarmBudget, Threshold, calibrate
 from daemon.core.score_reference import REFERENCE_KEY, ScoreReference
 from daemon.offline.budget import (EXPECTED_FALSE_ALARMS_KEY, HeldOut, RateEstimate, TooLittleTail, calibrate_budget,
-                                   expected_rate)
+                                   estimate_at)
 from daemon.offline.frame_scoring import score_frames
 from daemon.offline.frames import Frame
 from daemon.offline.training import normal_runs
@@ -77,15 +77,8 @@ def recalibrate(scorer: Scorer, runs: dict[str, list[Frame]], per_device: bool =
 def _expected(scorer: Scorer, runs: dict[str, list[Frame]], threshold: float) -> RateEstimate | None:
     """The alert episodes per device-day the normal runs show at `threshold` (counted, or
     extrapolated by the tail `train` uses), and what they vouch for by themselves."""
-    bundle = scorer.bundle
     parts = [part for parts in _serving_scores(scorer, runs).values() for part in parts]
-    if bundle.sample_period_seconds is None or not parts:
-        return None
-    try:
-        return expected_rate(HeldOut.from_scores(parts, bundle.stride, bundle.sample_period_seconds, "calibration"),
-                             threshold, bundle.alert)
-    except TooLittleTail:
-        return None
+    return estimate_at(scorer.bundle, parts, threshold, "calibration")
 
 
 def _serving_scores(scorer: Scorer, runs: dict[str, list[Frame]]) -> dict[str, list[np.ndarray]]:

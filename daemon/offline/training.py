@@ -35,7 +35,7 @@ from daemon.core.scoring import Scorer
 from daemon.core.sensor_health import HealthSpec, fit_health
 from daemon.core.thresholds import FalseAlarmBudget, Threshold, calibrate, parse_method
 from daemon.offline.budget import (EXPECTED_FALSE_ALARMS_KEY, HeldOut, RateEstimate, TooLittleTail,
-                                   calibrate_budget, expected_rate)
+                                   calibrate_budget, estimate_at)
 from daemon.core.score_reference import REFERENCE_KEY, ScoreReference
 from daemon.offline.cross_fit import Fold, cross_fitted_scores, fit_folds
 from daemon.offline.evaluation import segments
@@ -534,16 +534,10 @@ def _expected_false_alarms(scorer: Scorer, config: TrainConfig, split: Split) ->
     """For a threshold set by a rule other than the budget: the alert episodes per device-day
     the validation tail predicts at it, and what the tail vouches for by itself, so `train` and
     `inspect` say how often the bundle will page. None without a tail or a sample period."""
-    period = scorer.bundle.sample_period_seconds
-    if period is None or not split.validation:
+    if not split.validation:
         return None
-    held_out = HeldOut.from_scores(_scores(scorer, split.validation, config.stride), config.stride, period,
-                                   "validation")
-    try:
-        return expected_rate(held_out, scorer.bundle.threshold.value, scorer.bundle.alert)
-    except TooLittleTail as exc:
-        log.info("no estimate of the false-alarm rate: %s", exc)
-        return None
+    return estimate_at(scorer.bundle, _scores(scorer, split.validation, config.stride),
+                       scorer.bundle.threshold.value, "validation")
 
 
 def save(result: TrainResult, directory: Path) -> Bundle:

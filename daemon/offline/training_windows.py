@@ -26,7 +26,6 @@ class TrainingWindows:
     """Every window (stride 1) of the scaled runs, none crossing from one run into the next."""
 
     def __init__(self, frames: Sequence[Frame], scaler: Scaler, window: int, preprocess: Preprocess) -> None:
-        self.window = window
         self.features = list(frames[0].features) if frames else []
         self.preprocess = preprocess
         runs = [np.asarray(scaler.transform(f.values)) for f in frames]
